@@ -1,0 +1,56 @@
+# StreamSocial async-producer lab.  `make lab` to learn, `make test` to check everything.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LAB_SCALE ?= 0.2
+export LAB_SCALE
+
+.PHONY: setup lab test lint notebooks bench broker-up broker-down doctor clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,notebooks,confluent]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+## start the broker (reused if running) and open JupyterLab on the notebooks
+lab: setup
+	$(PY) -m lab_kit doctor || true
+	$(PY) -m lab_kit broker up --topics
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+
+## lint, then every test (unit, real broker, notebooks, browser); stops a broker it started
+test: setup
+	$(VENV)/bin/ruff check .
+	@if $(PY) -m lab_kit broker status --check; then started=0; else started=1; fi; \
+	$(PY) -m lab_kit broker up --topics >/dev/null || exit $$?; \
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; rc=$$?; \
+	if [ $$started = 1 ]; then $(PY) -m lab_kit broker down; fi; \
+	$(PY) -m lab_kit backend down >/dev/null 2>&1 || true; \
+	exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+## re-execute every notebook and store its outputs (figures included)
+notebooks: setup
+	$(PY) -m lab_kit broker up --topics >/dev/null
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=600 notebooks/0*.ipynb
+
+bench: setup
+	$(PY) -m lab_kit bench --json bench.json
+
+broker-up: setup
+	$(PY) -m lab_kit broker up --topics
+broker-down: setup
+	$(PY) -m lab_kit broker down
+doctor: setup
+	$(PY) -m lab_kit doctor
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,487 @@
+"""Real Apache Kafka (KRaft) as detached JVM(s) on 127.0.0.1, without Docker.
+
+Jars come from Maven Central through ``mvn`` (see ``pom.xml`` beside this file) and are
+cached outside the repo. Each node is broker+controller ("combined" mode); 1 or 3 nodes.
+Ports, pids and data dirs are kept in ``<state_dir>/broker.json`` so the CLI, notebooks and
+tests share one cluster. Data dirs persist across stop/start, so an acked record survives
+``kill -9`` and a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .. import config
+from .base import Broker, BrokerError, NodeInfo
+
+STATE_FILE = "broker.json"
+_CHILDREN: dict[int, subprocess.Popen] = {}  # keep Popen objects so we can reap our JVMs
+
+
+# --- prerequisites ------------------------------------------------------------------------
+def find_java() -> str:
+    """Path of the java binary (JAVA_HOME first), or a BrokerError that says how to get it."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise BrokerError(
+            "java was not found: the local broker needs Java 17 or newer. Install it "
+            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless; macOS: brew install "
+            "openjdk@17; or `conda env create -f environment.yml`), or use Docker "
+            "(--backend docker)."
+        )
+    return found
+
+
+def java_major(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    text = out.stderr + out.stdout
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if not m:
+        raise BrokerError(f"could not read the Java version from `{java} -version`: {text[:200]}")
+    major = int(m.group(1))
+    if major == 1 and m.group(2):  # "1.8.0_392" style
+        major = int(m.group(2))
+    return major
+
+
+def check_java() -> tuple[str, int]:
+    java = find_java()
+    major = java_major(java)
+    if major < config.MIN_JAVA_MAJOR:
+        raise BrokerError(
+            f"Java {major} found at {java}, but Kafka {config.KAFKA_VERSION} needs Java "
+            f"{config.MIN_JAVA_MAJOR} or newer. Install a newer JDK and set JAVA_HOME to it."
+        )
+    return java, major
+
+
+def jars_dir(version: str = config.KAFKA_VERSION) -> Path:
+    return config.cache_dir() / f"kafka-{version}" / "libs"
+
+
+def resolve_jars(version: str = config.KAFKA_VERSION, timeout_s: float = 900) -> Path:
+    """Download (once) the broker jars with Maven; returns the folder holding them."""
+    libs = jars_dir(version)
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise BrokerError(
+            "mvn (Apache Maven) was not found: the local broker resolves its jars with it. "
+            "Install it (apt-get install maven / brew install maven / the conda env in "
+            "environment.yml), or use Docker (--backend docker)."
+        )
+    libs.mkdir(parents=True, exist_ok=True)
+    pom = resources.files("lab_kit.broker").joinpath("pom.xml")
+    with resources.as_file(pom) as pom_path:
+        cmd = [
+            mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}", f"-Dkafka.version={version}",
+            f"-Dslf4j.version={config.SLF4J_VERSION}",
+        ]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(f"mvn did not finish within {timeout_s:.0f}s") from exc
+    if out.returncode != 0 or not list(libs.glob(f"kafka_2.13-{version}.jar")):
+        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-15:])
+        raise BrokerError(
+            f"mvn could not resolve org.apache.kafka:kafka_2.13:{version} (exit "
+            f"{out.returncode}). Check that Maven Central is reachable (proxy settings in "
+            f"~/.m2/settings.xml).\n{tail}"
+        )
+    marker.write_text(version)
+    return libs
+
+
+# --- ports and processes -------------------------------------------------------------------
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            _CHILDREN.pop(pid, None)
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+def _our_process(pid: int | None, props: str) -> psutil.Process | None:
+    """The live JVM we started for this node, or None (never another process reusing the pid)."""
+    if not pid:
+        return None
+    _reap(pid)
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            _reap(pid)
+            return None
+        cmd = p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    if "kafka.Kafka" in cmd and props in cmd:
+        return p
+    return None
+
+
+def _server_properties(node: dict, voters: str, n_nodes: int) -> str:
+    rf = 1 if n_nodes == 1 else 3
+    isr = 1 if n_nodes == 1 else 2
+    lines = {
+        "process.roles": "broker,controller",
+        "node.id": node["id"],
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://127.0.0.1:{node['port']},"
+        f"CONTROLLER://127.0.0.1:{node['controller_port']}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node['port']}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": node["log_dir"],
+        "num.partitions": 3,
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        "offsets.topic.replication.factor": rf,
+        "offsets.topic.num.partitions": 10,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+        "group.initial.rebalance.delay.ms": 0,
+        # a node killed with -9 may re-register only after its old session expired: keep
+        # that short so restarts in a demo take seconds, not ~10 s (default 9000/2000 ms)
+        "broker.session.timeout.ms": 3000,
+        "broker.heartbeat.interval.ms": 500,
+        "log.cleaner.dedupe.buffer.size": 4 * 1024 * 1024,
+        "log.segment.bytes": 64 * 1024 * 1024,
+        "auto.create.topics.enable": "true",
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+class LocalBroker(Broker):
+    """A Kafka cluster of JVMs this lab started, described by its state file."""
+
+    backend = "local"
+
+    def __init__(self, state_dir: Path | None = None):
+        self.state_dir = Path(state_dir) if state_dir else config.state_dir()
+        self.state_path = self.state_dir / STATE_FILE
+        self.state: dict[str, Any] = {}
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+
+    # --- state -------------------------------------------------------------------------------
+    @property
+    def exists(self) -> bool:
+        return bool(self.state.get("nodes"))
+
+    def _save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(self.state_path)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"127.0.0.1:{n['port']}" for n in self.state.get("nodes", []))
+
+    @property
+    def kafka_version(self) -> str | None:
+        return self.state.get("kafka_version")
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.state.get("data_dir")
+
+    def _node(self, node_id: int) -> dict:
+        for n in self.state.get("nodes", []):
+            if n["id"] == node_id:
+                return n
+        ids = [n["id"] for n in self.state.get("nodes", [])]
+        raise BrokerError(f"no node {node_id}: this cluster has nodes {ids}")
+
+    def _targets(self, node: int | None) -> list[dict]:
+        if not self.exists:
+            raise BrokerError("no local broker is set up: run `python -m lab_kit broker up`")
+        return list(self.state["nodes"]) if node is None else [self._node(node)]
+
+    def node_state(self, node: dict) -> tuple[str, int | None]:
+        proc = _our_process(node.get("pid"), node["props"])
+        if proc is None:
+            return "stopped", None
+        try:
+            if proc.status() == psutil.STATUS_STOPPED:
+                return "paused", proc.pid
+        except psutil.NoSuchProcess:
+            return "stopped", None
+        return "running", proc.pid
+
+    def nodes(self) -> list[NodeInfo]:
+        out = []
+        for n in self.state.get("nodes", []):
+            state, pid = self.node_state(n)
+            out.append(NodeInfo(id=n["id"], state=state, pid=pid, port=n["port"]))
+        return out
+
+    def log_hint(self) -> str:
+        parts = []
+        for n in self.state.get("nodes", []):
+            log = Path(n["log"])
+            if log.exists():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:])
+                parts.append(f"--- last lines of {log} ---\n{tail}")
+        return "\n".join(parts)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def setup(self, nodes: int = 1, port: int | None = None) -> None:
+        """Write the state, configs and formatted storage for a new cluster (no JVM yet)."""
+        if nodes not in (1, 3):
+            raise BrokerError(f"--nodes must be 1 or 3 (got {nodes}): KRaft needs a majority")
+        if port is not None and not 1024 <= port <= 65535 - nodes:
+            raise BrokerError(f"--port must be between 1024 and {65535 - nodes}, got {port}")
+        java, _ = check_java()
+        libs = resolve_jars()
+        data_dir = self.state_dir / "local"
+        node_list = []
+        for i in range(1, nodes + 1):
+            bport = port + i - 1 if port is not None else free_port()
+            if not port_free(bport):
+                raise BrokerError(
+                    f"port {bport} (node {i}) is already in use on 127.0.0.1: stop what uses "
+                    f"it or choose another base port with --port"
+                )
+            ndir = data_dir / f"node-{i}"
+            node_list.append({
+                "id": i, "port": bport, "controller_port": free_port(),
+                "dir": str(ndir), "log_dir": str(ndir / "data"),
+                "props": str(ndir / "server.properties"),
+                "log": str(ndir / "kafka.log"), "pid": None,
+            })
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        voters = ",".join(f"{n['id']}@127.0.0.1:{n['controller_port']}" for n in node_list)
+        cluster_id = _random_cluster_id()
+        for n in node_list:
+            Path(n["dir"]).mkdir(parents=True, exist_ok=True)
+            Path(n["props"]).write_text(_server_properties(n, voters, nodes))
+            out = subprocess.run(
+                [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", n["props"]],
+                capture_output=True, text=True, timeout=120,
+            )
+            if out.returncode != 0:
+                raise BrokerError(
+                    f"formatting storage for node {n['id']} failed:\n{out.stdout}{out.stderr}"
+                )
+        self.state = {
+            "backend": "local", "kafka_version": config.KAFKA_VERSION, "cluster_id": cluster_id,
+            "data_dir": str(data_dir), "libs": str(libs), "nodes": node_list,
+            "heap": "512m" if nodes == 1 else "384m",
+        }
+        self._save()
+
+    def _launch(self, n: dict) -> None:
+        java, _ = check_java()
+        for p in (n["port"], n["controller_port"]):
+            if not port_free(p):
+                raise BrokerError(
+                    f"port {p} of node {n['id']} is taken by another process; free it, or run "
+                    f"`python -m lab_kit broker down --purge` and `broker up` to pick new ports"
+                )
+        heap = self.state.get("heap", "512m")
+        cmd = [
+            java, f"-Xmx{heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+            "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn",
+            "-cp", f"{self.state['libs']}/*", "kafka.Kafka", n["props"],
+        ]
+        with open(n["log"], "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=n["dir"], start_new_session=True,
+            )
+        _CHILDREN[proc.pid] = proc
+        n["pid"] = proc.pid
+        self._save()
+
+    def start(self, node: int | None = None, wait: bool = True, timeout_s: float = 90) -> None:
+        started = []
+        for n in self._targets(node):
+            state, _ = self.node_state(n)
+            if state == "paused":
+                self.resume(n["id"])
+            elif state == "stopped":
+                try:
+                    self._launch(n)
+                except BrokerError:
+                    self._kill_all(started)
+                    raise
+                started.append(n)
+        if wait and started:
+            live = sum(1 for s in self.nodes() if s.state == "running")
+            try:
+                self._wait_started(started, timeout_s, expect=live)
+            except BrokerError:
+                self._kill_all(started)
+                raise
+
+    def _wait_started(self, started: list[dict], timeout_s: float, expect: int) -> None:
+        t0 = time.monotonic()
+        for n in started:  # each started JVM must open its port (or we say why it died)
+            while True:
+                if self.node_state(n)[0] == "stopped":
+                    raise BrokerError(f"node {n['id']} exited during start-up.\n{self.log_hint()}")
+                with socket.socket() as s:
+                    s.settimeout(0.5)
+                    if s.connect_ex(("127.0.0.1", n["port"])) == 0:
+                        break
+                if time.monotonic() - t0 > timeout_s:
+                    raise BrokerError(
+                        f"node {n['id']} did not open port {n['port']} within {timeout_s:.0f}s.\n"
+                        f"{self.log_hint()}"
+                    )
+                time.sleep(0.2)
+        remaining = max(5.0, timeout_s - (time.monotonic() - t0))
+        self.wait_ready(timeout_s=remaining, expect_brokers=expect)
+
+    def _kill_all(self, nodes: list[dict]) -> None:
+        for n in nodes:
+            self._signal(n, signal.SIGKILL)
+            self._wait_gone(n, 10)
+
+    def _signal(self, n: dict, sig: int) -> bool:
+        proc = _our_process(n.get("pid"), n["props"])
+        if proc is None:
+            return False
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            return False
+        return True
+
+    def _wait_gone(self, n: dict, timeout_s: float) -> bool:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if _our_process(n.get("pid"), n["props"]) is None:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self, node: int | None = None, timeout_s: float = 30) -> None:
+        """Graceful shutdown (SIGTERM); SIGKILL if a node has not exited after ``timeout_s``."""
+        targets = self._targets(node)
+        for n in targets:
+            if self.node_state(n)[0] == "paused":
+                self._signal(n, signal.SIGCONT)
+            self._signal(n, signal.SIGTERM)
+        for n in targets:
+            if not self._wait_gone(n, timeout_s):
+                self._signal(n, signal.SIGKILL)
+                self._wait_gone(n, 10)
+
+    def kill(self, node: int | None = None) -> None:
+        """SIGKILL: the JVM dies at once, as in a power cut (data on disk stays)."""
+        for n in self._targets(node):
+            self._signal(n, signal.SIGKILL)
+        for n in self._targets(node):
+            self._wait_gone(n, 10)
+
+    def pause(self, node: int | None = None) -> None:
+        """SIGSTOP: the JVM freezes; its sockets stay open but nothing answers."""
+        for n in self._targets(node):
+            if not self._signal(n, signal.SIGSTOP):
+                raise BrokerError(f"node {n['id']} is not running, so it cannot be paused")
+            self._wait_state(n, "paused")
+
+    def resume(self, node: int | None = None) -> None:
+        for n in self._targets(node):
+            if self._signal(n, signal.SIGCONT):
+                self._wait_state(n, "running")
+
+    def _wait_state(self, n: dict, want: str, timeout_s: float = 5) -> None:
+        """Signals are delivered asynchronously: wait until the kernel shows the new state."""
+        t0 = time.monotonic()
+        while self.node_state(n)[0] != want and time.monotonic() - t0 < timeout_s:
+            time.sleep(0.02)
+
+    def down(self, purge: bool = False) -> None:
+        if self.exists:
+            self.stop()
+        if purge:
+            data = self.state.get("data_dir")
+            if data and Path(data).exists():
+                shutil.rmtree(data)
+            self.state_path.unlink(missing_ok=True)
+            self.state = {}
+
+    def rss_bytes(self) -> dict[int, int]:
+        out = {}
+        for n in self.state.get("nodes", []):
+            proc = _our_process(n.get("pid"), n["props"])
+            if proc is not None:
+                out[n["id"]] = proc.memory_info().rss
+        return out
+
+
+def _random_cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def up(nodes: int = 1, port: int | None = None, state_dir: Path | None = None,
+       timeout_s: float = 90) -> LocalBroker:
+    """Start (or reuse) a local cluster of ``nodes`` nodes; idempotent."""
+    b = LocalBroker(state_dir)
+    if b.exists and len(b.state["nodes"]) != nodes:
+        raise BrokerError(
+            f"a {len(b.state['nodes'])}-node local broker is already set up in {b.state_dir}; "
+            f"run `python -m lab_kit broker down --purge` before asking for {nodes} node(s)"
+        )
+    if b.exists and b.state.get("kafka_version") != config.KAFKA_VERSION:
+        raise BrokerError(
+            f"the local broker in {b.state_dir} was made with Kafka "
+            f"{b.state.get('kafka_version')}, "
+            f"this lab pins {config.KAFKA_VERSION}: run `python -m lab_kit broker down --purge`"
+        )
+    if not b.exists:
+        b.setup(nodes=nodes, port=port)
+    b.start(timeout_s=timeout_s)
+    return b

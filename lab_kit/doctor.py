@@ -1,0 +1,68 @@
+"""``python -m lab_kit doctor``: is this machine ready for the lab? One line per check, a fix
+for each problem."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+
+from . import config
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks() -> list[Check]:
+    from .broker.docker import docker_available
+    from .broker.local import BrokerError, check_java, jars_dir, port_free
+
+    checks = []
+    py_ok = sys.version_info >= (3, 11)
+    checks.append(Check("python", py_ok, sys.version.split()[0],
+                        "" if py_ok else "use Python 3.11+ (the conda env in environment.yml)"))
+    try:
+        java, major = check_java()
+        checks.append(Check("java", True, f"Java {major} at {java}"))
+    except BrokerError as exc:
+        checks.append(Check("java", False, "missing or too old", str(exc)))
+    mvn = shutil.which("mvn")
+    checks.append(Check("mvn", bool(mvn), mvn or "not found",
+                        "" if mvn else "apt-get install maven / brew install maven / conda env"))
+    libs = jars_dir()
+    cached = (libs / ".complete").exists()
+    checks.append(Check("kafka jars", cached or bool(mvn),
+                        f"Kafka {config.KAFKA_VERSION} cached in {libs}" if cached
+                        else "not cached yet: `broker up` downloads them with mvn (~45 MB)",
+                        "" if cached or mvn else "install Maven, or use Docker"))
+    dok, why = docker_available()
+    checks.append(Check("docker", True, "daemon answers" if dok else f"not used: {why}",
+                        "" if dok else "optional: the local backend needs no Docker"))
+    from .broker import current
+
+    b = current()
+    if b is not None:
+        st = b.status()
+        checks.append(Check("broker", True, f"{st['backend']} at {st['bootstrap_servers']}: "
+                            + ", ".join(f"node {n['id']} {n['state']}" for n in st["nodes"])))
+    else:
+        default_free = port_free(9092)
+        checks.append(Check("broker", True, "none set up yet (`python -m lab_kit broker up`); "
+                            f"port 9092 {'free' if default_free else 'in use'} (the local "
+                            "backend picks free ports anyway)"))
+    return checks
+
+
+def main() -> int:
+    checks = run_checks()
+    for c in checks:
+        mark = "ok " if c.ok else "FAIL"
+        print(f"[{mark}] {c.name:<11} {c.detail}")
+        if c.fix and not c.ok:
+            print(f"       fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1

@@ -1,0 +1,424 @@
+"""Matplotlib figures for the async-producer lab.
+
+Every function returns a :class:`matplotlib.figure.Figure` built with the
+object-oriented API (``Figure()``, not ``pyplot``): nothing is shown, nothing
+global is left open, and a notebook displays the figure when it is the cell's
+result (or with ``display(fig)``); scripts call ``fig.savefig(...)``.
+
+Inputs are the frames/dicts produced by :mod:`lab_kit.metrics`:
+``MetricsRecorder.timeseries_frame()`` (indexed by ``t_s``),
+``latency_frame()`` rows or ``summary_ms()`` dicts, ``cdf_frame()`` and
+``MetricsRecorder.windows`` (``(start_s, end_s, label)`` fault windows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "latency_percentiles",
+    "latency_cdf",
+    "throughput_over_time",
+    "error_rate_over_time",
+    "sync_vs_async",
+    "timeline",
+    "tuning_sweep",
+]
+
+FIGSIZE = (8.0, 4.0)
+WINDOW_COLOR = "tab:red"
+WINDOW_ALPHA = 0.15
+
+_PERCENTILES: tuple[tuple[str, str], ...] = (
+    ("p50_ms", "p50"),
+    ("p90_ms", "p90"),
+    ("p99_ms", "p99"),
+    ("p999_ms", "p99.9"),
+)
+
+Window = tuple[float, float, str] | tuple[float, float]
+Event = tuple[float, str]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _figure(ncols: int = 1, figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _value(v: Any) -> float:
+    """A float, or NaN for None / missing / non-numeric."""
+    if v is None:
+        return math.nan
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _summary(obj: Any) -> dict[str, Any]:
+    """Accept a summary dict, a latency_frame row (Series) or a latency_frame / 1-row frame."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, pd.Series):
+        return obj.to_dict()
+    if isinstance(obj, pd.DataFrame):
+        if len(obj) == 1:
+            return obj.iloc[0].to_dict()
+        if "name" in obj.columns and (obj["name"] == "ack").any():
+            return obj.loc[obj["name"] == "ack"].iloc[0].to_dict()
+        raise ValueError("pass one latency summary per contender (a dict, a row, or a 1-row frame)")
+    raise TypeError(f"unsupported latency summary: {type(obj).__name__}")
+
+
+def _t(ts: pd.DataFrame) -> np.ndarray:
+    """Time axis (seconds): the ``t_s`` column if present, else the index."""
+    if "t_s" in ts.columns:
+        return ts["t_s"].to_numpy(dtype=float)
+    return ts.index.to_numpy(dtype=float)
+
+
+def _interval(ts: pd.DataFrame) -> float:
+    iv = ts.attrs.get("interval_s")
+    if iv:
+        return float(iv)
+    t = _t(ts)
+    if len(t) > 1:
+        d = np.diff(t)
+        d = d[d > 0]
+        if len(d):
+            return float(d.min())
+    return 1.0
+
+
+def _shade(ax: Axes, windows: Iterable[Window]) -> int:
+    """Shade fault windows with axvspan, label them at the top; returns how many."""
+    n = 0
+    seen: set[str] = set()
+    for w in windows or ():
+        start, end = float(w[0]), float(w[1])
+        label = str(w[2]) if len(w) > 2 else "fault"
+        legend_label = label if label not in seen else "_nolegend_"
+        seen.add(label)
+        ax.axvspan(start, end, color=WINDOW_COLOR, alpha=WINDOW_ALPHA, lw=0, label=legend_label)
+        ax.text(
+            (start + end) / 2, 0.98, label, transform=ax.get_xaxis_transform(),
+            ha="center", va="top", fontsize="small", color=WINDOW_COLOR,
+        )
+        n += 1
+    return n
+
+
+def _headroom(ax: Axes, frac: float = 0.12) -> None:
+    """y from 0 with room at the top for the window labels."""
+    ax.set_ylim(bottom=0)
+    top = ax.get_ylim()[1]
+    ax.set_ylim(0, top * (1 + frac) if top > 0 else 1)
+
+
+def _events(ax: Axes, events: Iterable[Event]) -> None:
+    for t, label in events or ():
+        ax.axvline(float(t), color="0.3", ls=":", lw=1)
+        ax.text(float(t), 0.02, f" {label}", transform=ax.get_xaxis_transform(),
+                rotation=90, ha="left", va="bottom", fontsize="x-small", color="0.3")
+
+
+def _legend(ax: Axes, *others: Axes) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    for other in others:
+        h, lab = other.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if handles:
+        ax.legend(handles, labels, loc="best", fontsize="small")
+
+
+def _no_data(ax: Axes, what: str = "no data") -> None:
+    ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", color="0.5")
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return ""
+    return f"{v:.3g}"
+
+
+# ---------------------------------------------------------------------------
+# latency
+# ---------------------------------------------------------------------------
+
+
+def latency_percentiles(frames: Mapping[str, pd.DataFrame | pd.Series | Mapping[str, Any]],
+                        *, title: str = "Latency percentiles") -> Figure:
+    """Grouped bars of p50/p90/p99/p99.9 (ms, log y) - one colour per contender.
+
+    ``frames`` maps a contender label to a latency summary: a
+    ``summary_ms()`` dict, a ``latency_frame()`` row, or a 1-row frame.
+    Missing/None values leave an empty slot.
+    """
+    fig, (ax,) = _figure()
+    labels = list(frames)
+    x = np.arange(len(_PERCENTILES))
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        s = _summary(frames[label])
+        heights = [_value(s.get(key)) for key, _ in _PERCENTILES]
+        offset = (i - (len(labels) - 1) / 2) * width
+        bars = ax.bar(x + offset, heights, width, label=str(label))
+        ax.bar_label(bars, labels=[_fmt(h) for h in heights], fontsize="x-small", padding=1)
+    ax.set_xticks(x, [name for _, name in _PERCENTILES])
+    ax.set_yscale("log")
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title(title)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    if labels:
+        ax.legend(fontsize="small")
+    else:
+        _no_data(ax)
+    return fig
+
+
+def latency_cdf(cdfs: Mapping[str, pd.DataFrame], *, title: str = "Latency CDF") -> Figure:
+    """One CDF line per label (x: latency ms, log; y: fraction of messages <= x).
+
+    Each frame has columns ``latency_ms`` and ``fraction`` (``cdf_frame()``).
+    """
+    fig, (ax,) = _figure()
+    drawn = 0
+    for label, df in cdfs.items():
+        if df is None or len(df) == 0:
+            continue
+        ax.plot(df["latency_ms"].to_numpy(dtype=float), df["fraction"].to_numpy(dtype=float),
+                label=str(label), drawstyle="steps-post")
+        drawn += 1
+    if drawn:
+        ax.set_xscale("log")
+        ax.legend(fontsize="small", loc="lower right")
+    else:
+        _no_data(ax)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of messages ≤ latency")
+    ax.set_title(title)
+    ax.grid(which="both", alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# time series
+# ---------------------------------------------------------------------------
+
+
+def throughput_over_time(ts: pd.DataFrame, windows: Sequence[Window] = (), *,
+                         events: Sequence[Event] = (),
+                         title: str = "Delivered throughput") -> Figure:
+    """``throughput_per_s`` (acked messages per second) vs ``t_s``, fault windows shaded."""
+    fig, (ax,) = _figure()
+    ax.plot(_t(ts), ts["throughput_per_s"].to_numpy(dtype=float), color="tab:blue",
+            label="acked msgs/s", drawstyle="steps-post")
+    _shade(ax, windows)
+    _events(ax, events)
+    _headroom(ax)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("throughput (msgs/s)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def error_rate_over_time(ts: pd.DataFrame, windows: Sequence[Window] = (), *,
+                         events: Sequence[Event] = (),
+                         title: str = "Delivery error rate") -> Figure:
+    """``error_rate`` (%) vs ``t_s`` with shaded fault windows.
+
+    If the frame has ``spooled`` / ``replayed`` columns they are drawn as counts
+    per interval on a second y axis (right).
+    """
+    fig, (ax,) = _figure()
+    t = _t(ts)
+    ax.plot(t, ts["error_rate"].to_numpy(dtype=float) * 100.0, color="tab:red",
+            label="error rate (%)", drawstyle="steps-post")
+    _shade(ax, windows)
+    _events(ax, events)
+    _headroom(ax)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("error rate (% of completed sends)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    extra = [c for c in ("spooled", "replayed") if c in ts.columns]
+    if extra:
+        ax2 = ax.twinx()
+        styles = {"spooled": ("tab:orange", "--"), "replayed": ("tab:green", "-.")}
+        for col in extra:
+            color, ls = styles[col]
+            ax2.plot(t, ts[col].to_numpy(dtype=float), color=color, ls=ls,
+                     label=f"{col} (count)", drawstyle="steps-post")
+        _headroom(ax2)
+        ax2.set_ylabel(f"messages per interval ({_interval(ts):g} s)")
+        _legend(ax, ax2)
+    else:
+        _legend(ax)
+    return fig
+
+
+def timeline(ts: pd.DataFrame, columns: Sequence[str], windows: Sequence[Window] = (), *,
+             events: Sequence[Event] = (), title: str = "Timeline") -> Figure:
+    """Several counters as rates (per second) vs ``t_s``, fault windows shaded.
+
+    Columns absent from ``ts`` are skipped (e.g. ``moderated`` in a run
+    without moderation). Counts per interval are divided by the interval width.
+    """
+    fig, (ax,) = _figure()
+    t = _t(ts)
+    interval = _interval(ts)
+    drawn = 0
+    for col in columns:
+        if col not in ts.columns:
+            continue
+        ax.plot(t, ts[col].to_numpy(dtype=float) / interval, label=col, drawstyle="steps-post")
+        drawn += 1
+    if not drawn:
+        _no_data(ax, "none of the columns are in the frame")
+    _shade(ax, windows)
+    _events(ax, events)
+    _headroom(ax)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("messages per second")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# comparisons and sweeps
+# ---------------------------------------------------------------------------
+
+
+def sync_vs_async(results: Mapping[str, Mapping[str, Any]], *,
+                  title: str = "Synchronous vs asynchronous send") -> Figure:
+    """Two panels: throughput (msgs/s bars) and latency bars (ms, log).
+
+    ``results`` maps a mode (``"sync"``, ``"async"``, ...) to a dict with any of
+    ``msgs_per_s, submit_p50_ms, submit_p99_ms, ack_p50_ms, ack_p99_ms``.
+    Missing keys and None values are skipped; ack groups appear only if some
+    mode reports them.
+    """
+    fig, (ax_tp, ax_lat) = _figure(2, figsize=(10.0, 4.0))
+    modes = list(results)
+    colors = {m: f"C{i}" for i, m in enumerate(modes)}
+
+    # panel 1: throughput
+    xs, hs, cs = [], [], []
+    for i, mode in enumerate(modes):
+        v = _value(results[mode].get("msgs_per_s"))
+        if math.isfinite(v):
+            xs.append(i)
+            hs.append(v)
+            cs.append(colors[mode])
+    if xs:
+        bars = ax_tp.bar(xs, hs, color=cs, width=0.6)
+        ax_tp.bar_label(bars, labels=[f"{h:,.0f}" for h in hs], fontsize="small", padding=1)
+    else:
+        _no_data(ax_tp)
+    ax_tp.set_xticks(range(len(modes)), [str(m) for m in modes])
+    ax_tp.set_ylabel("throughput (msgs/s)")
+    ax_tp.set_title("Throughput")
+    ax_tp.grid(axis="y", alpha=0.3)
+
+    # panel 2: latency groups
+    groups = [("submit_p50_ms", "submit p50"), ("submit_p99_ms", "submit p99"),
+              ("ack_p50_ms", "ack p50"), ("ack_p99_ms", "ack p99")]
+    groups = [(k, name) for k, name in groups
+              if k.startswith("submit")
+              or any(math.isfinite(_value(r.get(k))) for r in results.values())]
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(modes))
+    drawn = 0
+    for i, mode in enumerate(modes):
+        offset = (i - (len(modes) - 1) / 2) * width
+        pos, hs = [], []
+        for j, (key, _) in enumerate(groups):
+            v = _value(results[mode].get(key))
+            if math.isfinite(v) and v > 0:
+                pos.append(x[j] + offset)
+                hs.append(v)
+        if pos:
+            bars = ax_lat.bar(pos, hs, width, color=colors[mode], label=str(mode))
+            ax_lat.bar_label(bars, labels=[_fmt(h) for h in hs], fontsize="x-small", padding=1)
+            drawn += 1
+    ax_lat.set_xticks(x, [name for _, name in groups])
+    if drawn:
+        ax_lat.set_yscale("log")
+        ax_lat.legend(fontsize="small")
+    else:
+        _no_data(ax_lat)
+    ax_lat.set_ylabel("latency (ms, log scale)")
+    ax_lat.set_title("Latency")
+    ax_lat.grid(axis="y", which="both", alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def tuning_sweep(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *,
+                 title: str | None = None, logx: bool = False, logy: bool = False) -> Figure:
+    """Parameter sweep: ``y`` vs ``x`` as lines with markers, one line per ``hue`` value.
+
+    Example: ``tuning_sweep(results, x="linger_ms", y="msgs_per_s", hue="acks")``.
+    Points are sorted by ``x``; rows with a missing ``y`` are dropped.
+    """
+    fig, (ax,) = _figure()
+    data = df.dropna(subset=[y])
+    if hue is None:
+        part = data.sort_values(x)
+        ax.plot(part[x], part[y], marker="o", label=y)
+    else:
+        for value, part in data.groupby(hue, sort=True, dropna=False):
+            part = part.sort_values(x)
+            ax.plot(part[x], part[y], marker="o", label=f"{hue}={value}")
+        ax.legend(title=None, fontsize="small")
+    if data.empty:
+        _no_data(ax)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
+    ax.set_title(title or f"{y} vs {x}" + (f" by {hue}" if hue else ""))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+_UNIT_SUFFIXES = {
+    "_ms": "ms",
+    "_s": "s",
+    "_per_s": "per s",
+    "_bytes": "bytes",
+    "_kb": "KB",
+    "_mb": "MB",
+}
+
+
+def _axis_label(column: str) -> str:
+    """``linger_ms`` -> ``linger (ms)``, ``msgs_per_s`` -> ``msgs (per s)``, else as is."""
+    for suffix in sorted(_UNIT_SUFFIXES, key=len, reverse=True):
+        if column.endswith(suffix) and len(column) > len(suffix):
+            return f"{column[: -len(suffix)].replace('_', ' ')} ({_UNIT_SUFFIXES[suffix]})"
+    return column.replace("_", " ")
+

@@ -1,0 +1,287 @@
+"""Content-moderation rules for StreamSocial posts (pure Python, no I/O).
+
+Shared by the moderation backend service (:mod:`lab_kit.moderation_backend`) and by the
+Kafka consumer's local fallback, so both agree on what the labels mean.
+
+Labels (``Verdict.label``):
+
+* ``"approve"`` - publish the post.
+* ``"review"``  - publish-hold: a human moderator should look at it (e.g. SHOUTING).
+* ``"reject"``  - abusive language from :data:`BLOCKLIST`.
+* ``"spam"``    - links / spam phrases, or the same user re-posting the same text.
+
+``Verdict.score`` is a *risk* score in ``[0, 1]``: 0 means nothing suspicious was found,
+values near 1 mean "certainly bad". It is the maximum of the individual signal scores below.
+
+Full rules (:func:`score_post`, used by the backend), in priority order:
+
+1. **Blocklist** - any word of :data:`BLOCKLIST` (whole word, case-insensitive, simple
+   suffixes ``s/d/ed/ful`` allowed: "losers", "hated") -> ``"reject"``,
+   score ``0.8 + 0.1 * (distinct words - 1)`` capped at 1.
+2. **Spam** - each link (``http://`` / ``https://``) adds :data:`LINK_WEIGHT` (0.4), each
+   spam phrase of :data:`SPAM_TERMS` adds :data:`SPAM_TERM_WEIGHT` (0.3), capped at 1.
+   A total ``>= SPAM_THRESHOLD`` (0.6) -> ``"spam"``. So *one* link alone (0.4) or one
+   "free" alone (0.3) is only noted in ``reasons``; link + "free", two links or two spam
+   phrases are spam.
+   **Repeat** - the same user posting the same text (case/whitespace-insensitive) under a
+   different ``post_id`` within ``RepeatTracker.window_s`` -> ``"spam"``, score
+   :data:`REPEAT_SCORE` (0.7). Re-sending the *same* ``post_id`` (a retry) is not a new
+   repeat: it gets the same answer as the first time.
+3. **Shouting** - at least :data:`SHOUT_MIN_LETTERS` (20) letters and more than
+   :data:`SHOUT_RATIO` (60 %) of them upper-case -> ``"review"``, score 0.5 .. 0.75.
+4. Otherwise ``"approve"``.
+
+All signals found are listed in ``reasons`` (``"blocklist:idiot"``, ``"link"``,
+``"spam_term:free"``, ``"repeat"``, ``"shouting"``) even when a higher-priority rule decided
+the label.
+
+The fallback (:func:`fallback_verdict`) is deliberately *conservative*: see its docstring.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "BLOCKLIST",
+    "SPAM_TERMS",
+    "LABELS",
+    "Verdict",
+    "RepeatTracker",
+    "score_post",
+    "fallback_verdict",
+    "DEGRADED",
+]
+
+BLOCKLIST: tuple[str, ...] = ("idiot", "stupid", "trash", "loser", "hate")
+SPAM_TERMS: tuple[str, ...] = ("free", "click", "buy now", "cheap", "winner")
+LABELS: tuple[str, ...] = ("approve", "review", "reject", "spam")
+
+#: Reason tag added to every verdict produced by the local fallback.
+DEGRADED = "degraded"
+
+# --- thresholds (documented in the module docstring) -------------------------------------
+BLOCKLIST_BASE_SCORE = 0.8
+BLOCKLIST_EXTRA_SCORE = 0.1
+LINK_WEIGHT = 0.4
+SPAM_TERM_WEIGHT = 0.3
+SPAM_THRESHOLD = 0.6
+REPEAT_SCORE = 0.7
+SHOUT_MIN_LETTERS = 20
+SHOUT_RATIO = 0.6
+SHOUT_BASE_SCORE = 0.5
+SHOUT_EXTRA_SCORE = 0.25
+FALLBACK_REJECT_SCORE = 0.9
+FALLBACK_SPAM_SCORE = 0.7
+
+_BLOCK_RE = re.compile(r"\b(" + "|".join(BLOCKLIST) + r")(?:s|d|ed|ful)?\b", re.IGNORECASE)
+_SPAM_RE = re.compile(
+    r"\b(" + "|".join(t.replace(" ", r"\s+") for t in SPAM_TERMS) + r")s?\b", re.IGNORECASE
+)
+_LINK_RE = re.compile(r"https?://\S+", re.IGNORECASE)
+_WS_RE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A moderation decision: ``label`` in :data:`LABELS`, risk ``score`` in [0, 1]."""
+
+    label: str
+    score: float
+    reasons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score must be within [0, 1], got {self.score!r}")
+        object.__setattr__(self, "reasons", tuple(self.reasons))
+
+    @property
+    def degraded(self) -> bool:
+        """True when produced by the local fallback instead of the real backend."""
+        return DEGRADED in self.reasons
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "score": self.score, "reasons": list(self.reasons)}
+
+
+def _normalize(text: str) -> str:
+    return _WS_RE.sub(" ", text).strip().casefold()
+
+
+class RepeatTracker:
+    """Bounded, thread-safe memory of recent posts per user, to detect re-posting.
+
+    Keeps at most ``max_users`` users (least recently active users are forgotten first) and
+    at most ``max_posts_per_user`` recent posts per user, so memory is bounded by
+    ``max_users * max_posts_per_user`` small entries whatever the traffic.
+    """
+
+    def __init__(
+        self,
+        max_users: int = 10_000,
+        window_s: float = 60.0,
+        *,
+        max_posts_per_user: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_users < 1 or max_posts_per_user < 1:
+            raise ValueError("max_users and max_posts_per_user must be >= 1")
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self.max_users = max_users
+        self.window_s = float(window_s)
+        self.max_posts_per_user = max_posts_per_user
+        self._clock = clock
+        self._lock = threading.Lock()
+        # user_id -> deque[(text_key, post_id, timestamp, was_repeat)], by last activity
+        self._users: OrderedDict[str, deque[tuple[int, object, float, bool]]] = OrderedDict()
+
+    def check(
+        self, user_id: str, text: str, *, post_id: object = None, now: float | None = None
+    ) -> bool:
+        """Record the post; return True if it repeats a recent post of the same user.
+
+        A repeat is the same normalized text under a *different* ``post_id`` (or with no
+        ``post_id``) within ``window_s``. The same ``post_id`` again is a retry: it is not
+        recorded again and gets the same answer as the first time (idempotent retries).
+        """
+        now = self._clock() if now is None else now
+        key = hash(_normalize(text))
+        horizon = now - self.window_s
+        with self._lock:
+            posts = self._users.get(user_id)
+            if posts is None:
+                posts = deque(maxlen=self.max_posts_per_user)
+                self._users[user_id] = posts
+                while len(self._users) > self.max_users:
+                    self._users.popitem(last=False)
+            else:
+                self._users.move_to_end(user_id)
+            while posts and posts[0][2] < horizon:
+                posts.popleft()
+            repeat = False
+            for k, pid, _ts, was_repeat in posts:
+                if k != key:
+                    continue
+                if post_id is not None and pid == post_id:
+                    return was_repeat  # a retry: same answer as the first time
+                repeat = True
+            posts.append((key, post_id, now, repeat))
+            return repeat
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._users)
+
+    def entries(self) -> int:
+        """Total number of remembered posts (for checking the memory bound)."""
+        with self._lock:
+            return sum(len(p) for p in self._users.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._users.clear()
+
+
+def _blocklist_hits(text: str) -> list[str]:
+    hits: list[str] = []
+    for m in _BLOCK_RE.finditer(text):
+        word = m.group(1).lower()
+        if word not in hits:
+            hits.append(word)
+    return hits
+
+
+def _spam_terms(text: str) -> list[str]:
+    return [_WS_RE.sub(" ", m.group(1).lower()) for m in _SPAM_RE.finditer(text)]
+
+
+def _upper_ratio(text: str) -> tuple[int, float]:
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 0, 0.0
+    return len(letters), sum(c.isupper() for c in letters) / len(letters)
+
+
+def score_post(
+    user_id: str,
+    text: str,
+    *,
+    repeat_tracker: RepeatTracker | None = None,
+    post_id: object = None,
+) -> Verdict:
+    """Full moderation rules (see module docstring). Repeat detection needs a tracker."""
+    reasons: list[str] = []
+    scores: list[float] = [0.0]
+
+    blocked = _blocklist_hits(text)
+    reasons += [f"blocklist:{w}" for w in blocked]
+    if blocked:
+        scores.append(min(1.0, BLOCKLIST_BASE_SCORE + BLOCKLIST_EXTRA_SCORE * (len(blocked) - 1)))
+
+    links = _LINK_RE.findall(text)
+    terms = _spam_terms(text)
+    reasons += ["link"] * min(len(links), 1)
+    reasons += [f"spam_term:{t}" for t in dict.fromkeys(terms)]
+    spam_score = min(1.0, LINK_WEIGHT * len(links) + SPAM_TERM_WEIGHT * len(terms))
+    scores.append(spam_score)
+
+    repeated = False
+    if repeat_tracker is not None:
+        repeated = repeat_tracker.check(user_id, text, post_id=post_id)
+        if repeated:
+            reasons.append("repeat")
+            scores.append(REPEAT_SCORE)
+
+    n_letters, ratio = _upper_ratio(text)
+    shouting = n_letters >= SHOUT_MIN_LETTERS and ratio > SHOUT_RATIO
+    if shouting:
+        reasons.append("shouting")
+        excess = (ratio - SHOUT_RATIO) / (1.0 - SHOUT_RATIO)
+        scores.append(SHOUT_BASE_SCORE + SHOUT_EXTRA_SCORE * excess)
+
+    if blocked:
+        label = "reject"
+    elif spam_score >= SPAM_THRESHOLD or repeated:
+        label = "spam"
+    elif shouting:
+        label = "review"
+    else:
+        label = "approve"
+    return Verdict(label, round(max(scores), 4), tuple(reasons))
+
+
+def fallback_verdict(user_id: str, text: str) -> Verdict:
+    """Cheap local rules for when the moderation backend is down (timeouts, outage).
+
+    Deliberately **conservative** - it prefers blocking a good post to publishing a bad one:
+
+    * any blocklist word -> ``"reject"`` (score 0.9);
+    * *any single* link or spam phrase -> ``"spam"`` (score 0.7), whereas the full rules need
+      ``SPAM_THRESHOLD`` worth of signals;
+    * otherwise ``"approve"`` (score 0.0).
+
+    It has no per-user memory and no shouting check, so it cannot spot repeats or
+    SHOUTING. Every fallback verdict carries the reason ``"degraded"`` (see
+    :attr:`Verdict.degraded`) so approved posts can be re-moderated once the backend is back.
+    ``user_id`` is accepted for signature parity with :func:`score_post`.
+    """
+    del user_id
+    blocked = _blocklist_hits(text)
+    if blocked:
+        return Verdict(
+            "reject", FALLBACK_REJECT_SCORE, (DEGRADED, *[f"blocklist:{w}" for w in blocked])
+        )
+    links = _LINK_RE.findall(text)
+    terms = list(dict.fromkeys(_spam_terms(text)))
+    if links or terms:
+        reasons = (DEGRADED, *(["link"] if links else []), *[f"spam_term:{t}" for t in terms])
+        return Verdict("spam", FALLBACK_SPAM_SCORE, reasons)
+    return Verdict("approve", 0.0, (DEGRADED,))

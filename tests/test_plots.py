@@ -1,0 +1,206 @@
+"""Figure-structure tests for lab_kit.plots (Agg backend, synthetic data, no Kafka)."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from lab_kit import plots  # noqa: E402
+from lab_kit.metrics import MetricsRecorder  # noqa: E402
+
+
+class FakeClock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+WINDOWS = [(3.0, 5.0, "broker down"), (7.0, 8.0, "partition")]
+
+
+def _render(fig: Figure) -> None:
+    fig.savefig(io.BytesIO(), format="png")
+
+
+@pytest.fixture
+def recorder() -> MetricsRecorder:
+    """10 s of traffic: 100 acks/s, a failure burst in 3..5 s with spooling, replay at 5..6 s."""
+    rec = MetricsRecorder(interval_s=1.0, clock=FakeClock(0.0))
+    rng = np.random.default_rng(3)
+    for sec in range(10):
+        now = sec + 0.5
+        rec.incr("submitted", 100, now=now)
+        if 3 <= sec < 5:
+            rec.incr("acked", 50, now=now)
+            for _ in range(50):
+                rec.record_error("KafkaTimeoutError", now=now)
+            rec.incr("spooled", 50, now=now)
+        else:
+            rec.incr("acked", 100, now=now)
+        if sec == 5:
+            rec.incr("replayed", 100, now=now)
+        for v in rng.lognormal(np.log(0.004), 0.5, size=50):
+            rec.record_latency("ack", float(v), now=now)
+            rec.record_latency("submit", float(v) / 200)
+    rec.add_window(3.0, 5.0, "broker down")
+    rec.add_window(7.0, 8.0, "partition")
+    return rec
+
+
+def test_latency_percentiles_grouped_bars(recorder):
+    lf = recorder.latency_frame()
+    fig = plots.latency_percentiles({
+        "ack (dict)": recorder.summary_ms("ack"),
+        "submit (row)": lf.set_index("name").loc["submit"],
+        "ack (1-row frame)": lf[lf["name"] == "ack"],
+        "partial": {"p50_ms": 1.0, "p99_ms": None},
+    })
+    assert isinstance(fig, Figure)
+    (ax,) = fig.axes
+    assert len(ax.patches) == 4 * 4  # 4 percentiles x 4 contenders
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["p50", "p90", "p99", "p99.9"]
+    assert len(ax.get_legend().get_texts()) == 4
+    assert "ms" in ax.get_ylabel()
+    # the dict contender's p99 bar has the recorder's p99 height
+    assert ax.patches[2].get_height() == pytest.approx(recorder.summary_ms("ack")["p99_ms"])
+    _render(fig)
+
+
+def test_latency_percentiles_rejects_ambiguous_frame():
+    df = pd.DataFrame({"name": ["a", "b"], "p50_ms": [1.0, 2.0]})
+    with pytest.raises(ValueError):
+        plots.latency_percentiles({"x": df})
+
+
+def test_latency_cdf_one_line_per_label(recorder):
+    fig = plots.latency_cdf({
+        "ack": recorder.cdf_frame("ack"),
+        "submit": recorder.cdf_frame("submit"),
+        "empty": recorder.cdf_frame("missing"),
+    })
+    (ax,) = fig.axes
+    assert len(ax.lines) == 2
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ack", "submit"]
+    assert ax.lines[0].get_ydata()[-1] == 1.0
+    _render(fig)
+
+
+def test_throughput_over_time_shades_windows(recorder):
+    ts = recorder.timeseries_frame()
+    fig = plots.throughput_over_time(ts, recorder.windows, events=[(3.0, "kill")])
+    (ax,) = fig.axes
+    assert len(ax.patches) == 2  # one axvspan per window
+    data_lines = [ln for ln in ax.lines if ln.get_label() == "acked msgs/s"]
+    assert len(data_lines) == 1
+    assert list(data_lines[0].get_ydata()) == [100, 100, 100, 50, 50, 100, 100, 100, 100, 100]
+    texts = {t.get_text() for t in ax.texts}
+    assert {"broker down", "partition"} <= texts
+    assert "msgs/s" in ax.get_ylabel() and "(s)" in ax.get_xlabel()
+    _render(fig)
+
+
+def test_throughput_without_windows_has_no_patches(recorder):
+    fig = plots.throughput_over_time(recorder.timeseries_frame())
+    (ax,) = fig.axes
+    assert len(ax.patches) == 0 and len(ax.lines) == 1
+
+
+def test_error_rate_with_spool_axis(recorder):
+    ts = recorder.timeseries_frame()
+    fig = plots.error_rate_over_time(ts, WINDOWS)
+    assert len(fig.axes) == 2
+    ax, ax2 = fig.axes
+    assert len(ax.lines) == 1
+    assert max(ax.lines[0].get_ydata()) == pytest.approx(50.0)  # 50 failed / 100 done, as %
+    assert len(ax.patches) == 2
+    assert sorted(ln.get_label() for ln in ax2.lines) == ["replayed (count)", "spooled (count)"]
+    assert "%" in ax.get_ylabel()
+    _render(fig)
+
+
+def test_error_rate_without_spool_columns_has_one_axis():
+    ts = pd.DataFrame({"error_rate": [0.0, 0.1, 0.0]},
+                      index=pd.Index([0.0, 1.0, 2.0], name="t_s"))
+    fig = plots.error_rate_over_time(ts)
+    assert len(fig.axes) == 1
+    assert list(fig.axes[0].lines[0].get_ydata()) == pytest.approx([0.0, 10.0, 0.0])
+
+
+def test_sync_vs_async_two_panels_skip_missing():
+    results = {
+        "sync": {"msgs_per_s": 450.0, "submit_p50_ms": 2.1, "submit_p99_ms": 6.0,
+                 "ack_p50_ms": 2.1, "ack_p99_ms": 6.0},
+        "async": {"msgs_per_s": 42_000.0, "submit_p50_ms": 0.02, "submit_p99_ms": 0.09,
+                  "ack_p50_ms": None},
+        "broken": {"submit_p50_ms": 0.5},
+    }
+    fig = plots.sync_vs_async(results)
+    ax_tp, ax_lat = fig.axes
+    assert len(ax_tp.patches) == 2  # "broken" has no msgs_per_s
+    assert sorted(p.get_height() for p in ax_tp.patches) == [450.0, 42_000.0]
+    # sync 4 + async 2 (ack None / missing skipped) + broken 1
+    assert len(ax_lat.patches) == 7
+    assert ax_lat.get_yscale() == "log"
+    assert [t.get_text() for t in ax_lat.get_xticklabels()] == [
+        "submit p50", "submit p99", "ack p50", "ack p99"]
+    _render(fig)
+
+
+def test_sync_vs_async_without_ack_keys_drops_ack_groups():
+    fig = plots.sync_vs_async({"sync": {"msgs_per_s": 1.0, "submit_p50_ms": 1.0},
+                               "async": {"msgs_per_s": 9.0, "submit_p99_ms": 0.1}})
+    _, ax_lat = fig.axes
+    assert [t.get_text() for t in ax_lat.get_xticklabels()] == ["submit p50", "submit p99"]
+    assert len(ax_lat.patches) == 2
+
+
+def test_timeline_lines_per_present_column():
+    rec = MetricsRecorder(interval_s=0.5, clock=FakeClock(0.0))
+    rec.incr("submitted", 10, now=0.1)
+    rec.incr("acked", 10, now=0.6)
+    rec.incr("spooled", 4, now=0.7)
+    ts = rec.timeseries_frame()
+    fig = plots.timeline(ts, ["submitted", "acked", "spooled", "moderated"], WINDOWS)
+    (ax,) = fig.axes
+    assert [ln.get_label() for ln in ax.lines] == ["submitted", "acked", "spooled"]
+    assert list(ax.lines[1].get_ydata()) == [0.0, 20.0]  # 10 per 0.5 s -> 20 per s
+    assert len(ax.patches) == 2
+    assert "per second" in ax.get_ylabel()
+    _render(fig)
+
+
+def test_tuning_sweep_hue_lines_sorted_by_x():
+    df = pd.DataFrame({
+        "linger_ms": [20, 0, 5, 20, 0, 5],
+        "msgs_per_s": [9000, 4000, 7000, 6000, 2500, np.nan],
+        "acks": ["1", "1", "1", "all", "all", "all"],
+    })
+    fig = plots.tuning_sweep(df, x="linger_ms", y="msgs_per_s", hue="acks")
+    (ax,) = fig.axes
+    assert len(ax.lines) == 2
+    assert [ln.get_label() for ln in ax.lines] == ["acks=1", "acks=all"]
+    assert list(ax.lines[0].get_xdata()) == [0, 5, 20]
+    assert list(ax.lines[1].get_xdata()) == [0, 20]  # NaN y dropped
+    assert ax.get_xlabel() == "linger (ms)"
+    _render(fig)
+    fig2 = plots.tuning_sweep(df, x="linger_ms", y="msgs_per_s")
+    assert len(fig2.axes[0].lines) == 1
+
+
+def test_plots_accept_empty_frames():
+    ts = MetricsRecorder(clock=FakeClock()).timeseries_frame()
+    for fig in (plots.throughput_over_time(ts), plots.error_rate_over_time(ts),
+                plots.timeline(ts, ["acked"]), plots.latency_cdf({}),
+                plots.latency_percentiles({})):
+        assert isinstance(fig, Figure)
+        _render(fig)
