@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
+    from . import bench
+
+    bench.add_parser(sub)
     return p
 
 

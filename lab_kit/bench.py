@@ -1,0 +1,342 @@
+"""``python -m lab_kit bench``: the producers side by side, on one broker, in one run.
+
+Every contender sends the same realistic posts (seeded workload, UTF-8 JSON values keyed by
+user) with ``acks=all`` and idempotence on. Closed-loop contenders are run ``rounds`` times in
+interleaved order and the medians are reported, so a noisy neighbour on a shared machine hits
+all of them alike; ratios are taken from those medians.
+
+* ``sync``             ``send().get()`` per post (``AsyncPostProducer(mode="sync")``, linger 0)
+* ``raw_kafka_python`` a plain ``send`` loop + ``flush``, as in kafka-python's
+                       ``benchmarks/producer_performance.py`` (no per-post timing, no callbacks)
+* ``lab_kit_async``    ``AsyncPostProducer`` with its callbacks and metrics on
+* ``confluent_kafka``  confluent-kafka's ``Producer`` (librdkafka) as a peer, if installed
+* ``open_loop``        ``AsyncPostProducer`` fed at a fixed rate (10,000 posts/s) by the
+                       open-loop driver: latency is measured from each post's intended send
+                       time, so queueing delay cannot hide (no coordinated omission)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+from . import config
+from .metrics import percentiles_ms
+from .posts import Post, Workload, run_open_loop
+
+BENCH_TOPIC = "bench.posts"
+COMMON = {"acks": "all", "enable_idempotence": True, "linger_ms": 5}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _latency_fields(submit: dict | None, ack: dict | None) -> dict[str, Any]:
+    def g(d: dict | None, k: str) -> float | None:
+        return None if d is None or d.get(k) is None else round(d[k], 4)
+
+    return {"submit_p50_ms": g(submit, "p50_ms"), "submit_p99_ms": g(submit, "p99_ms"),
+            "submit_p999_ms": g(submit, "p999_ms"), "ack_p50_ms": g(ack, "p50_ms"),
+            "ack_p99_ms": g(ack, "p99_ms")}
+
+
+# --- contenders: each sends ``posts`` once and returns a result dict -------------------------
+def run_sync(cfg: dict, posts: list[Post]) -> dict:
+    from .producer import AsyncPostProducer
+
+    # linger 0: waiting for a batch to fill makes no sense when each send waits for its ack
+    with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, mode="sync",
+                           **_extra(cfg), **{**COMMON, "linger_ms": 0}) as p:
+        t0 = time.perf_counter()
+        for post in posts:
+            p.submit(post)
+        elapsed = time.perf_counter() - t0
+        m = p.metrics
+        return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts),
+                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack"))}
+
+
+def run_raw(cfg: dict, posts: list[Post]) -> dict:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**cfg, **COMMON)
+    try:
+        producer.send(BENCH_TOPIC, b"warm-up").get(timeout=30)
+        t0 = time.perf_counter()
+        for post in posts:
+            producer.send(BENCH_TOPIC, key=post.key_bytes(), value=post.to_json_bytes())
+        producer.flush(timeout=120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        producer.close(timeout=10)
+    return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts),
+            **_latency_fields(None, None), "note": "plain loop: throughput only"}
+
+
+def run_lab(cfg: dict, posts: list[Post]) -> dict:
+    from .callbacks import LoggingHandler
+    from .producer import AsyncPostProducer
+
+    with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, handlers=[LoggingHandler()],
+                           max_in_flight=len(posts) + 1, **_extra(cfg), **COMMON) as p:
+        p.submit(posts[0]).result(timeout=30)  # warm-up (connection, metadata)
+        p.metrics.reset()
+        t0 = time.perf_counter()
+        for post in posts:
+            p.submit(post)
+        p.flush(timeout=120)
+        elapsed = time.perf_counter() - t0
+        m = p.metrics
+        acked = m.counters()["acked"]
+        return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "acked": acked,
+                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack"))}
+
+
+def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
+    try:
+        from confluent_kafka import Producer
+    except ImportError:
+        return None
+    acks: list[float] = []
+    submits: list[float] = []
+    errors = [0]
+
+    def on_delivery(err, msg, t_sent):  # noqa: ANN001 - librdkafka callback signature
+        if err is not None:
+            errors[0] += 1
+        else:
+            acks.append(time.perf_counter() - t_sent)
+
+    producer = Producer({"bootstrap.servers": cfg["bootstrap_servers"], "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 5})
+    producer.produce(BENCH_TOPIC, b"warm-up")
+    producer.flush(30)
+    t0 = time.perf_counter()
+    for post in posts:
+        ts = time.perf_counter()
+        key, value = post.key_bytes(), post.to_json_bytes()
+        while True:
+            try:
+                producer.produce(BENCH_TOPIC, value, key,
+                                 on_delivery=lambda e, m, ts=ts: on_delivery(e, m, ts))
+                break
+            except BufferError:  # local queue full: serve callbacks, then try again
+                producer.poll(0.01)
+        producer.poll(0)
+        submits.append(time.perf_counter() - ts)
+    producer.flush(120)
+    elapsed = time.perf_counter() - t0
+    return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "errors": errors[0],
+            **_latency_fields(percentiles_ms(submits), percentiles_ms(acks))}
+
+
+def run_open_loop_bench(cfg: dict, workload: Workload, rate: float, duration_s: float) -> dict:
+    from .producer import AsyncPostProducer
+
+    posts = workload.posts(int(rate * duration_s) + 1)
+    with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, **_extra(cfg),
+                           **COMMON) as p:
+        p.submit(posts[0]).result(timeout=30)
+        p.metrics.reset()
+        run = run_open_loop(p.submit, iter(posts), rate, duration_s)
+        p.flush(timeout=60)
+        m = p.metrics
+        submit, ack = m.summary_ms("submit"), m.summary_ms("ack")
+    report = p.close() if not p._closed else None
+    counters = m.counters()
+    lost = counters["submitted"] - counters["acked"] - counters["spooled"] \
+        - counters["dead_lettered"]
+    return {
+        "msgs_per_s": run.achieved_rate, "target_rate": rate, "achieved_rate": run.achieved_rate,
+        "duration_s": duration_s, "submitted": run.submitted, "skipped": run.skipped,
+        "max_lag_ms": round(run.max_lag_s * 1000, 3), "acked": counters["acked"],
+        "lost": max(lost, report.lost if report else 0),
+        **_latency_fields(submit, ack),
+    }
+
+
+def _extra(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "bootstrap_servers"}
+
+
+# --- the run ----------------------------------------------------------------------------------
+def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_000,
+              duration_s: float | None = None, progress: bool = True) -> dict:
+    from . import broker
+    from .topics import ensure_topics
+
+    b = broker.ensure()
+    cfg = b.client_config()
+    ensure_topics(cfg, names=(BENCH_TOPIC,), partitions={BENCH_TOPIC: 6})
+    rounds = rounds or (3 if quick else 5)
+    n_async = 10_000 if quick else 30_000
+    n_sync = 500 if quick else 2_000
+    duration_s = duration_s or (5.0 if quick else 20.0)
+    workload = Workload(seed=7)
+    posts = workload.posts(n_async)
+    payload = statistics.fmean(len(p.to_json_bytes()) for p in posts)
+    # The pre-built workload is a benchmark artefact (a server does not hold 30k posts):
+    # freeze it out of the garbage collector's sight, for every contender alike.
+    gc.collect()
+    gc.freeze()
+
+    contenders = {"sync": lambda: run_sync(cfg, posts[:n_sync]),
+                  "raw_kafka_python": lambda: run_raw(cfg, posts),
+                  "lab_kit_async": lambda: run_lab(cfg, posts),
+                  "confluent_kafka": lambda: run_confluent(cfg, posts)}
+    runs: dict[str, list[dict]] = {k: [] for k in contenders}
+    for r in range(rounds):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            if progress:
+                print(f"round {r + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
+            res = contenders[name]()
+            if res is not None:
+                runs[name].append(res)
+    results: dict[str, Any] = {name: _median_result(rs) for name, rs in runs.items()}
+    if results["confluent_kafka"] is None:
+        results["confluent_kafka"] = None
+        confluent_reason = "confluent-kafka not installed (pip install '.[confluent]')"
+    else:
+        confluent_reason = None
+    if progress:
+        print(f"open loop: {rate:.0f} posts/s for {duration_s:.0f} s ...", file=sys.stderr,
+              flush=True)
+    gc.unfreeze()
+    results["open_loop"] = run_open_loop_bench(cfg, workload, rate, duration_s)
+
+    def ratio(a: str, b_: str) -> float | None:
+        if results.get(a) is None or results.get(b_) is None:
+            return None
+        return round(results[a]["msgs_per_s"] / results[b_]["msgs_per_s"], 3)
+
+    out = {
+        "kafka_version": b.kafka_version or config.KAFKA_VERSION,
+        "python": platform.python_version(),
+        "kafka_python": _version("kafka-python"),
+        "confluent_kafka": _version("confluent-kafka"),
+        "machine": {"cpus": _cpus(), "platform": platform.platform()},
+        "quick": quick, "rounds": rounds,
+        "payload_bytes_avg": round(payload, 1),
+        "settings": COMMON,
+        "results": results,
+        "ratios": {"async_over_sync": ratio("lab_kit_async", "sync"),
+                   "lab_kit_over_raw": ratio("lab_kit_async", "raw_kafka_python"),
+                   "lab_kit_over_confluent": ratio("lab_kit_async", "confluent_kafka")},
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    out["targets"] = evaluate_targets(results, out["ratios"])
+    if confluent_reason:
+        out["confluent_kafka_reason"] = confluent_reason
+    return out
+
+
+def _median_result(rs: list[dict]) -> dict | None:
+    if not rs:
+        return None
+    out: dict[str, Any] = {}
+    for key in rs[0]:
+        vals = [r[key] for r in rs if isinstance(r.get(key), int | float)]
+        out[key] = round(statistics.median(vals), 4) if vals and not isinstance(
+            rs[0][key], bool) else rs[0][key]
+    out["rounds_msgs_per_s"] = [round(r["msgs_per_s"], 1) for r in rs]
+    return out
+
+
+TARGETS = {
+    ("ratios", "async_over_sync"): (">=", 20),
+    ("ratios", "lab_kit_over_raw"): (">=", 0.85),
+    ("open_loop", "achieved_rate"): (">=", 9800),
+    ("open_loop", "submit_p99_ms"): ("<=", 1),
+    ("open_loop", "submit_p999_ms"): ("<=", 5),
+    ("open_loop", "ack_p99_ms"): ("<=", 50),
+    ("open_loop", "lost"): ("<=", 0),
+}
+
+
+def evaluate_targets(results: dict, ratios: dict) -> dict:
+    """{"open_loop.ack_p99_ms <= 50": true, ...}; None where the value is missing."""
+    out = {}
+    for (group, key), (op, limit) in TARGETS.items():
+        src = ratios if group == "ratios" else (results.get(group) or {})
+        value = src.get(key)
+        out[f"{group}.{key} {op} {limit}"] = None if value is None else (
+            value >= limit if op == ">=" else value <= limit)
+    return out
+
+
+def format_table(report: dict) -> str:
+    cols = ["msgs_per_s", "submit_p50_ms", "submit_p99_ms", "submit_p999_ms", "ack_p50_ms",
+            "ack_p99_ms"]
+    lines = [f"Kafka {report['kafka_version']} | Python {report['python']} | payload "
+             f"{report['payload_bytes_avg']} B avg | acks=all, idempotent, linger 5 ms | "
+             f"medians of {report['rounds']} rounds"]
+    lines.append(f"{'contender':<18}" + "".join(f"{c:>15}" for c in cols))
+    for name, res in report["results"].items():
+        if res is None:
+            lines.append(f"{name:<18}  (not run: {report.get('confluent_kafka_reason', '')})")
+            continue
+        row = "".join(f"{_fmt(res.get(c), c):>15}" for c in cols)
+        lines.append(f"{name:<18}{row}")
+    ol = report["results"]["open_loop"]
+    lines.append(f"open loop: target {ol['target_rate']:,.0f}/s, achieved "
+                 f"{ol['achieved_rate']:,.0f}/s, lost {ol['lost']}, max lag {ol['max_lag_ms']} ms")
+    lines.append("ratios: " + ", ".join(f"{k}={v}" for k, v in report["ratios"].items()))
+    lines.append(f"peak RSS: {report['peak_rss_mb']} MB")
+    for k, v in report["targets"].items():
+        lines.append(f"  target {k}: {'met' if v else 'NOT met' if v is False else 'n/a'}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, ",.3f" if "ms" in column else ",.0f")
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark sync / raw / lab_kit / confluent / open loop")
+    p.add_argument("--quick", action="store_true", help="fewer posts and a 5 s open loop")
+    p.add_argument("--json", dest="json_path", default=None, help="write the report here")
+    p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds (median)")
+    p.add_argument("--rate", type=float, default=10_000, help="open-loop posts per second")
+    p.add_argument("--duration", type=float, default=None, help="open-loop seconds")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.rate <= 0 or args.rate > 100_000:
+        raise ValueError(f"--rate must be in (0, 100000], got {args.rate}")
+    if args.duration is not None and not 0 < args.duration <= 600:
+        raise ValueError(f"--duration must be in (0, 600] seconds, got {args.duration}")
+    report = run_bench(quick=args.quick, rounds=args.rounds, rate=args.rate,
+                       duration_s=args.duration)
+    print(format_table(report))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json_path}")
+    return 0
