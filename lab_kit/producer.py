@@ -335,6 +335,7 @@ class AsyncPostProducer:
         self._generation = 0
         self._client: KafkaProducer | None = None
         self._client_stale = False
+        self._side_client: KafkaProducer | None = None
         self.healthy = True
         self.spool = None
         self._spooling = False  # True while new posts go to the spool (outage or backlog)
@@ -348,6 +349,7 @@ class AsyncPostProducer:
             self.spool = Spool(spool_path)
         try:
             self._client = self._new_client()
+            self._generation = 1
         except KafkaTimeoutError as exc:
             if self.spool is None:
                 self._worker.shutdown(wait=False)
@@ -370,7 +372,6 @@ class AsyncPostProducer:
     # --- client ---------------------------------------------------------------------------------
     def _new_client(self) -> KafkaProducer:
         client = KafkaProducer(**self._kafka_config)
-        self._generation += 1
         client.partitions_for(self.topic)  # warm the metadata so send() never waits for it
         return client
 
@@ -382,6 +383,7 @@ class AsyncPostProducer:
             self._client = self._new_client()
         except KafkaTimeoutError:
             self._client = None
+        self._generation += 1
         self.metrics.incr("client_rebuilds")
         if old is not None:
             # abort what the old client still holds: its errbacks spool those posts
@@ -509,20 +511,70 @@ class AsyncPostProducer:
                     self._callback_failed(h, pf, exc)
 
     def _on_error(self, pf: PostFuture, exc: BaseException) -> None:
+        """A delivery error from the client (sender thread, or the caller for send() errors).
+
+        kafka-python 3.0's idempotent producer stops sending after an expired batch, and
+        after a non-retriable error (e.g. MESSAGE_TOO_LARGE) fails every later send with the
+        same error. So: an error from the current client replaces that client (on the worker),
+        posts caught on a replaced client are re-sent, and a post that failed non-retriably
+        is first re-sent alone (its batch-mates fail with it) before it is dead-lettered.
+        """
         self._in_flight.pop(id(pf), None)
         if pf.done():  # already settled (e.g. spooled by close()): nothing more to do
             return
         self.metrics.record_error(type(exc).__name__)
         retriable = bool(getattr(exc, "retriable", False))
-        if retriable and isinstance(exc, KafkaTimeoutError) and pf.generation == self._generation:
-            self._client_stale = True  # an expired batch wedges kafka-python's idempotent producer
+        current = pf.generation == self._generation
+        if current and (not retriable or isinstance(exc, KafkaTimeoutError)):
+            self._client_stale = True
+            self._worker.submit(self._replace_client, pf.generation)
+        if not current or not retriable:
+            self._worker.submit(self._resend_alone, pf, exc)
+        elif self.spool is not None:
             self.healthy = False
-        if retriable and self.spool is not None:
             self._worker.submit(self._spool_failed, pf, exc)
-        elif not retriable and self.dlq_topic:
-            self._worker.submit(self._dead_letter, pf, exc)
         else:
             self._fail(pf, exc)
+
+    def _replace_client(self, generation: int) -> None:
+        if generation == self._generation and not self._closed:
+            self._client_stale = False
+            self._rebuild_client()
+
+    def _side(self) -> KafkaProducer:
+        """A second, non-idempotent client for lone re-sends and dead letters (worker only)."""
+        if self._side_client is None:
+            self._side_client = KafkaProducer(**{
+                **self._kafka_config, "enable_idempotence": False, "linger_ms": 0,
+                "retries": 3, "max_in_flight_requests_per_connection": 1})
+        return self._side_client
+
+    def _resend_alone(self, pf: PostFuture, first_error: BaseException) -> None:
+        """Worker: send the post on its own; a non-retriable failure now is its own fault."""
+        post = pf.post
+        self.metrics.incr("retried")
+        try:
+            md = self._side().send(self.topic, key=post.key_bytes(),
+                                   value=post.to_json_bytes()).get(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if getattr(exc, "retriable", False):
+                if self.spool is not None:
+                    self._spool_failed(pf, exc)
+                else:
+                    self._fail(pf, exc)
+            elif self.dlq_topic:
+                self._dead_letter(pf, exc)
+            else:
+                self._fail(pf, exc)
+            return
+        now = time.perf_counter()
+        self.metrics.observe("acked", "ack", now - pf.intended_at, now)
+        pf._complete((md, now - pf.intended_at), None)
+        for h in self.handlers:
+            try:
+                h.on_delivery(post, pf.result())
+            except Exception as cb_exc:  # noqa: BLE001
+                self._callback_failed(h, pf, cb_exc)
 
     def _callback_failed(self, handler: Any, pf: PostFuture, exc: BaseException) -> None:
         self.metrics.incr("callback_errors")
@@ -532,6 +584,7 @@ class AsyncPostProducer:
 
     def _fail(self, pf: PostFuture, exc: BaseException, dead_lettered: bool = False) -> None:
         if not dead_lettered:
+            self.metrics.incr("undeliverable")
             with self._lock:
                 self._failed_ids.append(pf.post_id)
         for h in self.handlers:
@@ -548,13 +601,10 @@ class AsyncPostProducer:
 
         key, value, headers = dlq_record(pf.post, exc, source_topic=self.topic)
         try:
-            self._client.send(self.dlq_topic, key=key, value=value, headers=headers).get(30)
+            self._side().send(self.dlq_topic, key=key, value=value, headers=headers).get(30)
         except Exception as dlq_exc:  # noqa: BLE001
             log.error("could not dead-letter post %s: %r", pf.post_id, dlq_exc)
             self.metrics.incr("dlq_failed")
-            if self.spool is not None and getattr(dlq_exc, "retriable", False):
-                self._spool_failed(pf, dlq_exc)
-                return
             self._fail(pf, exc)
             return
         self.metrics.incr("dead_lettered")
@@ -705,6 +755,8 @@ class AsyncPostProducer:
         if self._client is not None:
             self._client.close(timeout=0 if undelivered else 5)
         self._worker.shutdown(wait=True)
+        if self._side_client is not None:
+            self._side_client.close(timeout=5)
         counters = self.metrics.counters()
         failed = list(dict.fromkeys(self._failed_ids))
         report = CloseReport(

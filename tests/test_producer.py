@@ -1,0 +1,215 @@
+"""AsyncPostProducer and the callback handlers against the real broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from lab_kit.callbacks import (
+    CollectingHandler,
+    RaisingHandler,
+    UserCallback,
+    blocking_callback_experiment,
+    flush_inside_callback_demo,
+)
+from lab_kit.posts import Post, PostValidationError, Workload
+from lab_kit.producer import (
+    AsyncPostProducer,
+    BackpressureError,
+    BrokerUnavailableError,
+    DeliveryFailed,
+)
+
+from .kafka_helpers import create_topic, read_all
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def topic(client_config, topic_name):
+    create_topic(client_config, topic_name, partitions=3)
+    return topic_name
+
+
+@pytest.fixture
+def posts():
+    return Workload(seed=11).posts(2000)
+
+
+def test_submit_returns_before_the_ack_and_the_callback_comes_later(bootstrap, topic, posts):
+    seen_threads = []
+    with AsyncPostProducer(bootstrap, topic, linger_ms=200) as producer:
+        future = producer.submit(posts[0])
+        assert not future.done()  # linger 200 ms: the broker has not even seen it yet
+        future.add_done_callback(lambda f: seen_threads.append(threading.current_thread()))
+        delivery = future.result(timeout=30)
+    assert delivery.outcome == "acked" and delivery.offset is not None
+    assert delivery.ack_latency_s >= 0.15
+    assert seen_threads and seen_threads[0] is not threading.main_thread()
+    assert producer.metrics.summary_ms("submit")["p50_ms"] < 50
+
+
+def test_exactly_one_callback_per_post(bootstrap, topic, posts, client_config):
+    collect = CollectingHandler()
+    done = []
+    with AsyncPostProducer(bootstrap, topic, handlers=[collect]) as producer:
+        for p in posts:
+            producer.submit(p).add_done_callback(done.append)
+        assert producer.flush(timeout=60)
+    frame = collect.frame()
+    assert len(frame) == len(posts) == len(done)
+    assert frame.post_id.is_unique and set(frame.post_id) == {p.post_id for p in posts}
+    assert (frame.outcome == "acked").all()
+    assert set(frame.thread) == {frame.thread.iloc[0]}  # all on the one sender thread
+    landed = [json.loads(r.value)["post_id"] for r in read_all(client_config, topic)]
+    assert sorted(landed) == sorted(p.post_id for p in posts)
+
+
+def test_a_post_the_broker_refuses_as_too_large_ends_in_errback_and_dlq(
+        bootstrap, client_config, topic_name):
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    small, dlq = topic_name, topic_name + ".dlq"
+    admin = KafkaAdminClient(**client_config)
+    admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"})])
+    admin.close()
+    create_topic(client_config, dlq)
+    big = Post(user_id="u-big", text="a long rant " * 300)  # ~3.6 kB: valid, but > 1024
+    ok = Post(user_id="u-ok", text="short and sweet")
+    errors = []
+    with AsyncPostProducer(bootstrap, small, dlq_topic=dlq, linger_ms=0,
+                           handlers=[UserCallback(on_error=lambda p, e: errors.append(e))]
+                           ) as producer:
+        f_big, f_ok = producer.submit(big), producer.submit(ok)
+        exc = f_big.exception(timeout=30)
+        # the small post shared the refused batch (and kafka-python's idempotent client
+        # fails every later send after it): it is re-sent alone and acked
+        assert f_ok.result(timeout=30).outcome == "acked"
+        later = [producer.submit(Post(user_id="u-ok", text=f"after {i}")) for i in range(20)]
+        assert all(f.result(timeout=30).outcome == "acked" for f in later)
+        assert producer.metrics.counters()["client_rebuilds"] >= 1
+    assert isinstance(exc, DeliveryFailed) and exc.dead_lettered
+    assert type(exc.error).__name__ == "MessageSizeTooLargeError"
+    assert len(errors) == 1
+    assert producer.metrics.counters()["dead_lettered"] == 1
+    records = read_all(client_config, dlq)
+    assert len(records) == 1
+    body = json.loads(records[0].value)
+    assert body["post_id"] == big.post_id and body["error_type"] == "MessageSizeTooLargeError"
+    assert body["source_topic"] == small and body["size_bytes"] > 1024
+    assert dict(records[0].headers)["error_type"] == b"MessageSizeTooLargeError"
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"text": "no user"}, "user_id"),
+    ({"user_id": "u1", "text": "   "}, "text"),
+    ({"user_id": 42, "text": "wrong type"}, "user_id"),
+    ({"user_id": "u1", "text": "x" * 5001}, "text"),
+    ({"user_id": "u1", "text": "lone \ud800 surrogate"}, "text"),
+    ({"user_id": "u1", "text": "hi", "mood": "happy"}, "mood"),
+    (Post(user_id="u1", text="bad \udfff surrogate"), "text"),
+])
+def test_validation_errors_name_the_field_and_nothing_is_accepted(bootstrap, topic, bad, field):
+    with AsyncPostProducer(bootstrap, topic) as producer:
+        with pytest.raises(PostValidationError) as info:
+            producer.submit(bad)
+        assert info.value.field == field and field in str(info.value)
+        assert producer.metrics.counters()["submitted"] == 0
+
+
+def test_size_over_max_request_size_is_a_validation_error(bootstrap, topic):
+    with AsyncPostProducer(bootstrap, topic, max_request_size=2048) as producer:
+        with pytest.raises(PostValidationError) as info:
+            producer.submit({"user_id": "u1", "text": "y" * 3000})
+    assert info.value.field == "size" and info.value.limit == 2048
+    assert "2048" in str(info.value)
+
+
+def test_close_delivers_everything_that_was_accepted(bootstrap, topic, posts, client_config):
+    producer = AsyncPostProducer(bootstrap, topic, linger_ms=100)
+    futures = [producer.submit(p) for p in posts]
+    report = producer.close(timeout=60)  # right away: most posts are still in batches
+    assert report.accepted == len(posts) and report.acked == len(posts)
+    assert report.lost == 0 and report.failed_ids == [] and report.undelivered_ids == []
+    assert all(f.done() and f.result().outcome == "acked" for f in futures)
+    assert len(read_all(client_config, topic)) == len(posts)
+
+
+def test_in_flight_bound_rejects_and_blocks(bootstrap, topic, posts):
+    with AsyncPostProducer(bootstrap, topic, max_in_flight=50, on_full="reject",
+                           linger_ms=1000, batch_size=1_000_000) as producer:
+        accepted, rejected = 0, []
+        for p in posts[:60]:
+            try:
+                producer.submit(p)
+                accepted += 1
+            except BackpressureError as exc:
+                rejected.append(exc)
+            assert producer.in_flight <= 50
+        assert accepted == 50 and len(rejected) == 10
+        assert rejected[0].field == "max_in_flight" and rejected[0].limit == 50
+        assert producer.metrics.counters()["rejected"] == 10
+    with AsyncPostProducer(bootstrap, topic, max_in_flight=5, on_full="block",
+                           max_block_s=0.05, linger_ms=1000, batch_size=1_000_000) as producer:
+        for p in posts[:5]:
+            producer.submit(p)
+        with pytest.raises(BackpressureError, match="waited"):
+            producer.submit(posts[5])
+
+
+def test_block_policy_waits_for_a_slot_to_free(bootstrap, topic, posts):
+    with AsyncPostProducer(bootstrap, topic, max_in_flight=5, on_full="block",
+                           max_block_s=5, linger_ms=20) as producer:
+        futures = [producer.submit(p) for p in posts[:50]]  # waits for acks, never raises
+        producer.flush(30)
+    assert all(f.result().outcome == "acked" for f in futures)
+
+
+def test_a_raising_user_callback_is_counted_not_lost(bootstrap, topic, posts):
+    with AsyncPostProducer(bootstrap, topic, handlers=[RaisingHandler()]) as producer:
+        futures = [producer.submit(p) for p in posts[:100]]
+        producer.flush(30)
+    assert producer.metrics.counters()["callback_errors"] == 100
+    assert len(producer.callback_errors) == 100
+    post_id, handler, error = producer.callback_errors[0]
+    assert handler == "raising" and "ValueError" in error
+    assert all(f.result().outcome == "acked" for f in futures)  # delivery itself unharmed
+
+
+def test_sync_mode_waits_for_each_ack(bootstrap, topic, posts):
+    with AsyncPostProducer(bootstrap, topic, mode="sync", linger_ms=0) as producer:
+        future = producer.submit(posts[0])
+        assert future.done() and future.result().offset is not None
+        delivery = producer.submit_sync(posts[1])
+        assert delivery.outcome == "acked"
+    assert producer.metrics.counters()["acked"] == 2
+
+
+def test_flush_inside_a_callback_is_refused_with_a_reason(bootstrap, topic, posts):
+    message = flush_inside_callback_demo(bootstrap, topic, posts[0])
+    assert "deadlock" in message and "sender thread" in message
+
+
+def test_a_blocking_callback_stalls_every_ack(bootstrap, topic, posts):
+    df = blocking_callback_experiment(bootstrap, topic, posts[:300], sleep_s=0.005)
+    by = dict(zip(df.variant, df.ack_p50_ms, strict=True))
+    plain, blocking, offloaded = df.variant
+    assert by[blocking] > 3 * by[plain]
+    assert by[offloaded] < by[blocking]
+
+
+def test_no_broker_and_no_spool_fails_fast_with_a_hint():
+    with pytest.raises(BrokerUnavailableError, match="broker up"):
+        AsyncPostProducer("127.0.0.1:9", "posts", bootstrap_timeout_ms=1000)
+
+
+def test_bad_producer_options_are_named():
+    with pytest.raises(ValueError, match="max_in_flight"):
+        AsyncPostProducer("127.0.0.1:9", max_in_flight=0)
+    with pytest.raises(ValueError, match="on_full"):
+        AsyncPostProducer("127.0.0.1:9", on_full="drop")
+    with pytest.raises(ValueError, match="mode"):
+        AsyncPostProducer("127.0.0.1:9", mode="fast")
