@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .posts import Post
@@ -38,3 +40,88 @@ def dlq_record(post: Post | None, error: BaseException | str, *, source_topic: s
     key = post.key_bytes() if post is not None else None
     headers = [("error_type", error_type.encode()), ("source_topic", source_topic.encode())]
     return key, json.dumps(body, separators=(",", ":")).encode(), headers
+
+
+def read_topic(client_config: dict, topic: str, timeout_s: float = 60.0) -> list:
+    """Every record of ``topic`` from the beginning to the end offsets seen at call time."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**client_config, enable_auto_commit=False, group_id=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = None
+        while not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no partitions")
+            if not partitions:
+                time.sleep(0.2)
+        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out: list = []
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: still short of the end offsets")
+            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0) -> list[str]:
+    """The ``post_id`` of every record of ``topic`` (records without one are skipped)."""
+    ids = []
+    for record in read_topic(client_config, topic, timeout_s):
+        try:
+            pid = json.loads(record.value).get("post_id")
+        except (ValueError, AttributeError, TypeError):
+            continue
+        if pid:
+            ids.append(pid)
+    return ids
+
+
+@dataclass
+class AuditReport:
+    """What actually landed, by post_id — the checker of a drill (Jepsen's shape)."""
+
+    submitted: int
+    acked: int
+    spooled: int
+    replayed: int
+    delivered_unique: int
+    duplicates: int
+    lost: int
+    dead_lettered: int
+    lost_ids: list[str] = field(default_factory=list)
+    duplicate_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self, max_ids: int = 20) -> dict[str, Any]:
+        d = asdict(self)
+        d["lost_ids"] = self.lost_ids[:max_ids]
+        d["duplicate_ids"] = self.duplicate_ids[:max_ids]
+        return d
+
+
+def audit(client_config: dict, topic: str, submitted_ids: list[str] | set[str], *,
+          dlq_topic: str | None = None, counters: dict | None = None,
+          timeout_s: float = 120.0) -> AuditReport:
+    """Read ``topic`` (and the DLQ) back and count, by post_id: delivered once, duplicated,
+    dead-lettered, lost. ``counters`` (the producer's) adds acked/spooled/replayed."""
+    submitted = set(submitted_ids)
+    landed = Counter(pid for pid in post_ids_in(client_config, topic, timeout_s)
+                     if pid in submitted)
+    dead = set()
+    if dlq_topic:
+        dead = set(post_ids_in(client_config, dlq_topic, timeout_s)) & submitted
+    lost_ids = sorted(submitted - set(landed) - dead)
+    dup_ids = sorted(pid for pid, n in landed.items() if n > 1)
+    counters = counters or {}
+    return AuditReport(
+        submitted=len(submitted), acked=counters.get("acked", 0),
+        spooled=counters.get("spooled", 0), replayed=counters.get("replayed", 0),
+        delivered_unique=len(landed), duplicates=sum(n - 1 for n in landed.values()),
+        lost=len(lost_ids), dead_lettered=len(dead), lost_ids=lost_ids, duplicate_ids=dup_ids)

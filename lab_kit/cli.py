@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
-    from . import bench
+    from . import bench, drills
 
     bench.add_parser(sub)
+    drills.add_parser(sub)
     return p
 
 

@@ -219,6 +219,25 @@ class CloseReport:
         return len(self.failed_ids) + len(self.undelivered_ids)
 
 
+def force_close(client: KafkaProducer) -> None:
+    """Close a kafka-python producer now, failing what it still holds (their errbacks run).
+
+    kafka-python 3.0's ``close(timeout=0)`` raises from its internal ``flush(0)`` before it
+    gets to force-closing the sender, so the sender is told directly.
+    """
+    try:
+        client.close(timeout=0)
+    except KafkaTimeoutError:
+        sender = getattr(client, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(5)
+        try:
+            client.close(timeout=0)  # now only the bookkeeping (metrics, serializers) is left
+        except KafkaTimeoutError:
+            pass
+
+
 def _plain_str(v: Any, limit: int) -> bool:
     return type(v) is str and 0 < len(v) <= limit and not v.isspace()
 
@@ -386,8 +405,8 @@ class AsyncPostProducer:
         self._generation += 1
         self.metrics.incr("client_rebuilds")
         if old is not None:
-            # abort what the old client still holds: its errbacks spool those posts
-            self._worker.submit(old.close, 0)
+            # abort what the old client still holds: its errbacks re-send those posts
+            self._worker.submit(force_close, old)
 
     @property
     def client(self) -> KafkaProducer | None:
@@ -683,7 +702,7 @@ class AsyncPostProducer:
             # back to direct sends; a post spooled during this switch is replayed next round
             self._spooling = False
 
-    def _replay_batch(self, limit: int = 1000, timeout_s: float = 30.0) -> int:
+    def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> int:
         """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go."""
         records = self.spool.lease(limit, lease_s=timeout_s * 2)
         if not records:
@@ -753,7 +772,10 @@ class AsyncPostProducer:
                 self._in_flight.pop(id(pf), None)
                 self._spool_failed(pf, KafkaTimeoutError("not acked before close()"))
         if self._client is not None:
-            self._client.close(timeout=0 if undelivered else 5)
+            if undelivered:
+                force_close(self._client)
+            else:
+                self._client.close(timeout=5)
         self._worker.shutdown(wait=True)
         if self._side_client is not None:
             self._side_client.close(timeout=5)

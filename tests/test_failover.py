@@ -1,0 +1,244 @@
+"""Producer-side failover against real broker processes: spool, replay, drills, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from kafka import KafkaProducer
+
+from lab_kit.audit import audit, post_ids_in
+from lab_kit.broker import local
+from lab_kit.drills import DrillSettings, run_drill
+from lab_kit.posts import Workload
+from lab_kit.producer import AsyncPostProducer, force_close
+from lab_kit.spool import SpoolError
+from lab_kit.topics import ensure_topics
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def fault_broker(tmp_path_factory):
+    """A private single-node broker: these tests kill and pause it."""
+    b = local.up(nodes=1, state_dir=tmp_path_factory.mktemp("failover-broker"))
+    yield b
+    b.down(purge=True)
+
+
+@pytest.fixture
+def fresh_topic(fault_broker, topic_name):
+    ensure_topics(fault_broker.client_config(), names=(topic_name, topic_name + ".dlq"),
+                  partitions={topic_name: 3, topic_name + ".dlq": 1})
+    return topic_name
+
+
+@pytest.mark.parametrize("name", ["broker-outage", "broker-pause"])
+def test_drill_at_small_scale_loses_nothing(fault_broker, tmp_path, name):
+    settings = DrillSettings(posts=3000, rate=1000, outage_s=1.5, lead_s=0.8)
+    result = run_drill(name, settings, broker=fault_broker, workdir=tmp_path)
+    assert result["ok"] and result["nemesis_error"] is None
+    assert result["submitted"] == 3000
+    assert result["lost"] == 0 and result["delivered_unique"] == 3000
+    assert result["spooled"] > 0 and result["replayed"] >= result["spooled"] - result["duplicates"]
+    assert result["submitted_during_outage"] > 0
+    assert result["submit_p99_during_outage_ms"] <= 5.0
+    labels = [w[2] for w in result["outage_windows"]]
+    assert any("broker node" in label for label in labels)
+    assert result["timeline"] and {"t_s", "submitted", "acked"} <= set(result["timeline"][0])
+    assert sum(row["submitted"] for row in result["timeline"]) == 3000
+    assert fault_broker.nodes()[0].state == "running"
+
+
+def test_leader_failover_drill_on_three_nodes(tmp_path_factory, tmp_path):
+    cluster = local.up(nodes=3, state_dir=tmp_path_factory.mktemp("drill-cluster"))
+    try:
+        settings = DrillSettings(posts=3000, rate=1000, outage_s=1.5, lead_s=0.8)
+        result = run_drill("leader-failover", settings, broker=cluster, workdir=tmp_path)
+    finally:
+        cluster.down(purge=True)
+    assert result["ok"] and result["nodes"] == 3
+    assert result["lost"] == 0 and result["delivered_unique"] == 3000
+    assert any("leader node" in w[2] for w in result["outage_windows"])
+
+
+def test_outage_sends_posts_to_the_spool_and_replays_them(fault_broker, fresh_topic, tmp_path):
+    cfg = fault_broker.client_config()
+    posts = Workload(seed=5).posts(1500)
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic,
+                           spool_path=str(tmp_path / "spool.db"), probe_interval_s=0.2,
+                           stall_timeout_s=1.0) as producer:
+        for p in posts[:500]:
+            producer.submit(p)
+        assert producer.flush(30)
+        fault_broker.kill()
+        deadline = time.monotonic() + 10
+        while producer.healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not producer.healthy
+        took = []
+        outcomes = []
+        for p in posts[500:]:
+            t0 = time.perf_counter()
+            outcomes.append(producer.submit(p).result(timeout=5).outcome)
+            took.append(time.perf_counter() - t0)
+        assert set(outcomes) == {"spooled"} and len(producer.spool) >= 1000
+        assert sorted(took)[int(len(took) * 0.99)] < 0.005  # the user never waits on Kafka
+        fault_broker.start()
+        assert producer.drain_spool(timeout=60) == 0
+        counters = producer.metrics.counters()
+    report = audit(cfg, fresh_topic, [p.post_id for p in posts], counters=counters)
+    assert report.lost == 0 and report.delivered_unique == 1500
+    assert report.replayed >= 1000
+
+
+CRASHER = textwrap.dedent("""
+    import os, signal, sys
+    from lab_kit.posts import Workload
+    from lab_kit.producer import AsyncPostProducer, force_close
+    bootstrap, topic, spool = sys.argv[1:4]
+    p = AsyncPostProducer(bootstrap, topic, spool_path=spool, bootstrap_timeout_ms=1500)
+    for post in Workload(seed=23).posts(800):
+        p.submit(post)
+    print(len(p.spool), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # crash with posts still in the spool
+""")
+
+
+def test_a_new_producer_replays_what_a_killed_one_left(fault_broker, fresh_topic, tmp_path):
+    cfg = fault_broker.client_config()
+    spool = tmp_path / "crash.db"
+    fault_broker.kill()  # broker down: every accepted post must go to the spool
+    try:
+        out = subprocess.run([sys.executable, "-c", CRASHER, cfg["bootstrap_servers"],
+                              fresh_topic, str(spool)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+        assert int(out.stdout.strip()) == 800
+        with sqlite3.connect(spool) as db:
+            assert db.execute("select count(*) from spool").fetchone()[0] == 800
+    finally:
+        fault_broker.start()
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=str(spool),
+                           probe_interval_s=0.2) as replacement:
+        assert replacement.drain_spool(timeout=60) == 0
+        assert replacement.metrics.counters()["replayed"] == 800
+    ids = [p.post_id for p in Workload(seed=23).posts(800)]
+    report = audit(cfg, fresh_topic, ids)
+    assert report.lost == 0 and report.delivered_unique == 800 and report.duplicates == 0
+
+
+def test_per_user_order_is_kept_through_an_outage(fault_broker, fresh_topic, tmp_path):
+    cfg = fault_broker.client_config()
+    posts = Workload(seed=9, users=20).posts(1200)
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, linger_ms=0,
+                           spool_path=str(tmp_path / "order.db"), probe_interval_s=0.2,
+                           stall_timeout_s=1.0) as producer:
+        for i, p in enumerate(posts):
+            if i == 400:
+                producer.flush(30)
+                fault_broker.kill()
+                while producer.healthy:
+                    time.sleep(0.05)
+            if i == 800:
+                fault_broker.start()
+            producer.submit(p)
+        assert producer.drain_spool(timeout=60) == 0
+    order = {p.post_id: i for i, p in enumerate(posts)}
+    from lab_kit.audit import read_topic
+
+    per_user: dict[str, list[int]] = {}
+    for r in read_topic(cfg, fresh_topic):
+        per_user.setdefault(r.key.decode(), []).append(order[json.loads(r.value)["post_id"]])
+    assert sum(len(v) for v in per_user.values()) == 1200
+    assert all(v == sorted(v) for v in per_user.values())
+
+
+def test_kafka_python_idempotent_producer_stops_after_an_expired_batch(fault_broker,
+                                                                      fresh_topic):
+    """Why AsyncPostProducer replaces its client after a delivery timeout (kafka-python 3.0)."""
+    cfg = fault_broker.client_config()
+    raw = KafkaProducer(**cfg, request_timeout_ms=1000, delivery_timeout_ms=2500)
+    try:
+        raw.send(fresh_topic, b"warm-up").get(timeout=10)
+        fault_broker.pause()
+        with pytest.raises(Exception, match="Expir|Timeout"):
+            raw.send(fresh_topic, b"expires").get(timeout=10)
+        fault_broker.resume()
+        stuck = raw.send(fresh_topic, b"after-resume")
+        time.sleep(5)
+        assert not stuck.is_done  # a fresh client would have been acked long ago
+        fresh = KafkaProducer(**cfg)
+        fresh.send(fresh_topic, b"fresh-client").get(timeout=10)
+        fresh.close()
+    finally:
+        fault_broker.resume()
+        force_close(raw)
+
+
+def test_our_producer_recovers_from_an_expired_batch_without_a_spool(fault_broker, fresh_topic):
+    cfg = fault_broker.client_config()
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, request_timeout_ms=1000,
+                           delivery_timeout_ms=2500) as producer:
+        producer.submit(Workload(seed=1).posts(1)[0]).result(timeout=10)
+        fault_broker.pause()
+        failed = producer.submit({"user_id": "u1", "text": "sent while paused"})
+        time.sleep(4)
+        fault_broker.resume()
+        err = failed.exception(timeout=30)
+        later = producer.submit({"user_id": "u1", "text": "after the pause"})
+        assert later.result(timeout=30).outcome == "acked"
+    assert err is None or "Timeout" in repr(err) or "Expir" in repr(err)
+    assert producer.metrics.counters()["client_rebuilds"] >= 1
+
+
+# --- bad spool paths -------------------------------------------------------------------------
+def test_spool_in_a_missing_folder_is_refused_clearly(fault_broker, tmp_path):
+    with pytest.raises(SpoolError, match="does not exist"):
+        AsyncPostProducer(fault_broker.bootstrap_servers, "posts",
+                          spool_path=str(tmp_path / "nope" / "spool.db"))
+
+
+def test_spool_in_an_unwritable_place_is_refused_clearly(fault_broker):
+    with pytest.raises(SpoolError, match="spool_path"):
+        AsyncPostProducer(fault_broker.bootstrap_servers, "posts", spool_path="/proc/spool.db")
+
+
+def test_corrupt_spool_file_is_refused_and_left_untouched(fault_broker, tmp_path):
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(os.urandom(4096))
+    before = bad.read_bytes()
+    with pytest.raises(SpoolError, match="not a spool database"):
+        AsyncPostProducer(fault_broker.bootstrap_servers, "posts", spool_path=str(bad))
+    assert bad.read_bytes() == before
+
+
+def test_spool_survives_posts_of_a_replaced_producer(fault_broker, fresh_topic, tmp_path):
+    """Two producers share one spool file; the ids each accepted all land (no loss)."""
+    cfg = fault_broker.client_config()
+    spool = str(tmp_path / "shared.db")
+    posts = Workload(seed=31).posts(400)
+    fault_broker.kill()
+    try:
+        a = AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=spool,
+                              bootstrap_timeout_ms=1000)
+        for p in posts[:200]:
+            assert a.submit(p).result(timeout=5).outcome == "spooled"
+        report = a.close(timeout=5)
+        assert report.spooled_pending == 200 and report.lost == 0
+    finally:
+        fault_broker.start()
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=spool,
+                           probe_interval_s=0.2) as b:
+        for p in posts[200:]:
+            b.submit(p)
+        assert b.drain_spool(timeout=60) == 0
+        b.flush(30)
+    assert sorted(post_ids_in(cfg, fresh_topic)) == sorted(p.post_id for p in posts)
