@@ -529,6 +529,10 @@ class MetricsRecorder:
                     agg[1] += float(sel.sum())
                     agg[2] = max(agg[2], float(sel.max()))
 
+    def counters_fast(self, name: str) -> int:
+        """One counter's value without folding buffered observations (for rare paths)."""
+        return self._counters.get(name, 0)
+
     def incr(self, name: str, n: int = 1, now: float | None = None) -> None:
         """Add ``n`` to counter ``name`` (total and the current time-series bucket)."""
         if now is None:

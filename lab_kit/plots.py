@@ -52,7 +52,27 @@ Event = tuple[float, str]
 # ---------------------------------------------------------------------------
 
 
+def _png(fig: Figure) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _register_notebook_display() -> None:
+    """Let Jupyter show a returned Figure as a PNG even when pyplot was never imported."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None and hasattr(ip, "display_formatter"):
+        ip.display_formatter.formatters["image/png"].for_type(Figure, _png)
+
+
 def _figure(ncols: int = 1, figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, list[Axes]]:
+    _register_notebook_display()
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
@@ -422,3 +442,44 @@ def _axis_label(column: str) -> str:
             return f"{column[: -len(suffix)].replace('_', ' ')} ({_UNIT_SUFFIXES[suffix]})"
     return column.replace("_", " ")
 
+
+
+def event_timeline(events: pd.DataFrame, *, title: str = "One post, step by step") -> Figure:
+    """Events (``event``, ``ms``, ``thread``) as points on a time axis, one row per thread."""
+    fig, (ax,) = _figure(figsize=(8, 2.8))
+    threads = list(dict.fromkeys(events["thread"]))
+    for i, thread in enumerate(threads):
+        part = events[events["thread"] == thread]
+        ax.scatter(part["ms"], [i] * len(part), s=60, zorder=3, label=thread)
+        for k, (_, row) in enumerate(part.iterrows()):
+            below = k % 2 == 1  # alternate above/below so close events stay readable
+            ax.annotate(row["event"], (row["ms"], i), textcoords="offset points",
+                        xytext=(4, -14 if below else 8), fontsize="small")
+    ax.set_yticks(range(len(threads)), threads, fontsize="small")
+    ax.set_ylim(-0.6, len(threads) - 0.2)
+    ax.set_xlabel("time since submit() was called (ms)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def bars(values: Mapping[str, float], *, ylabel: str, title: str, logy: bool = False,
+         color: str | None = None) -> Figure:
+    """A labelled bar chart of a few named values (e.g. ack p50 per callback variant)."""
+    fig, (ax,) = _figure()
+    names = list(values)
+    heights = [_value(values[n]) for n in names]
+    rects = ax.bar(range(len(names)), heights, color=color)
+    ax.set_xticks(range(len(names)), names, rotation=10, fontsize="small")
+    for rect, h in zip(rects, heights, strict=True):
+        if np.isfinite(h):
+            ax.annotate(_fmt(h), (rect.get_x() + rect.get_width() / 2, h), ha="center",
+                        va="bottom", fontsize="small")
+    if logy:
+        ax.set_yscale("log")
+    else:
+        _headroom(ax)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return fig

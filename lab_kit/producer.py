@@ -599,7 +599,10 @@ class AsyncPostProducer:
         self.metrics.incr("callback_errors")
         name = getattr(handler, "name", type(handler).__name__)
         self.callback_errors.append((pf.post_id, name, repr(exc)))
-        log.warning("delivery handler %s raised for post %s: %r", name, pf.post_id, exc)
+        n = self.metrics.counters_fast("callback_errors")
+        if n <= 3 or n % 1000 == 0:  # log a few, count them all
+            log.warning("delivery handler %s raised for post %s: %r (%d so far; see "
+                        "producer.callback_errors)", name, pf.post_id, exc, n)
 
     def _fail(self, pf: PostFuture, exc: BaseException, dead_lettered: bool = False) -> None:
         if not dead_lettered:
