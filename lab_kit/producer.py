@@ -349,7 +349,6 @@ class AsyncPostProducer:
         self._failed_ids: list[str] = []
         self._closed = False
         self._stop = threading.Event()
-        self._sender_ident: int | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lab-worker")
         self._generation = 0
         self._client: KafkaProducer | None = None
@@ -515,8 +514,6 @@ class AsyncPostProducer:
     # --- callbacks (run on the client's sender thread: keep them short) ------------------------
     def _on_ack(self, pf: PostFuture, md: Any) -> None:
         now = time.perf_counter()
-        if self._sender_ident is None:
-            self._sender_ident = threading.get_ident()
         self._in_flight.pop(id(pf), None)
         latency = now - pf.intended_at
         self.metrics.observe("acked", "ack", latency, now)
@@ -729,7 +726,9 @@ class AsyncPostProducer:
 
     # --- flush / close --------------------------------------------------------------------------
     def _guard_sender_thread(self, what: str) -> None:
-        if self._sender_ident == threading.get_ident():
+        current = threading.current_thread()
+        clients = (self._client, self._side_client)
+        if any(current is getattr(c, "_sender", None) for c in clients if c is not None):
             raise RuntimeError(
                 f"{what}() inside a delivery callback would deadlock: callbacks run on the "
                 f"client's sender thread, which {what}() waits for. Hand the work to a worker."

@@ -461,9 +461,14 @@ class LocalBroker(Broker):
 
 
 def _random_cluster_id() -> str:
+    """22 url-safe base64 characters, like Kafka's own; never starting with "-" (the storage
+    tool would read that as an option)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def up(nodes: int = 1, port: int | None = None, state_dir: Path | None = None,

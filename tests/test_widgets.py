@@ -1,0 +1,229 @@
+"""The dashboard, headless: real Kafka, buttons pressed by calling their handler methods."""
+
+from __future__ import annotations
+
+import time
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+import ipywidgets as w  # noqa: E402
+
+from lab_kit.broker import BrokerError, local  # noqa: E402
+from lab_kit.moderation_backend import ModerationBackend  # noqa: E402
+from lab_kit.widgets import Dashboard, LoadGenerator, iter_widgets  # noqa: E402
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
+
+
+def _wait_until(cond, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _find(root: w.Widget, cls: type, description: str) -> w.Widget:
+    found = [x for x in iter_widgets(root)
+             if isinstance(x, cls) and getattr(x, "description", None) == description]
+    assert len(found) == 1, f"expected one {cls.__name__} {description!r}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture
+def dashboard(kafka_broker, topic_name):
+    d = Dashboard(broker=kafka_broker, topic=topic_name, refresh_s=0.2, max_seconds=60)
+    yield d
+    d.close()
+    assert not d.generator.running and not d.refreshing
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory):
+    """A broker of this module's own: the fault buttons must never touch the shared one."""
+    state = tmp_path_factory.mktemp("widgets-broker")
+    try:
+        b = local.up(nodes=1, state_dir=state)
+    except BrokerError as exc:  # a random cluster id starting with "-" (1 in 64), try once more
+        if "cluster-id" not in str(exc):
+            raise
+        b = local.up(nodes=1, state_dir=state)
+    yield b
+    b.down(purge=True)
+
+
+@pytest.fixture
+def backend(tmp_path):
+    be = ModerationBackend(state_dir=tmp_path / "backend").start()
+    yield be
+    be.stop()
+
+
+# --- controls and live numbers on the shared broker (no faults) ----------------------------
+def test_controls_are_in_the_layout(dashboard):
+    root = dashboard.widget
+    rate = _find(root, w.IntSlider, "posts/s")
+    assert (rate.min, rate.max) == (100, 20_000)
+    acks = _find(root, w.Dropdown, "acks")
+    assert [v for _, v in acks.options] == ["all", 1, 0]
+    linger = _find(root, w.IntSlider, "linger_ms")
+    assert (linger.min, linger.max) == (0, 100)
+    assert _find(root, w.ToggleButton, "Start") is dashboard.start_toggle
+    for label in ("kill", "pause", "resume", "start"):
+        assert not _find(root, w.Button, label).disabled
+    node = _find(root, w.Dropdown, "node")
+    assert list(node.options) == [n.id for n in dashboard.broker.nodes()]
+    # no backend given: its buttons are disabled and say why
+    for label in ("backend down", "backend slow (+300 ms)", "backend heal"):
+        b = _find(root, w.Button, label)
+        assert b.disabled and "ModerationBackend" in b.tooltip
+    assert any(isinstance(x, w.Image) for x in iter_widgets(root))
+
+
+def test_start_run_render_stop(dashboard):
+    d = dashboard
+    d.rate_slider.value = 500  # the observe handler passes it on
+    assert d.generator.rate == 500
+    d.start_toggle.value = True  # "press" Start
+    assert d.generator.running, d.last_error
+    assert d.start_toggle.description == "Stop"
+    assert d.refreshing
+    _wait_until(lambda: d.snapshot()["acked"] >= 300, 30, "300 acked posts")
+
+    snap = d.snapshot()
+    assert snap["running"] and snap["error"] is None
+    assert snap["nodes"] == {n.id: "running" for n in d.broker.nodes()}
+    assert d.image.value  # the refresh thread drew at least once
+
+    _wait_until(lambda: len(d.metrics.timeseries_frame()) >= 2, 10, "one whole bucket")
+    fig = d.render_figure()
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        assert any(len(line.get_xdata()) > 0 for line in ax.get_lines()), ax.get_title()
+    acked_per_s = fig.axes[0].get_lines()[1].get_ydata()
+    assert max(acked_per_s) > 100  # about 500/s were asked for
+
+    d.start_toggle.value = False  # "press" Stop
+    assert not d.generator.running
+    assert d.start_toggle.description == "Start"
+    report = d.generator.last_report
+    assert report is not None and report.lost == 0
+    assert d.generator.producer._closed
+    assert d.generator.producer.in_flight == 0
+    snap = d.snapshot()
+    assert snap["acked"] == snap["submitted"] >= 300  # every submitted post was acked
+    d.update_status()
+    assert f"acked {snap['acked']:,}" in d.status_html.value
+    assert "lost 0" in d.status_html.value
+
+
+def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, topic_name):
+    gen = LoadGenerator(kafka_broker.bootstrap_servers, topic_name, rate=2000, max_seconds=30,
+                        max_posts=20_000)
+    try:
+        gen.start()
+        _wait_until(lambda: gen.metrics.counters()["acked"] >= 200, 30, "200 acked")
+        first = gen.producer
+        report = gen.reconfigure(acks=1, linger_ms=20)
+        assert report is not None and report.lost == 0
+        assert first._closed and gen.producer is not first and gen.running
+        assert gen.producer.metrics is gen.metrics
+        before = gen.metrics.counters()["acked"]
+        _wait_until(lambda: gen.metrics.counters()["acked"] >= before + 200, 30, "more acks")
+        gen.set_rate(100)  # applies live, no restart
+        assert gen.running and gen.status()["rate"] == 100
+    finally:
+        final = gen.stop()
+    assert final is not None and final.lost == 0
+    assert gen.status()["acked"] == gen.status()["submitted"]
+    assert any("acks=1 linger=20ms" in label for _, label in gen.metrics.events)
+
+
+def test_max_posts_ends_the_run_by_itself(kafka_broker, topic_name):
+    gen = LoadGenerator(kafka_broker.bootstrap_servers, topic_name, rate=5000, max_posts=250,
+                        max_seconds=20)
+    try:
+        gen.start()
+        _wait_until(lambda: not gen.running, 20, "the run to end")
+    finally:
+        gen.stop()
+    assert gen.ended == "max_posts (250) reached"
+    assert gen.status()["submitted"] == gen.status()["acked"] == 250
+    assert gen.last_report.lost == 0
+
+
+# --- fault buttons on a private broker --------------------------------------------------------
+def test_broker_fault_buttons(private_broker):
+    d = Dashboard(broker=private_broker, topic="posts", refresh_s=0.5, max_seconds=30)
+    try:
+        node = d.node_dropdown.value
+        state = lambda: d.snapshot()["nodes"][node]  # noqa: E731
+
+        d.on_pause_clicked()
+        assert d.last_error is None, d.last_error
+        assert state() == "paused"
+        assert f"node {node} paused" in d.snapshot()["open_faults"]
+
+        d.on_resume_clicked()
+        assert d.last_error is None, d.last_error
+        assert state() == "running"
+        assert d.snapshot()["open_faults"] == []
+        windows = d.metrics.windows
+        assert [lbl for _, _, lbl in windows] == [f"node {node} paused"]
+        assert windows[0][1] >= windows[0][0]
+
+        d.on_kill_clicked()
+        assert d.last_error is None, d.last_error
+        assert state() == "stopped"
+        assert f"node {node} down" in d.snapshot()["open_faults"]
+
+        d.on_broker_start_clicked()
+        assert d.last_error is None, d.last_error
+        assert state() == "running"
+        assert d.snapshot()["open_faults"] == []
+        labels = [label for _, label in d.metrics.events]
+        assert labels == [f"{v} node {node}" for v in ("pause", "resume", "kill", "start")]
+        fig = d.render_figure()
+        assert len(fig.axes) == 3  # renders with windows and no traffic
+    finally:
+        d.close()
+        if any(n.state != "running" for n in private_broker.nodes()):
+            private_broker.start()
+
+
+def test_backend_buttons(private_broker, backend):
+    d = Dashboard(broker=private_broker, backend=backend, refresh_s=0.5, max_seconds=30)
+    try:
+        assert not d.backend_slow_button.disabled
+        d.on_backend_slow_clicked()
+        assert d.last_error is None, d.last_error
+        assert backend.faults()["latency_ms"] == 300
+        assert "backend slow" in d.snapshot()["open_faults"]
+
+        d.on_backend_heal_clicked()
+        assert backend.faults()["latency_ms"] == 0
+        assert d.snapshot()["open_faults"] == []
+
+        d.on_backend_down_clicked()
+        assert not backend.is_running()
+        assert d.snapshot()["backend_running"] is False
+        assert "backend down" in d.snapshot()["open_faults"]
+    finally:
+        d.close()
+
+
+def test_a_failing_action_is_reported_not_raised(private_broker):
+    d = Dashboard(broker=private_broker, refresh_s=0.5, max_seconds=30)
+    try:
+        d.node_dropdown.options = [99]  # a node that does not exist
+        d.node_dropdown.value = 99
+        d.on_pause_clicked()
+        assert d.last_error is not None and "99" in d.last_error
+        assert "✗" in d.message_html.value
+        assert d.snapshot()["open_faults"] == []
+    finally:
+        d.close()
