@@ -22,7 +22,10 @@ lab: setup
 	$(PY) -m lab_kit broker up --topics
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
 
-## lint, then every test (unit, real broker, notebooks, browser); stops a broker it started
+## lint, then every test (unit, real broker, notebooks, browser); stops a broker it started.
+## Tests keep their broker's state in .lab-state/ of this checkout (not the lab's own broker:
+## the tests create and kill a lot), so a student's `make lab` broker is left alone.
+test: export LAB_STATE_DIR ?= $(CURDIR)/.lab-state
 test: setup
 	$(VENV)/bin/ruff check .
 	@if $(PY) -m lab_kit broker status --check; then started=0; else started=1; fi; \

@@ -53,6 +53,16 @@ class DrillSettings:
     def duration_s(self) -> float:
         return self.posts / self.rate
 
+    @classmethod
+    def for_drill(cls, name: str, **overrides: Any) -> DrillSettings:
+        """Defaults per drill: moderation calls an HTTP service per post, so its drills run
+        at a rate one consumer can moderate (~150 posts/s) instead of 2,000 posts/s."""
+        base = cls(posts=1_500, rate=150.0) if name.startswith("moderation") else cls()
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(base, k, v)
+        return base
+
 
 class RssSampler:
     """Samples this process's resident memory every ``interval_s`` (peak and baseline)."""
@@ -202,11 +212,21 @@ def _leader_of(cfg: dict, topic: str, partition: int = 0) -> int:
 
 
 def _result(name, broker, settings, run, audit_report, metrics, nemesis, during, rss,
-            extra: dict) -> dict[str, Any]:
+            extra: dict, consumer_metrics: MetricsRecorder | None = None) -> dict[str, Any]:
     ts = metrics.timeseries_frame()
-    columns = [c for c in ("submitted", "acked", "failed", "spooled", "replayed", "moderated",
-                           "degraded", "rechecked") if c in ts.columns]
-    timeline = [{"t_s": float(t), **{c: int(row[c]) for c in columns}}
+    windows = list(metrics.windows)
+    if consumer_metrics is not None:  # the moderation side: results, degraded, rechecked
+        offset = consumer_metrics.start - metrics.start
+        cts = consumer_metrics.timeseries_frame()
+        cts.index = (cts.index + offset).round().astype(int).astype(float)
+        keep = [c for c in ("results", "degraded", "rechecked") if c in cts.columns]
+        ts = ts.join(cts[keep].groupby(level=0).sum(), how="outer").fillna(0)
+        windows += [(s + offset, e + offset, label) for s, e, label in consumer_metrics.windows]
+    names = {"submitted": "submitted", "acked": "acked", "failed": "failed",
+             "spooled": "spooled", "replayed": "replayed", "results": "moderated",
+             "degraded": "degraded", "rechecked": "rechecked"}
+    columns = [c for c in names if c in ts.columns]
+    timeline = [{"t_s": float(t), **{names[c]: int(row[c]) for c in columns}}
                 for t, row in ts[columns].iterrows()]
     p = percentiles_ms(during)
     return {
@@ -217,7 +237,7 @@ def _result(name, broker, settings, run, audit_report, metrics, nemesis, during,
                      "outage_s": settings.outage_s, "lead_s": settings.lead_s},
         "achieved_rate": round(run.achieved_rate, 1),
         **audit_report.to_dict(),
-        "outage_windows": [[round(s, 3), round(e, 3), label] for s, e, label in metrics.windows],
+        "outage_windows": [[round(s, 3), round(e, 3), label] for s, e, label in windows],
         "nemesis_error": None if nemesis.error is None else repr(nemesis.error),
         "submitted_during_outage": len(during),
         "submit_p99_during_outage_ms": p["p99_ms"],
@@ -237,7 +257,7 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
     cluster of its own, started and stopped here)."""
     if name not in DRILLS:
         raise ValueError(f"unknown drill {name!r}: choose one of {', '.join(DRILLS)}")
-    settings = settings or DrillSettings()
+    settings = settings or DrillSettings.for_drill(name)
     settings.validate()
     own_cluster = None
     if broker is None:
@@ -291,18 +311,19 @@ def summary(result: dict) -> str:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drill", help="failover drills: workload + nemesis + checker")
     p.add_argument("name", choices=DRILLS)
-    p.add_argument("--posts", type=int, default=DrillSettings.posts)
-    p.add_argument("--rate", type=float, default=DrillSettings.rate, help="posts per second")
-    p.add_argument("--outage", type=float, default=DrillSettings.outage_s, help="seconds")
-    p.add_argument("--lead", type=float, default=DrillSettings.lead_s,
-                   help="seconds of load before the fault")
+    p.add_argument("--posts", type=int, default=None, help="default 20000 (moderation: 1500)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="posts per second, default 2000 (moderation: 150)")
+    p.add_argument("--outage", type=float, default=None, help="seconds, default 4")
+    p.add_argument("--lead", type=float, default=None,
+                   help="seconds of load before the fault, default 2")
     p.add_argument("--json", dest="json_path", default=None)
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = DrillSettings(posts=args.posts, rate=args.rate, outage_s=args.outage,
-                             lead_s=args.lead)
+    settings = DrillSettings.for_drill(args.name, posts=args.posts, rate=args.rate,
+                                       outage_s=args.outage, lead_s=args.lead)
     result = run_drill(args.name, settings, progress=True)
     print(summary(result))
     if args.json_path:

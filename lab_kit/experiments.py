@@ -264,3 +264,89 @@ def tuning_sweep(lab: Lab, n: int, grid: list[dict], seed: int = 6, latency_rate
                      "batch_size_avg": cm.get("batch-size-avg"),
                      "compression_rate_avg": cm.get("compression-rate-avg")})
     return pd.DataFrame(rows)
+
+
+# --- 03: the moderation pipeline -------------------------------------------------------------
+def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float = 200,
+                        backend: Any = None, timeout_s: float = 120) -> dict:
+    """Posts → ModerationService → results and fan-out, plus poison records → DLQ.
+
+    Runs on fresh topics (a unique prefix) so earlier runs never mix in. Returns DataFrames:
+    ``results`` (one row per result), ``fanout`` (records per output topic), ``dlq``.
+    """
+    from .audit import post_ids_in, read_topic
+    from .moderation import ModerationService, moderation_results, topic_names
+    from .moderation_backend import ModerationBackend
+    from .posts import kind_of, malformed_records
+    from .topics import ensure_topics
+
+    names = topic_names(f"lab.pipeline.{uuid.uuid4().hex[:6]}.")
+    ensure_topics(lab.client_config, names=tuple(names.values()))
+    backend = backend or ModerationBackend.ensure()
+    service = ModerationService(lab.bootstrap_servers, backend.url, topics=names,
+                                group_id=f"lab-{uuid.uuid4().hex[:6]}",
+                                client_config=lab.extra)
+    service.start()
+    deadline = time.monotonic() + 30  # let the consumer group hand it its partitions first
+    while not service.assignment and time.monotonic() < deadline:
+        time.sleep(0.1)
+    posts: list[Post] = []
+
+    def fresh_posts():  # built just before it is sent, so created_at is the submit time
+        for post in Workload(seed=3).iter_posts():
+            posts.append(post)
+            yield post
+
+    try:
+        with lab.producer(names["posts"], dlq_topic=names["dlq"]) as producer:
+            run_open_loop(producer.submit, fresh_posts(), rate, n_posts / rate,
+                          max_posts=n_posts)
+            producer.flush(60)
+        from kafka import KafkaProducer
+
+        raw = KafkaProducer(**lab.client_config)
+        for value in malformed_records(n_poison, seed=1):
+            raw.send(names["posts"], value)
+        raw.flush(30)
+        raw.close()
+        ids = {p.post_id for p in posts}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            results = moderation_results(lab.client_config, names["results"])
+            if ids <= set(results) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        t_wait = time.monotonic() + 10  # the poison records come last: wait for their DLQ rows
+        while (len(read_topic(lab.client_config, names["dlq"])) < n_poison
+               and time.monotonic() < t_wait):
+            time.sleep(0.5)
+    finally:
+        service.stop(timeout=20)
+    created = {p.post_id: p.created_at for p in posts}
+    kinds = {p.post_id: kind_of(p) for p in posts}
+    rows = [{"post_id": pid, "kind": kinds.get(pid), "label": r["label"], "score": r["score"],
+             "degraded": r["degraded"], "source": r.get("source"),
+             "latency_ms": (r["moderated_at"] - created[pid]) * 1000 if pid in created
+             else None}
+            for pid, rs in results.items() for r in rs]
+    fanout = {key: len(post_ids_in(lab.client_config, names[key]))
+              for key in ("results", "timeline", "reputation", "admin", "recheck")}
+    dlq = pd.DataFrame([json.loads(r.value) for r in read_topic(lab.client_config,
+                                                                names["dlq"])])
+    return {"results": pd.DataFrame(rows), "fanout": fanout, "dlq": dlq, "topics": names,
+            "stats": service.stats(), "submitted": len(posts)}
+
+
+# --- 05: drills as data ----------------------------------------------------------------------
+def drill_timeline(result: dict) -> tuple[pd.DataFrame, list]:
+    """A drill's JSON → (per-second frame indexed by ``t_s``, fault windows) for plots."""
+    ts = pd.DataFrame(result["timeline"]).set_index("t_s")
+    ts.attrs["interval_s"] = 1.0
+    windows = [tuple(w) for w in result["outage_windows"]]
+    return ts, windows
+
+
+def audit_table(result: dict) -> pd.DataFrame:
+    keys = ["submitted", "acked", "spooled", "replayed", "delivered_unique", "duplicates",
+            "lost", "dead_lettered"]
+    return pd.DataFrame({"count": {k: result.get(k) for k in keys}})

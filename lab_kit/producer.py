@@ -353,6 +353,7 @@ class AsyncPostProducer:
         self._generation = 0
         self._client: KafkaProducer | None = None
         self._client_stale = False
+        self._stalled_since: float | None = None
         self._side_client: KafkaProducer | None = None
         self.healthy = True
         self.spool = None
@@ -544,7 +545,9 @@ class AsyncPostProducer:
         if current and (not retriable or isinstance(exc, KafkaTimeoutError)):
             self._client_stale = True
             self._worker.submit(self._replace_client, pf.generation)
-        if not current or not retriable:
+        if not current and self.spool is not None:  # its client was replaced: replay it
+            self._worker.submit(self._spool_failed, pf, exc)
+        elif not current or not retriable:
             self._worker.submit(self._resend_alone, pf, exc)
         elif self.spool is not None:
             self.healthy = False
@@ -679,7 +682,24 @@ class AsyncPostProducer:
                 log.exception("health/replay step failed")
 
     def _health_step(self) -> None:
-        ok = self._probe() and self._oldest_in_flight_age() < self._stall_timeout_s
+        answers = self._probe()
+        stalled = self._oldest_in_flight_age() >= self._stall_timeout_s
+        ok = answers and not stalled
+        if answers and stalled:
+            # The broker answers, yet posts stay stuck in the client: after an outage
+            # kafka-python's idempotent producer can stop making progress. Past twice the
+            # stall timeout, replace the client; what it held is spooled and replayed.
+            now = time.monotonic()
+            if self._stalled_since is None:
+                self._stalled_since = now
+            elif now - self._stalled_since > 2 * self._stall_timeout_s:
+                log.warning("broker answers but %d posts are stuck in the client: replacing it",
+                            len(self._in_flight))
+                self._stalled_since = None
+                self.metrics.incr("stuck_client_rebuilds")
+                self._rebuild_client()
+        else:
+            self._stalled_since = None
         if not ok and self.healthy:
             self.healthy = False
             self._spooling = True
@@ -703,26 +723,61 @@ class AsyncPostProducer:
             self._spooling = False
 
     def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> int:
-        """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go."""
+        """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go.
+
+        A record the broker refuses for good (non-retriable, e.g. too large) leaves the spool
+        for the dead-letter topic; one that failed retriably stays for the next round.
+        """
         records = self.spool.lease(limit, lease_s=timeout_s * 2)
         if not records:
             return 0
         client = self._client
         futures = []
         for rec in records:
-            kf = client.send(rec.topic, key=rec.key, value=rec.value)
-            futures.append((rec.seq, kf))
-        client.flush(timeout=timeout_s)
-        acked = [seq for seq, kf in futures if kf.succeeded()]
-        failed = [seq for seq, kf in futures if not kf.succeeded()]
-        self.spool.ack(acked)
-        if failed:
-            self.spool.nack(failed)
+            try:
+                kf = client.send(rec.topic, key=rec.key, value=rec.value)
+            except Exception as exc:  # noqa: BLE001 - e.g. no metadata yet: retry next round
+                log.warning("replay: could not send spooled post %s: %r", rec.post_id, exc)
+                break
+            futures.append((rec, kf))
+        try:
+            client.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            pass
+        acked, retry, refused = [], [], []
+        for rec, kf in futures:
+            if kf.succeeded():
+                acked.append(rec.seq)
+            elif kf.is_done and not getattr(kf.exception, "retriable", True):
+                refused.append((rec, kf.exception))
+            else:
+                retry.append(rec.seq)
+        retry += [rec.seq for rec in records[len(futures):]]
+        for rec, exc in refused:
+            self._dead_letter_spooled(rec, exc)
+        self.spool.ack(acked + [rec.seq for rec, _ in refused])
+        if retry:
+            self.spool.nack(retry)
             self.healthy = False
             self._client_stale = True
-            self.metrics.incr("replay_failed", len(failed))
+            self.metrics.incr("replay_failed", len(retry))
+        if refused:
+            self._client_stale = True  # kafka-python fails every later send after such an error
         self.metrics.incr("replayed", len(acked))
         return len(acked)
+
+    def _dead_letter_spooled(self, rec: Any, exc: BaseException) -> None:
+        from .audit import dlq_record
+
+        try:
+            post = Post.from_json_bytes(rec.value)
+        except PostValidationError:
+            post = None
+        key, value, headers = dlq_record(post, exc, source_topic=rec.topic, raw=rec.value,
+                                         post_id=rec.post_id)
+        self._side().send(self.dlq_topic or POSTS_DLQ, key=key, value=value,
+                          headers=headers).get(timeout=30)
+        self.metrics.incr("dead_lettered")
 
     # --- flush / close --------------------------------------------------------------------------
     def _guard_sender_thread(self, what: str) -> None:

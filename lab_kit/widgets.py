@@ -31,7 +31,7 @@ import ipywidgets as w
 from matplotlib.figure import Figure
 
 from .metrics import MetricsRecorder
-from .plots import WINDOW_ALPHA, WINDOW_COLOR
+from .plots import WINDOW_ALPHA, WINDOW_COLOR, _register_notebook_display
 from .posts import Workload
 from .producer import AsyncPostProducer, BackpressureError, CloseReport
 
@@ -530,6 +530,7 @@ class Dashboard:
         interval = ts.attrs.get("interval_s", 1.0)
         now = self.metrics.elapsed()
         ts = ts[(ts.index + interval <= now) & (ts.index >= now - self.history_s)]  # whole buckets
+        _register_notebook_display()
         fig = Figure(figsize=(9, 7), layout="constrained")
         ax_tp, ax_lat, ax_err = fig.subplots(3, 1, sharex=True)
         t = ts.index.to_numpy(dtype=float)
@@ -539,6 +540,9 @@ class Dashboard:
 
         ax_tp.plot(t, col("submitted", 1 / interval), label="submitted/s", color="tab:gray")
         ax_tp.plot(t, col("acked", 1 / interval), label="acked/s", color="tab:blue")
+        for name, color in (("spooled", "tab:purple"), ("replayed", "tab:olive")):
+            if name in ts and ts[name].sum() > 0:  # only once an outage sent posts to disk
+                ax_tp.plot(t, col(name, 1 / interval), label=f"{name}/s", color=color, ls="--")
         ax_tp.set_ylabel("posts/s")
         # markers too: a second with acks between two without shows as a dot, not nothing
         ax_lat.plot(t, col("ack_mean_ms"), ".-", label="mean", color="tab:green")

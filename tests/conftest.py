@@ -36,5 +36,32 @@ def bootstrap(kafka_broker) -> str:
 
 @pytest.fixture
 def topic_name():
-    """A fresh topic name per test, so tests never read each other's records."""
-    return f"test-{uuid.uuid4().hex[:10]}"
+    """A fresh topic name per test, so tests never read each other's records.
+
+    Topics whose name starts with it are deleted afterwards from the shared broker, so a
+    long test session does not leave thousands of partitions behind (a broker restarted
+    after kill -9 recovers every partition's log before it answers).
+    """
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_topics_with_prefix(name)
+
+
+def delete_topics_with_prefix(prefix: str) -> None:
+    from kafka import KafkaAdminClient
+
+    b = lab_broker.current()
+    if b is None or not any(n.state == "running" for n in b.nodes()):
+        return
+    try:
+        admin = KafkaAdminClient(**b.client_config(), request_timeout_ms=5000)
+    except Exception:  # noqa: BLE001 - clean-up is best effort
+        return
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            admin.delete_topics(doomed, timeout_ms=10000)
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        admin.close()
