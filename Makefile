@@ -2,8 +2,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-LAB_SCALE ?= 0.2
-export LAB_SCALE
 
 .PHONY: setup lab test lint notebooks bench broker-up broker-down doctor clean
 
@@ -20,12 +18,14 @@ $(VENV)/.installed: pyproject.toml
 lab: setup
 	$(PY) -m lab_kit doctor || true
 	$(PY) -m lab_kit broker up --topics
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 \
+	    --ServerApp.allow_root=True
 
 ## lint, then every test (unit, real broker, notebooks, browser); stops a broker it started.
 ## Tests keep their broker's state in .lab-state/ of this checkout (not the lab's own broker:
 ## the tests create and kill a lot), so a student's `make lab` broker is left alone.
 test: export LAB_STATE_DIR ?= $(CURDIR)/.lab-state
+test: export LAB_SCALE ?= 0.2
 test: setup
 	$(VENV)/bin/ruff check .
 	@if $(PY) -m lab_kit broker status --check; then started=0; else started=1; fi; \

@@ -50,6 +50,22 @@ def _broker_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_cmd(action: str) -> int:
+    from .moderation_backend import ModerationBackend
+
+    running = ModerationBackend.load()
+    if action == "up":
+        backend = running or ModerationBackend.ensure()
+        print(backend.url)
+    elif action == "status":
+        print(running.url if running else "no moderation backend is running")
+        return 0 if running else 3
+    elif running is not None:
+        running.stop()
+        print("moderation backend stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab_kit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -73,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         a = bsub.add_parser(action, help=text)
         a.add_argument("--node", type=int, default=None, help="node id (default: all)")
 
+    mb = sub.add_parser("backend", help="the moderation backend service (HTTP)")
+    mb.add_argument("action", choices=("up", "status", "down"))
     sub.add_parser("doctor", help="check python, java, mvn, jars, docker, ports")
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
@@ -91,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "broker":
             return _broker_cmd(args)
+        if args.command == "backend":
+            return _backend_cmd(args.action)
         if args.command == "doctor":
             from .doctor import main as doctor_main
 

@@ -625,9 +625,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def default_state_dir() -> Path:
-    import platformdirs
+    from . import config
 
-    return Path(platformdirs.user_state_dir("streamsocial-lab")) / "moderation"
+    return config.state_dir() / "moderation"  # follows LAB_STATE_DIR, like the broker
 
 
 def _verified_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
