@@ -132,6 +132,24 @@ class Nemesis:
         self._thread.join(timeout)
 
 
+class TimedSubmit:
+    """The workload's submit: remembers every accepted post id, and how long each ``submit``
+    took while the nemesis was active (the user-facing latency during the fault)."""
+
+    def __init__(self, producer, nemesis: Nemesis):
+        self.producer, self.nemesis = producer, nemesis
+        self.submitted: list[str] = []
+        self.during: list[float] = []
+
+    def __call__(self, post, intended_at: float) -> None:
+        t0 = time.perf_counter()
+        self.producer.submit(post, intended_at=intended_at)
+        took = time.perf_counter() - t0
+        self.submitted.append(post.post_id)
+        if self.nemesis.active:
+            self.during.append(took)
+
+
 def _fresh_topics(cfg: dict, name: str) -> tuple[str, str]:
     from .topics import ensure_topics
 
@@ -165,21 +183,11 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                           lambda: broker.resume(node), settings.lead_s, settings.outage_s,
                           metrics)
     else:  # leader-failover
-        leader = _leader_of(cfg, topic)
+        leader = leader_of(cfg, topic)
         nemesis = Nemesis(f"leader node {leader} killed (-9)", lambda: broker.kill(leader),
                           lambda: broker.start(leader), settings.lead_s, settings.outage_s,
                           metrics)
-    submitted: list[str] = []
-    during: list[float] = []
-
-    def submit(post, intended_at):
-        t0 = time.perf_counter()
-        producer.submit(post, intended_at=intended_at)
-        took = time.perf_counter() - t0
-        submitted.append(post.post_id)
-        if nemesis.active:
-            during.append(took)
-
+    submit = TimedSubmit(producer, nemesis)
     with RssSampler() as rss:
         nemesis.start()
         run = run_open_loop(submit, Workload(seed=17).iter_posts(), settings.rate,
@@ -190,16 +198,18 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
         drained_at = metrics.clock()
         report = producer.close(timeout=60)
     counters = metrics.counters()
-    result = audit(cfg, topic, submitted, dlq_topic=dlq, counters=counters)
-    return _result(name, broker, settings, run, result, metrics, nemesis, during, rss, extra={
+    result = audit(cfg, topic, submit.submitted, dlq_topic=dlq, counters=counters)
+    checks = {
         "topic": topic, "spool_left": left, "close_report_lost": report.lost,
         "recovery_s": None if nemesis.healed_at is None else round(
             drained_at - nemesis.healed_at, 2),
         "client_rebuilds": counters.get("client_rebuilds", 0),
-    })
+    }
+    return _result(name, broker, settings, run, result, metrics, nemesis, submit.during, rss,
+                   extra=checks)
 
 
-def _leader_of(cfg: dict, topic: str, partition: int = 0) -> int:
+def leader_of(cfg: dict, topic: str, partition: int = 0) -> int:
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(**cfg)

@@ -268,7 +268,8 @@ def tuning_sweep(lab: Lab, n: int, grid: list[dict], seed: int = 6, latency_rate
 
 # --- 03: the moderation pipeline -------------------------------------------------------------
 def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float = 200,
-                        backend: Any = None, timeout_s: float = 120) -> dict:
+                        backend: Any = None, timeout_s: float = 120,
+                        progress: bool = True) -> dict:
     """Posts → ModerationService → results and fan-out, plus poison records → DLQ.
 
     Runs on fresh topics (a unique prefix) so earlier runs never mix in. Returns DataFrames:
@@ -300,7 +301,7 @@ def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float =
     try:
         with lab.producer(names["posts"], dlq_topic=names["dlq"]) as producer:
             run_open_loop(producer.submit, fresh_posts(), rate, n_posts / rate,
-                          max_posts=n_posts)
+                          max_posts=n_posts, progress=progress)
             producer.flush(60)
         from kafka import KafkaProducer
 

@@ -49,7 +49,7 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
 
 def moderation_drill(name: str, broker, settings, *, workdir: Path,
                      progress: bool = False) -> dict[str, Any]:
-    from .drills import Nemesis, RssSampler, _result
+    from .drills import Nemesis, RssSampler, TimedSubmit, _result
     from .moderation import ModerationService, RecheckWorker, topic_names
     from .moderation_backend import ModerationBackend
     from .producer import AsyncPostProducer
@@ -79,16 +79,8 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
         nemesis = Nemesis(f"moderation backend slow (+{SLOW_LATENCY_MS:.0f} ms)",
                           lambda: backend.set_faults(latency_ms=SLOW_LATENCY_MS),
                           backend.reset_faults, settings.lead_s, settings.outage_s, metrics)
-    submitted: list[str] = []
-    during: list[float] = []
-
-    def submit(post, intended_at):
-        t0 = time.perf_counter()
-        producer.submit(post, intended_at=intended_at)
-        took = time.perf_counter() - t0
-        submitted.append(post.post_id)
-        if nemesis.active:
-            during.append(took)
+    submit = TimedSubmit(producer, nemesis)
+    submitted = submit.submitted
 
     try:
         with RssSampler() as rss:
@@ -119,7 +111,7 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
     rechecked = {pid for pid in degraded
                  if any(r.get("source") == "recheck" for r in results[pid])}
     svc = service.stats()
-    out = _result(name, broker, settings, run, report, metrics, nemesis, during, rss, extra={
+    checks = {
         "topic": names["posts"],
         "results_missing": len(ids - set(results)),
         "results_duplicates": sum(len([r for r in v if r.get("source") != "recheck"]) - 1
@@ -132,7 +124,9 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
         "service": {k: svc.get(k) for k in ("consumed", "results", "degraded", "rechecked",
                                             "backend_calls", "backend_failures", "dlq",
                                             "breaker_opens", "batch_retries")},
-    }, consumer_metrics=svc_metrics)
+    }
+    out = _result(name, broker, settings, run, report, metrics, nemesis, submit.during, rss,
+                  extra=checks, consumer_metrics=svc_metrics)
     out["ok"] = bool(out["ok"] and out["results_missing"] == 0
                      and out["rechecked_missing"] == 0)
     return out

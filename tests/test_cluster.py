@@ -7,9 +7,10 @@ import sys
 import time
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
 from lab_kit.broker import local as local_mod
+from lab_kit.drills import leader_of
 from lab_kit.topics import POSTS, describe, ensure_topics
 
 from .kafka_helpers import read_all
@@ -23,16 +24,6 @@ def cluster(tmp_path_factory):
     b = local_mod.up(nodes=3, state_dir=state)
     yield b
     b.down(purge=True)
-
-
-def _leader_of(cfg: dict, topic: str, partition: int = 0) -> int:
-    admin = KafkaAdminClient(**cfg)
-    try:
-        meta = admin.describe_topics([topic])[0]
-        return next(p["leader_id"] for p in meta["partitions"]
-                    if p["partition_index"] == partition)
-    finally:
-        admin.close()
 
 
 def test_three_nodes_running_with_pids(cluster):
@@ -52,7 +43,7 @@ def test_topics_get_rf3_and_min_isr_2(cluster):
 def test_killing_the_leader_under_acks_all_loses_no_acked_message(cluster):
     cfg = cluster.client_config()
     ensure_topics(cfg, names=("failover",), partitions={"failover": 1})
-    leader = _leader_of(cfg, "failover")
+    leader = leader_of(cfg, "failover")
     producer = KafkaProducer(**cfg, acks="all", linger_ms=2, request_timeout_ms=5000)
     futures = []
     try:
@@ -73,7 +64,7 @@ def test_killing_the_leader_under_acks_all_loses_no_acked_message(cluster):
     assert cluster.nodes()[leader - 1].state == "stopped"
     acked = [v for v, f in futures if f.succeeded()]
     assert len(acked) >= 0.9 * len(futures)
-    assert _leader_of(cfg, "failover") != leader
+    assert leader_of(cfg, "failover") != leader
     got = [r.value for r in read_all(cfg, "failover")]
     missing = set(acked) - set(got)
     assert missing == set(), f"{len(missing)} acked messages lost"
