@@ -88,7 +88,8 @@ def scratch_topic(lab: Lab, prefix: str, partitions: int = 3, **configs: str) ->
 
 
 # --- 00: a first asynchronous send ----------------------------------------------------------
-def first_async_send(lab: Lab, text: str = "Hello StreamSocial!") -> pd.DataFrame:
+def first_async_send(lab: Lab, text: str = "Hello StreamSocial!",
+                     linger_ms: int = 5) -> pd.DataFrame:
     """One post, with a timeline of what happened on which thread."""
     events: list[dict] = []
     t0 = 0.0
@@ -103,7 +104,8 @@ def first_async_send(lab: Lab, text: str = "Hello StreamSocial!") -> pd.DataFram
         log("delivery callback ran", partition=delivery.partition, offset=delivery.offset)
         done.set()
 
-    with lab.producer(handlers=[UserCallback(on_success=on_success)], linger_ms=5) as producer:
+    with lab.producer(handlers=[UserCallback(on_success=on_success)],
+                      linger_ms=linger_ms) as producer:
         post = Post(user_id="user-00001", text=text)
         t0 = time.perf_counter()
         log("submit() called")
