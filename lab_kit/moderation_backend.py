@@ -881,10 +881,18 @@ class ModerationBackend:
     def pause(self) -> None:
         """SIGSTOP: the port still accepts TCP connections but nothing answers (timeouts)."""
         self._signal(signal.SIGSTOP)
+        self._wait_paused(True)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
         self._signal(signal.SIGCONT)
+        self._wait_paused(False)
+
+    def _wait_paused(self, paused: bool, timeout_s: float = 5.0) -> None:
+        """Signals are delivered asynchronously: wait until the kernel shows the new state."""
+        deadline = time.monotonic() + timeout_s
+        while self.is_paused() != paused and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def restart(self) -> ModerationBackend:
         """Stop if running, then start again on the SAME port (clients just reconnect)."""
