@@ -168,7 +168,7 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
     topic, dlq = _fresh_topics(cfg, name)
     metrics = MetricsRecorder()
     spool_path = workdir / f"{name}.spool.db"
-    extra = {k: v for k, v in cfg.items() if k != "bootstrap_servers"}
+    extra = broker.extra_config()
     producer = AsyncPostProducer(cfg["bootstrap_servers"], topic, dlq_topic=dlq,
                                  spool_path=str(spool_path), metrics=metrics,
                                  probe_interval_s=0.25, stall_timeout_s=2.0,

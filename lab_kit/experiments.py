@@ -37,7 +37,7 @@ class Lab:
     @property
     def extra(self) -> dict:
         """Client settings other than bootstrap (security settings of an external cluster)."""
-        return {k: v for k, v in self.client_config.items() if k != "bootstrap_servers"}
+        return self.broker.extra_config()
 
     def producer(self, topic: str = "posts", **kwargs: Any) -> AsyncPostProducer:
         return AsyncPostProducer(self.bootstrap_servers, topic, **{**self.extra, **kwargs})
@@ -68,22 +68,11 @@ def setup(nodes: int = 1) -> Lab:
 
 def scratch_topic(lab: Lab, prefix: str, partitions: int = 3, **configs: str) -> str:
     """A fresh topic for one experiment, so results never mix with an earlier run's."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from .topics import replication_for
-
-    name = f"{prefix}.{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(**lab.client_config)
-    try:
-        rf, isr = replication_for(len(admin.describe_cluster()["brokers"]))
-        admin.create_topics([NewTopic(name, partitions, rf, topic_configs={
-            "min.insync.replicas": str(isr), **configs})])
-    finally:
-        admin.close()
     from .topics import ensure_topics
 
-    ensure_topics(lab.client_config, names=(name,))  # waits until partitions have leaders
+    name = f"{prefix}.{uuid.uuid4().hex[:8]}"
+    ensure_topics(lab.client_config, names=(name,), partitions={name: partitions},
+                  configs={name: configs})
     return name
 
 

@@ -364,6 +364,16 @@ class _Bucket:
         self.counts: dict[str, int] = {}
         self.lat: dict[str, list[float]] = {}  # name -> [n, sum_s, max_s]
 
+    def add_latency(self, name: str, n: int, sum_s: float, max_s: float) -> None:
+        agg = self.lat.get(name)
+        if agg is None:
+            self.lat[name] = [n, sum_s, max_s]
+        else:
+            agg[0] += n
+            agg[1] += sum_s
+            if max_s > agg[2]:
+                agg[2] = max_s
+
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
@@ -466,14 +476,7 @@ class MetricsRecorder:
             if track:
                 bucket = self._bucket_unlocked(now)  # type: ignore[arg-type]
                 if bucket is not None:
-                    agg = bucket.lat.get(name)
-                    if agg is None:
-                        bucket.lat[name] = [1, seconds, seconds]
-                    else:
-                        agg[0] += 1
-                        agg[1] += seconds
-                        if seconds > agg[2]:
-                            agg[2] = seconds
+                    bucket.add_latency(name, 1, seconds, seconds)
 
     #: observations buffered per (counter, latency) before a vectorised fold
     FOLD_EVERY = 4096
@@ -522,12 +525,7 @@ class MetricsRecorder:
                 sel = secs[idx == u]
                 bucket.counts[counter] = bucket.counts.get(counter, 0) + len(sel)
                 if track:
-                    agg = bucket.lat.get(latency)
-                    if agg is None:
-                        agg = bucket.lat[latency] = [0, 0.0, float("-inf")]
-                    agg[0] += len(sel)
-                    agg[1] += float(sel.sum())
-                    agg[2] = max(agg[2], float(sel.max()))
+                    bucket.add_latency(latency, len(sel), float(sel.sum()), float(sel.max()))
 
     def counters_fast(self, name: str) -> int:
         """One counter's value without folding buffered observations (for rare paths)."""

@@ -61,7 +61,7 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
     metrics = MetricsRecorder()  # the producer's, and the nemesis' windows
     svc_metrics = MetricsRecorder()  # the moderation service's and the recheck worker's
     backend = ModerationBackend(state_dir=workdir / "backend").start()
-    extra = {k: v for k, v in cfg.items() if k != "bootstrap_servers"}
+    extra = broker.extra_config()
     service = ModerationService(cfg["bootstrap_servers"], backend.url, topics=names,
                                 group_id=f"drill-moderation-{stamp}",
                                 backend_timeout_s=BACKEND_TIMEOUT_S, breaker_fail_max=5,

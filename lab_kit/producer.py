@@ -49,6 +49,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
+from .audit import dlq_record
 from .metrics import MetricsRecorder
 from .posts import (
     MAX_MEDIA_URLS,
@@ -352,7 +353,8 @@ class AsyncPostProducer:
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lab-worker")
         self._generation = 0
         self._client: KafkaProducer | None = None
-        self._client_stale = False
+        self._client_stale = False  # replace the client once the broker answers again
+        self._client_lock = threading.Lock()  # one replacement at a time (worker, health)
         self._stalled_since: float | None = None
         self._side_client: KafkaProducer | None = None
         self.healthy = True
@@ -360,8 +362,6 @@ class AsyncPostProducer:
         self._spooling = False  # True while new posts go to the spool (outage or backlog)
         self._probe_interval_s = probe_interval_s
         self._stall_timeout_s = stall_timeout_s
-        self._replay_acks: list[int] = []
-        self._replay_nacks: list[int] = []
         if spool_path:
             from .spool import Spool
 
@@ -516,6 +516,10 @@ class AsyncPostProducer:
     def _on_ack(self, pf: PostFuture, md: Any) -> None:
         now = time.perf_counter()
         self._in_flight.pop(id(pf), None)
+        self._delivered(pf, md, now)
+
+    def _delivered(self, pf: PostFuture, md: Any, now: float) -> None:
+        """Count the ack, complete the future, tell the handlers (sender or worker thread)."""
         latency = now - pf.intended_at
         self.metrics.observe("acked", "ack", latency, now)
         pf._complete((md, latency), None)  # the Delivery is built only if someone asks
@@ -543,7 +547,6 @@ class AsyncPostProducer:
         retriable = bool(getattr(exc, "retriable", False))
         current = pf.generation == self._generation
         if current and (not retriable or isinstance(exc, KafkaTimeoutError)):
-            self._client_stale = True
             self._worker.submit(self._replace_client, pf.generation)
         if not current and self.spool is not None:  # its client was replaced: replay it
             self._worker.submit(self._spool_failed, pf, exc)
@@ -556,9 +559,12 @@ class AsyncPostProducer:
             self._fail(pf, exc)
 
     def _replace_client(self, generation: int) -> None:
-        if generation == self._generation and not self._closed:
-            self._client_stale = False
-            self._rebuild_client()
+        """Replace the client unless that generation was replaced already (errors of one bad
+        client arrive many times, from the worker and the health thread)."""
+        with self._client_lock:
+            if generation == self._generation and not self._closed:
+                self._client_stale = False
+                self._rebuild_client()
 
     def _side(self) -> KafkaProducer:
         """A second, non-idempotent client for lone re-sends and dead letters (worker only)."""
@@ -586,14 +592,7 @@ class AsyncPostProducer:
             else:
                 self._fail(pf, exc)
             return
-        now = time.perf_counter()
-        self.metrics.observe("acked", "ack", now - pf.intended_at, now)
-        pf._complete((md, now - pf.intended_at), None)
-        for h in self.handlers:
-            try:
-                h.on_delivery(post, pf.result())
-            except Exception as cb_exc:  # noqa: BLE001
-                self._callback_failed(h, pf, cb_exc)
+        self._delivered(pf, md, time.perf_counter())
 
     def _callback_failed(self, handler: Any, pf: PostFuture, exc: BaseException) -> None:
         self.metrics.incr("callback_errors")
@@ -619,18 +618,21 @@ class AsyncPostProducer:
 
     # --- worker thread: dead letters and spooling ------------------------------------------------
     def _dead_letter(self, pf: PostFuture, exc: BaseException) -> None:
-        from .audit import dlq_record
-
-        key, value, headers = dlq_record(pf.post, exc, source_topic=self.topic)
         try:
-            self._side().send(self.dlq_topic, key=key, value=value, headers=headers).get(30)
+            self._write_dead_letter(dlq_record(pf.post, exc, source_topic=self.topic))
         except Exception as dlq_exc:  # noqa: BLE001
             log.error("could not dead-letter post %s: %r", pf.post_id, dlq_exc)
             self.metrics.incr("dlq_failed")
             self._fail(pf, exc)
             return
-        self.metrics.incr("dead_lettered")
         self._fail(pf, exc, dead_lettered=True)
+
+    def _write_dead_letter(self, record: tuple) -> None:
+        """Send (key, value, headers) to the DLQ on the side client and wait for the ack."""
+        key, value, headers = record
+        self._side().send(self.dlq_topic or POSTS_DLQ, key=key, value=value,
+                          headers=headers).get(timeout=30)
+        self.metrics.incr("dead_lettered")
 
     def _to_spool(self, pf: PostFuture, key: bytes, value: bytes) -> None:
         """Write an accepted post to the durable spool (on the caller's thread: it returns
@@ -644,15 +646,12 @@ class AsyncPostProducer:
             return
         post = pf.post
         try:
-            self.spool.append(self.topic, post.key_bytes(), post.to_json_bytes(), post.post_id)
+            self._to_spool(pf, post.key_bytes(), post.to_json_bytes())
         except Exception as sp_exc:  # noqa: BLE001
             log.error("could not spool post %s: %r", post.post_id, sp_exc)
             self._fail(pf, exc)
             return
-        self._spooling = True
-        self.metrics.incr("spooled")
-        if not pf.done():
-            pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
+        self._spooling = True  # newer posts queue behind this one, in the spool
 
     # --- health probe and replay (only with a spool) ---------------------------------------------
     def _probe(self) -> bool:
@@ -697,7 +696,7 @@ class AsyncPostProducer:
                             len(self._in_flight))
                 self._stalled_since = None
                 self.metrics.incr("stuck_client_rebuilds")
-                self._rebuild_client()
+                self._replace_client(self._generation)
         else:
             self._stalled_since = None
         if not ok and self.healthy:
@@ -711,8 +710,7 @@ class AsyncPostProducer:
         if not self.healthy:
             return
         if self._client is None or self._client_stale:
-            self._client_stale = False
-            self._rebuild_client()
+            self._replace_client(self._generation)
             if self._client is None:
                 self.healthy = False
                 return
@@ -767,17 +765,12 @@ class AsyncPostProducer:
         return len(acked)
 
     def _dead_letter_spooled(self, rec: Any, exc: BaseException) -> None:
-        from .audit import dlq_record
-
         try:
             post = Post.from_json_bytes(rec.value)
         except PostValidationError:
             post = None
-        key, value, headers = dlq_record(post, exc, source_topic=rec.topic, raw=rec.value,
-                                         post_id=rec.post_id)
-        self._side().send(self.dlq_topic or POSTS_DLQ, key=key, value=value,
-                          headers=headers).get(timeout=30)
-        self.metrics.incr("dead_lettered")
+        self._write_dead_letter(dlq_record(post, exc, source_topic=rec.topic, raw=rec.value,
+                                           post_id=rec.post_id))
 
     # --- flush / close --------------------------------------------------------------------------
     def _guard_sender_thread(self, what: str) -> None:

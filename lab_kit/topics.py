@@ -49,10 +49,12 @@ def replication_for(n_brokers: int) -> tuple[int, int]:
 
 
 def ensure_topics(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
-                  timeout_s: float = 30, partitions: dict[str, int] | None = None) -> dict:
+                  timeout_s: float = 30, partitions: dict[str, int] | None = None,
+                  configs: dict[str, dict[str, str]] | None = None) -> dict:
     """Create the lab's topics if missing; wait until every partition has a leader.
 
-    ``client_config`` is a broker's ``client_config()`` or a bootstrap string. Returns
+    ``client_config`` is a broker's ``client_config()`` or a bootstrap string; ``configs``
+    adds topic settings per name (e.g. ``{"t": {"max.message.bytes": "2048"}}``). Returns
     ``{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}``.
     """
     cfg = {"bootstrap_servers": client_config} if isinstance(client_config, str) \
@@ -66,8 +68,8 @@ def ensure_topics(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAME
         for name in names:
             n_parts = (partitions or {}).get(name) or (specs[name].partitions if name in specs
                                                         else 3)
-            wanted.append(NewTopic(name, n_parts, rf,
-                                   topic_configs={"min.insync.replicas": str(isr)}))
+            wanted.append(NewTopic(name, n_parts, rf, topic_configs={
+                "min.insync.replicas": str(isr), **(configs or {}).get(name, {})}))
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:

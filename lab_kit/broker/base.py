@@ -44,6 +44,11 @@ class Broker(ABC):
         """kafka-python settings every client of this broker needs (bootstrap, security)."""
         return {"bootstrap_servers": self.bootstrap_servers}
 
+    def extra_config(self) -> dict[str, Any]:
+        """``client_config()`` without ``bootstrap_servers`` (security settings), for APIs
+        that take the bootstrap servers as their own argument."""
+        return {k: v for k, v in self.client_config().items() if k != "bootstrap_servers"}
+
     @abstractmethod
     def nodes(self) -> list[NodeInfo]: ...
 
