@@ -209,14 +209,28 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                    extra=checks)
 
 
-def leader_of(cfg: dict, topic: str, partition: int = 0) -> int:
+def leader_of(cfg: dict, topic: str, partition: int = 0, timeout_s: float = 15) -> int:
+    """The node id leading ``topic``/``partition``.
+
+    Waits (up to ``timeout_s``) while the answering broker does not yet know the partition
+    or its leader: a freshly created topic reaches each broker's metadata cache a little
+    later, and right after a leader dies the partition briefly has none.
+    """
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(**cfg)
+    deadline = time.monotonic() + timeout_s
     try:
-        meta = admin.describe_topics([topic])[0]
-        return next(p["leader_id"] for p in meta["partitions"]
-                    if p["partition_index"] == partition)
+        while True:
+            meta = admin.describe_topics([topic])[0]
+            leaders = [p["leader_id"] for p in meta.get("partitions") or []
+                       if p["partition_index"] == partition]
+            if leaders and leaders[0] >= 0:
+                return leaders[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}[{partition}] has no leader after {timeout_s:.0f}s "
+                                   f"(metadata: {meta})")
+            time.sleep(0.2)
     finally:
         admin.close()
 
