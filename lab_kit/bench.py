@@ -48,6 +48,28 @@ def _latency_fields(submit: dict | None, ack: dict | None) -> dict[str, Any]:
             "ack_p99_ms": g(ack, "p99_ms")}
 
 
+class CpuMeter:
+    """CPU time of a timed region: the caller's thread and the whole process.
+
+    Every Python contender is bound by one core (the GIL): the caller thread and the client's
+    sender thread take turns. CPU microseconds per post, split by thread, say where a
+    contender's time goes; ``background`` is everything but the caller (for kafka-python the
+    sender thread, for confluent-kafka librdkafka's C threads).
+    """
+
+    def start(self) -> CpuMeter:
+        self._process, self._thread = time.process_time(), time.thread_time()
+        return self
+
+    def fields(self, posts: int, elapsed_s: float) -> dict[str, float]:
+        process = time.process_time() - self._process
+        caller = time.thread_time() - self._thread
+        return {"cpu_us_per_post": round(process / posts * 1e6, 2),
+                "caller_cpu_us_per_post": round(caller / posts * 1e6, 2),
+                "background_cpu_us_per_post": round((process - caller) / posts * 1e6, 2),
+                "cores_busy": round(process / elapsed_s, 2)}
+
+
 # --- contenders: each sends ``posts`` once and returns a result dict -------------------------
 def run_sync(cfg: dict, posts: list[Post]) -> dict:
     from .producer import AsyncPostProducer
@@ -55,13 +77,15 @@ def run_sync(cfg: dict, posts: list[Post]) -> dict:
     # linger 0: waiting for a batch to fill makes no sense when each send waits for its ack
     with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, mode="sync",
                            **_extra(cfg), **{**COMMON, "linger_ms": 0}) as p:
+        cpu = CpuMeter().start()
         t0 = time.perf_counter()
         for post in posts:
             p.submit(post)
         elapsed = time.perf_counter() - t0
         m = p.metrics
         return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts),
-                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack"))}
+                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack")),
+                **cpu.fields(len(posts), elapsed)}
 
 
 def run_raw(cfg: dict, posts: list[Post]) -> dict:
@@ -70,15 +94,17 @@ def run_raw(cfg: dict, posts: list[Post]) -> dict:
     producer = KafkaProducer(**cfg, **COMMON)
     try:
         producer.send(BENCH_TOPIC, b"warm-up").get(timeout=30)
+        cpu = CpuMeter().start()
         t0 = time.perf_counter()
         for post in posts:
             producer.send(BENCH_TOPIC, key=post.key_bytes(), value=post.to_json_bytes())
         producer.flush(timeout=120)
         elapsed = time.perf_counter() - t0
+        cpu_fields = cpu.fields(len(posts), elapsed)
     finally:
         producer.close(timeout=10)
     return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts),
-            **_latency_fields(None, None), "note": "plain loop: throughput only"}
+            **_latency_fields(None, None), **cpu_fields, "note": "plain loop: throughput only"}
 
 
 def run_lab(cfg: dict, posts: list[Post]) -> dict:
@@ -89,15 +115,17 @@ def run_lab(cfg: dict, posts: list[Post]) -> dict:
                            max_in_flight=len(posts) + 1, **_extra(cfg), **COMMON) as p:
         p.submit(posts[0]).result(timeout=30)  # warm-up (connection, metadata)
         p.metrics.reset()
+        cpu = CpuMeter().start()
         t0 = time.perf_counter()
         for post in posts:
             p.submit(post)
         p.flush(timeout=120)
         elapsed = time.perf_counter() - t0
+        cpu_fields = cpu.fields(len(posts), elapsed)
         m = p.metrics
         acked = m.counters()["acked"]
         return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "acked": acked,
-                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack"))}
+                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack")), **cpu_fields}
 
 
 def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
@@ -119,6 +147,7 @@ def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
                          "enable.idempotence": True, "linger.ms": 5})
     producer.produce(BENCH_TOPIC, b"warm-up")
     producer.flush(30)
+    cpu = CpuMeter().start()
     t0 = time.perf_counter()
     for post in posts:
         ts = time.perf_counter()
@@ -135,7 +164,8 @@ def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
     producer.flush(120)
     elapsed = time.perf_counter() - t0
     return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "errors": errors[0],
-            **_latency_fields(percentiles_ms(submits), percentiles_ms(acks))}
+            **_latency_fields(percentiles_ms(submits), percentiles_ms(acks)),
+            **cpu.fields(len(posts), elapsed)}
 
 
 def run_open_loop_bench(cfg: dict, workload: Workload, rate: float, duration_s: float) -> dict:
@@ -233,6 +263,7 @@ def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_0
                    "lab_kit_over_confluent": ratio("lab_kit_async", "confluent_kafka")},
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
+    out["profile"] = cpu_profile(results)
     out["targets"] = evaluate_targets(results, out["ratios"])
     if confluent_reason:
         out["confluent_kafka_reason"] = confluent_reason
@@ -249,6 +280,29 @@ def _median_result(rs: list[dict]) -> dict | None:
             rs[0][key], bool) else rs[0][key]
     out["rounds_msgs_per_s"] = [round(r["msgs_per_s"], 1) for r in rs]
     return out
+
+
+def cpu_profile(results: dict) -> dict[str, Any] | None:
+    """What lab_kit costs on top of the plain loop, in CPU microseconds per post, by thread.
+
+    kafka-python contenders are CPU-bound on one core (``cores_busy`` ~1), so throughput is
+    about 1 / (CPU per post): the ratio ``lab_kit_over_raw`` follows from these numbers.
+    """
+    raw, lab = results.get("raw_kafka_python"), results.get("lab_kit_async")
+    if not raw or not lab or raw.get("cpu_us_per_post") is None:
+        return None
+    return {
+        "raw_cpu_us_per_post": raw["cpu_us_per_post"],
+        "lab_kit_cpu_us_per_post": lab["cpu_us_per_post"],
+        "extra_caller_us_per_post": round(
+            lab["caller_cpu_us_per_post"] - raw["caller_cpu_us_per_post"], 2),
+        "extra_background_us_per_post": round(
+            lab["background_cpu_us_per_post"] - raw["background_cpu_us_per_post"], 2),
+        "cpu_ratio_raw_over_lab_kit": round(raw["cpu_us_per_post"] / lab["cpu_us_per_post"], 3),
+        # sync waits one round trip per post; async pays CPU per post: their quotient bounds
+        # async_over_sync (a longer round trip or a cheaper client moves it, nothing else)
+        "sync_round_trip_ms": (results.get("sync") or {}).get("ack_p50_ms"),
+    }
 
 
 TARGETS = {
@@ -290,6 +344,16 @@ def format_table(report: dict) -> str:
     lines.append(f"open loop: target {ol['target_rate']:,.0f}/s, achieved "
                  f"{ol['achieved_rate']:,.0f}/s, lost {ol['lost']}, max lag {ol['max_lag_ms']} ms")
     lines.append("ratios: " + ", ".join(f"{k}={v}" for k, v in report["ratios"].items()))
+    lines.append("CPU per post, µs (caller thread + background threads; cores busy):")
+    for name, res in report["results"].items():
+        if res is not None and res.get("cpu_us_per_post") is not None:
+            lines.append(f"  {name:<18}{res['cpu_us_per_post']:>8.1f} = "
+                         f"{res['caller_cpu_us_per_post']:.1f} + "
+                         f"{res['background_cpu_us_per_post']:.1f}; {res['cores_busy']:.2f}")
+    if report.get("profile"):
+        pr = report["profile"]
+        lines.append(f"  lab_kit over the plain loop: +{pr['extra_caller_us_per_post']} µs "
+                     f"caller, +{pr['extra_background_us_per_post']} µs background per post")
     lines.append(f"peak RSS: {report['peak_rss_mb']} MB")
     for k, v in report["targets"].items():
         lines.append(f"  target {k}: {'met' if v else 'NOT met' if v is False else 'n/a'}")

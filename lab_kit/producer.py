@@ -158,7 +158,7 @@ class PostFuture:
         if isinstance(outcome, BaseException):
             self._owner._on_error(self, outcome)
         else:
-            self._owner._on_ack(self, outcome)
+            self._owner._delivered(self, outcome, time.perf_counter())
 
     def _complete(self, value: Any, exc: BaseException | None) -> None:
         with _FUTURE_LOCK:
@@ -498,7 +498,7 @@ class AsyncPostProducer:
         except Exception as exc:  # noqa: BLE001 - e.g. too large, or no metadata in max_block_ms
             self._on_error(pf, exc)
             return
-        kf.add_callback(pf)  # pf(metadata) -> self._on_ack
+        kf.add_callback(pf)  # pf(metadata) -> self._delivered
         kf.add_errback(pf)  # pf(exception) -> self._on_error
 
     def submit_sync(self, post: Post | dict, timeout: float = 30.0) -> Delivery:
@@ -527,13 +527,12 @@ class AsyncPostProducer:
         return pf
 
     # --- callbacks (run on the client's sender thread: keep them short) ------------------------
-    def _on_ack(self, pf: PostFuture, md: Any) -> None:
-        now = time.perf_counter()
-        self._in_flight.pop(pf, None)
-        self._delivered(pf, md, now)
-
     def _delivered(self, pf: PostFuture, md: Any, now: float) -> None:
-        """Count the ack, complete the future, tell the handlers (sender or worker thread)."""
+        """The ack: count it, complete the future, tell the handlers (sender or worker thread).
+
+        ``pf(metadata)`` calls this straight from kafka-python's future, once per post.
+        """
+        self._in_flight.pop(pf, None)
         latency = now - pf.intended_at
         self.metrics.observe("acked", "ack", latency, now)
         if not self.handlers:

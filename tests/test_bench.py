@@ -1,0 +1,77 @@
+"""``python -m lab_kit bench`` runs end to end on the real broker and reports consistently.
+
+No timing is asserted here (speed targets live in the bench's own report): these tests check
+that every contender ran and delivered, that the ratios and the CPU profile follow from the
+measured numbers, and that bad arguments are refused with a message naming the option.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def report(kafka_broker, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab_kit", "bench", "--quick", "--rounds", "1",
+         "--duration", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_every_kafka_python_contender_ran_and_lab_kit_delivered_all(report):
+    rep, _ = report
+    res = rep["results"]
+    for name in ("sync", "raw_kafka_python", "lab_kit_async", "open_loop"):
+        assert res[name]["msgs_per_s"] > 0, name
+    assert res["lab_kit_async"]["acked"] == res["lab_kit_async"]["posts"]
+    assert res["open_loop"]["lost"] == 0
+    assert res["open_loop"]["acked"] == res["open_loop"]["submitted"]
+
+
+def test_ratios_follow_from_the_measured_rates(report):
+    rep, _ = report
+    res, ratios = rep["results"], rep["ratios"]
+    lab = res["lab_kit_async"]["msgs_per_s"]
+    assert ratios["lab_kit_over_raw"] == pytest.approx(
+        lab / res["raw_kafka_python"]["msgs_per_s"], abs=0.002)
+    assert ratios["async_over_sync"] == pytest.approx(lab / res["sync"]["msgs_per_s"], rel=0.01)
+
+
+def test_cpu_profile_splits_caller_and_background(report):
+    rep, stdout = report
+    for name in ("sync", "raw_kafka_python", "lab_kit_async"):
+        r = rep["results"][name]
+        assert r["cpu_us_per_post"] > 0 and r["caller_cpu_us_per_post"] > 0, name
+        assert r["cpu_us_per_post"] == pytest.approx(
+            r["caller_cpu_us_per_post"] + r["background_cpu_us_per_post"], abs=0.05)
+    prof = rep["profile"]
+    raw, lab = rep["results"]["raw_kafka_python"], rep["results"]["lab_kit_async"]
+    assert prof["extra_caller_us_per_post"] == pytest.approx(
+        lab["caller_cpu_us_per_post"] - raw["caller_cpu_us_per_post"], abs=0.02)
+    assert "CPU per post" in stdout
+
+
+def test_targets_are_all_evaluated(report):
+    rep, _ = report
+    targets = rep["targets"]
+    assert len(targets) == 7
+    assert all(isinstance(v, bool) for v in targets.values())
+    assert targets["open_loop.lost <= 0"] is True
+
+
+@pytest.mark.parametrize("args, needle", [(["--rate", "0"], "--rate"),
+                                          (["--duration", "601"], "--duration")])
+def test_bad_arguments_name_the_option(args, needle):
+    proc = subprocess.run([sys.executable, "-m", "lab_kit", "bench", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
