@@ -100,16 +100,30 @@ def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: floa
         time.sleep(0.2)
 
 
-def describe(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES) -> dict:
-    """{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}."""
+def describe(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
+             timeout_s: float = 15) -> dict:
+    """{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}.
+
+    On a cluster, the broker that answers may not know a just-created topic yet (metadata
+    reaches each broker a little later): that is waited out, up to ``timeout_s``.
+    """
     from kafka.admin import ConfigResource, ConfigResourceType
 
     cfg = {"bootstrap_servers": client_config} if isinstance(client_config, str) \
         else dict(client_config)
     admin = KafkaAdminClient(**cfg, request_timeout_ms=10000)
     try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            meta = admin.describe_topics(list(names))
+            if all(t["partitions"] for t in meta) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         out = {}
-        for t in admin.describe_topics(list(names)):
+        for t in meta:
+            if not t["partitions"]:
+                raise TimeoutError(f"topic {t['name']}: no partition metadata after "
+                                   f"{timeout_s:.0f}s (error code {t.get('error_code')})")
             out[t["name"]] = {"partitions": len(t["partitions"]),
                               "replication_factor": len(t["partitions"][0]["replica_nodes"])}
         res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])

@@ -306,7 +306,9 @@ def test_client_refuses_concurrent_use(backend: ModerationBackend) -> None:
     client = ModerationClient(backend.url, timeout_s=2)
     t = threading.Thread(target=client.moderate, args=("c1", "u", "one"))
     t.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while not client._busy.locked() and time.monotonic() < deadline:  # the call is under way
+        time.sleep(0.005)
     with pytest.raises(RuntimeError, match="thread"):
         client.moderate("c2", "u", "two")
     t.join()

@@ -231,10 +231,10 @@ def test_expired_lease_reappears_and_release_returns_rows(tmp_path: Path) -> Non
     path = tmp_path / "spool.db"
     with Spool(path) as first, Spool(path) as second:
         first.append_many(rows(5))
-        crashed = [r.seq for r in first.lease(3, lease_s=0.3)]  # replayer "dies" here
+        crashed = [r.seq for r in first.lease(3, lease_s=1.0)]  # replayer "dies" here
         assert [r.post_id for r in second.lease(10, lease_s=60)] == ["p3", "p4"]
         assert second.lease(10) == []
-        time.sleep(0.4)
+        time.sleep(1.1)
         again = second.lease(10, lease_s=60)
         assert [r.seq for r in again] == crashed  # at-least-once: they come back
         assert all(r.attempts == 0 for r in again)
