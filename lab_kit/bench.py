@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from . import config
-from .metrics import percentiles_ms
+from .metrics import CpuMeter, percentiles_ms
 from .posts import Post, Workload, run_open_loop
 
 BENCH_TOPIC = "bench.posts"
@@ -46,28 +46,6 @@ def _latency_fields(submit: dict | None, ack: dict | None) -> dict[str, Any]:
     return {"submit_p50_ms": g(submit, "p50_ms"), "submit_p99_ms": g(submit, "p99_ms"),
             "submit_p999_ms": g(submit, "p999_ms"), "ack_p50_ms": g(ack, "p50_ms"),
             "ack_p99_ms": g(ack, "p99_ms")}
-
-
-class CpuMeter:
-    """CPU time of a timed region: the caller's thread and the whole process.
-
-    Every Python contender is bound by one core (the GIL): the caller thread and the client's
-    sender thread take turns. CPU microseconds per post, split by thread, say where a
-    contender's time goes; ``background`` is everything but the caller (for kafka-python the
-    sender thread, for confluent-kafka librdkafka's C threads).
-    """
-
-    def start(self) -> CpuMeter:
-        self._process, self._thread = time.process_time(), time.thread_time()
-        return self
-
-    def fields(self, posts: int, elapsed_s: float) -> dict[str, float]:
-        process = time.process_time() - self._process
-        caller = time.thread_time() - self._thread
-        return {"cpu_us_per_post": round(process / posts * 1e6, 2),
-                "caller_cpu_us_per_post": round(caller / posts * 1e6, 2),
-                "background_cpu_us_per_post": round((process - caller) / posts * 1e6, 2),
-                "cores_busy": round(process / elapsed_s, 2)}
 
 
 # --- contenders: each sends ``posts`` once and returns a result dict -------------------------

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import config
 from .callbacks import CollectingHandler, UserCallback
-from .metrics import MetricsRecorder
+from .metrics import CpuMeter, MetricsRecorder
 from .posts import Post, PostValidationError, Workload, run_open_loop
 from .producer import AsyncPostProducer
 
@@ -109,7 +109,8 @@ def first_async_send(lab: Lab, text: str = "Hello StreamSocial!",
 def compare_sync_async(lab: Lab, n_sync: int, n_async: int, seed: int = 1) -> dict:
     """Send posts the blocking way (``send().get()``) and the async way; return the numbers.
 
-    Returns ``{"summary": DataFrame, "results": {mode: dict}, "cdf": {mode: DataFrame}}``.
+    Returns ``{"summary": DataFrame, "results": {mode: dict}, "cdf": {mode: DataFrame}}``;
+    each mode's dict also has its CPU time per post, caller thread vs background.
     """
     posts = Workload(seed=seed).posts(max(n_sync, n_async))
     results, cdfs = {}, {}
@@ -117,6 +118,7 @@ def compare_sync_async(lab: Lab, n_sync: int, n_async: int, seed: int = 1) -> di
         with lab.producer(mode=mode, linger_ms=linger, max_in_flight=n + 1) as producer:
             producer.submit(posts[0]).result(timeout=30)  # warm-up: connection and metadata
             producer.metrics.reset()
+            cpu = CpuMeter().start()
             t0 = time.perf_counter()
             for post in posts[:n]:
                 producer.submit(post)
@@ -126,7 +128,8 @@ def compare_sync_async(lab: Lab, n_sync: int, n_async: int, seed: int = 1) -> di
             submit, ack = m.summary_ms("submit"), m.summary_ms("ack")
             results[mode] = {"posts": n, "seconds": elapsed, "msgs_per_s": n / elapsed,
                              "submit_p50_ms": submit["p50_ms"], "submit_p99_ms": submit["p99_ms"],
-                             "ack_p50_ms": ack["p50_ms"], "ack_p99_ms": ack["p99_ms"]}
+                             "ack_p50_ms": ack["p50_ms"], "ack_p99_ms": ack["p99_ms"],
+                             **cpu.fields(n, elapsed)}
             cdfs[f"{mode}: submit"] = m.cdf_frame("submit")
     summary = pd.DataFrame(results).T
     return {"summary": summary, "results": results, "cdf": cdfs}

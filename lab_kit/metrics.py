@@ -782,3 +782,26 @@ class MetricsRecorder:
         c = self.counters()
         return (f"MetricsRecorder(submitted={c['submitted']}, acked={c['acked']}, "
                 f"failed={c['failed']}, elapsed={self.elapsed():.1f}s)")
+
+
+class CpuMeter:
+    """CPU time of a timed region: the caller's thread and the whole process.
+
+    ``CpuMeter().start()`` before the region, ``.fields(posts, elapsed_s)`` after it. A Python
+    producer is bound by one core (the GIL): the caller thread and the client's sender thread
+    take turns. CPU microseconds per post, split by thread, say where the time goes;
+    ``background`` is everything but the caller (kafka-python: its sender thread; confluent-
+    kafka: librdkafka's C threads). ``cores_busy`` near 1 means CPU-bound.
+    """
+
+    def start(self) -> CpuMeter:
+        self._process, self._thread = time.process_time(), time.thread_time()
+        return self
+
+    def fields(self, posts: int, elapsed_s: float) -> dict[str, float]:
+        process = time.process_time() - self._process
+        caller = time.thread_time() - self._thread
+        return {"cpu_us_per_post": round(process / posts * 1e6, 2),
+                "caller_cpu_us_per_post": round(caller / posts * 1e6, 2),
+                "background_cpu_us_per_post": round((process - caller) / posts * 1e6, 2),
+                "cores_busy": round(process / elapsed_s, 2)}

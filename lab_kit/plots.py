@@ -395,6 +395,37 @@ def sync_vs_async(results: Mapping[str, Mapping[str, Any]], *,
     return fig
 
 
+def cpu_per_post(results: Mapping[str, Mapping[str, Any]], *,
+                 title: str = "Where the CPU goes, per post") -> Figure:
+    """Stacked horizontal bars: CPU µs per post on the caller's thread and in the background.
+
+    ``results`` maps a mode to a dict with ``caller_cpu_us_per_post`` and
+    ``background_cpu_us_per_post`` (see :class:`lab_kit.metrics.CpuMeter`).
+    """
+    fig, (ax,) = _figure(1, figsize=(8.0, 0.9 + 0.6 * max(1, len(results))))
+    modes = [m for m in results
+             if math.isfinite(_value(results[m].get("caller_cpu_us_per_post")))]
+    if not modes:
+        _no_data(ax)
+        return fig
+    y = np.arange(len(modes))
+    caller = np.array([_value(results[m]["caller_cpu_us_per_post"]) for m in modes])
+    background = np.array([_value(results[m].get("background_cpu_us_per_post")) for m in modes])
+    background = np.where(np.isfinite(background), background, 0.0)
+    ax.barh(y, caller, color="C0", label="caller thread (submit)")
+    ax.barh(y, background, left=caller, color="C1", label="background (sender thread)")
+    for i, total in enumerate(caller + background):
+        ax.text(total, i, f" {total:,.1f} µs", va="center", fontsize="small")
+    ax.set_yticks(y, [str(m) for m in modes])
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU time per post (µs)")
+    ax.set_xlim(0, float((caller + background).max()) * 1.25)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
 def tuning_sweep(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *,
                  title: str | None = None, logx: bool = False, logy: bool = False) -> Figure:
     """Parameter sweep: ``y`` vs ``x`` as lines with markers, one line per ``hue`` value.

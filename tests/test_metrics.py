@@ -4,6 +4,7 @@ import json
 import math
 import random
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from lab_kit.metrics import (
     STANDARD_COUNTERS,
     SUMMARY_KEYS,
+    CpuMeter,
     LatencyHistogram,
     MetricsRecorder,
     percentiles_ms,
@@ -408,3 +410,24 @@ def test_latency_frame_empty_has_columns():
     df = MetricsRecorder(clock=FakeClock()).latency_frame()
     assert isinstance(df, pd.DataFrame) and df.empty
     assert "p99_ms" in df.columns
+
+
+def test_cpu_meter_splits_caller_and_background_threads():
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    cpu = CpuMeter().start()
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=spin, args=(0.15,))
+    worker.start()
+    worker.join()
+    spin(0.05)
+    f = cpu.fields(posts=1000, elapsed_s=time.perf_counter() - t0)
+    # per post: caller ~50 µs (0.05 s / 1000), background ~150 µs (the other thread; other
+    # threads left running in this test process can only add to it)
+    assert 45 <= f["caller_cpu_us_per_post"] <= 80
+    assert 140 <= f["background_cpu_us_per_post"] <= 400
+    assert f["cpu_us_per_post"] == pytest.approx(
+        f["caller_cpu_us_per_post"] + f["background_cpu_us_per_post"], abs=0.02)

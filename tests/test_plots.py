@@ -204,3 +204,22 @@ def test_plots_accept_empty_frames():
                 plots.latency_percentiles({})):
         assert isinstance(fig, Figure)
         _render(fig)
+
+
+def test_cpu_per_post_stacks_caller_and_background():
+    fig = plots.cpu_per_post({
+        "sync": {"caller_cpu_us_per_post": 90.0, "background_cpu_us_per_post": 350.0},
+        "async": {"caller_cpu_us_per_post": 30.0, "background_cpu_us_per_post": 12.0},
+        "no cpu": {"msgs_per_s": 5.0},
+    })
+    (ax,) = fig.axes
+    widths = [(p.get_x(), p.get_width()) for p in ax.patches]
+    assert widths == [(0.0, 90.0), (0.0, 30.0), (90.0, 350.0), (30.0, 12.0)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["sync", "async"]
+    assert [t.get_text() for t in ax.texts] == [" 440.0 µs", " 42.0 µs"]
+    _render(fig)
+
+
+def test_cpu_per_post_without_data_says_so():
+    (ax,) = plots.cpu_per_post({"sync": {"msgs_per_s": 1.0}}).axes
+    assert "no data" in ax.texts[0].get_text()
