@@ -269,12 +269,12 @@ def test_fault_model_roundtrip_and_validation(backend: ModerationBackend) -> Non
 
 
 def test_latency_fault_causes_timeout(backend: ModerationBackend) -> None:
-    backend.set_faults(latency_ms=300)
+    backend.set_faults(latency_ms=1000)
     client = ModerationClient(backend.url, timeout_s=0.1)
     t0 = time.monotonic()
     with pytest.raises(BackendTimeout):
         client.moderate("slow-1", "u", "hello")
-    assert time.monotonic() - t0 < 0.29
+    assert time.monotonic() - t0 < 0.8  # gave up long before the backend would answer
     backend.set_faults(latency_ms=50)
     assert client.moderate("slow-2", "u", "hello again").latency_ms >= 50
     client.close()
