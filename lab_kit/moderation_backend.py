@@ -647,6 +647,20 @@ def _verified_process(pid: int | None, create_time: float | None) -> psutil.Proc
         return None
 
 
+def _exited(pid: int | None, create_time: float | None) -> bool:
+    """True once that process is gone or a zombie. (Not :func:`_verified_process`: while a
+    killed process is torn down its command line reads empty, yet it still holds its port.)"""
+    if pid is None or pid <= 0:
+        return True
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return create_time is not None and abs(proc.create_time() - create_time) > 0.5
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+
+
 class ModerationBackend:
     """Start, stop, kill, pause and resume a moderation backend process.
 
@@ -838,7 +852,7 @@ class ModerationBackend:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(self._pid, os.WNOHANG)  # type: ignore[arg-type]
-            if _verified_process(self._pid, self._create_time) is None:
+            if _exited(self._pid, self._create_time):
                 return True
             time.sleep(0.02)
         return False

@@ -9,6 +9,7 @@ tests share one cluster. Data dirs persist across stop/start, so an acked record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -138,6 +139,33 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
         pass
+
+
+def _wait_exited(procs: list[psutil.Process | None], timeout_s: float) -> bool:
+    """Wait until every signalled process has exited (gone, or a zombie: dead, not reaped).
+
+    Needed because a process that got SIGKILL is not gone at once: while the kernel tears it
+    down its command line already reads empty (so :func:`_our_process` no longer knows it) but
+    it still holds its ports and files. ``is_running()`` also guards against pid reuse.
+    """
+    pending = [p for p in procs if p is not None]
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        still = []
+        for p in pending:
+            _reap(p.pid)
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    still.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        pending = still
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _our_process(pid: int | None, props: str) -> psutil.Process | None:
@@ -382,27 +410,18 @@ class LocalBroker(Broker):
         self.wait_ready(timeout_s=remaining, expect_brokers=expect)
 
     def _kill_all(self, nodes: list[dict]) -> None:
-        for n in nodes:
-            self._signal(n, signal.SIGKILL)
-            self._wait_gone(n, 10)
+        _wait_exited([self._signal(n, signal.SIGKILL) for n in nodes], 10)
 
-    def _signal(self, n: dict, sig: int) -> bool:
+    def _signal(self, n: dict, sig: int) -> psutil.Process | None:
+        """Send ``sig`` to the node's JVM; returns the process signalled (None if not running)."""
         proc = _our_process(n.get("pid"), n["props"])
         if proc is None:
-            return False
+            return None
         try:
             proc.send_signal(sig)
         except psutil.NoSuchProcess:
-            return False
-        return True
-
-    def _wait_gone(self, n: dict, timeout_s: float) -> bool:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            if _our_process(n.get("pid"), n["props"]) is None:
-                return True
-            time.sleep(0.1)
-        return False
+            return None
+        return proc
 
     def stop(self, node: int | None = None, timeout_s: float = 30) -> None:
         """Graceful shutdown (SIGTERM); SIGKILL if a node has not exited after ``timeout_s``."""
@@ -410,18 +429,18 @@ class LocalBroker(Broker):
         for n in targets:
             if self.node_state(n)[0] == "paused":
                 self._signal(n, signal.SIGCONT)
-            self._signal(n, signal.SIGTERM)
-        for n in targets:
-            if not self._wait_gone(n, timeout_s):
-                self._signal(n, signal.SIGKILL)
-                self._wait_gone(n, 10)
+        procs = [self._signal(n, signal.SIGTERM) for n in targets]
+        if not _wait_exited(procs, timeout_s):
+            for proc in procs:
+                if proc is not None:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        proc.kill()
+            _wait_exited(procs, 10)
 
     def kill(self, node: int | None = None) -> None:
-        """SIGKILL: the JVM dies at once, as in a power cut (data on disk stays)."""
-        for n in self._targets(node):
-            self._signal(n, signal.SIGKILL)
-        for n in self._targets(node):
-            self._wait_gone(n, 10)
+        """SIGKILL: the JVM dies at once, as in a power cut (data on disk stays). Returns once
+        the process has exited (a JVM takes a moment to unmap its heap after the signal)."""
+        _wait_exited([self._signal(n, signal.SIGKILL) for n in self._targets(node)], 10)
 
     def pause(self, node: int | None = None) -> None:
         """SIGSTOP: the JVM freezes; its sockets stay open but nothing answers."""
