@@ -630,23 +630,6 @@ def default_state_dir() -> Path:
     return config.state_dir() / "moderation"  # follows LAB_STATE_DIR, like the broker
 
 
-def _verified_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    """The live (non-zombie) backend process with that pid, or None. Never a stranger."""
-    if pid is None or pid <= 0:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if not any(MODULE in part for part in proc.cmdline()):
-            return None
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
-            return None
-        return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
 def _exited(pid: int | None, create_time: float | None) -> bool:
     """True once that process is gone or a zombie. (Not :func:`_verified_process`: while a
     killed process is torn down its command line reads empty, yet it still holds its port.)"""
@@ -659,6 +642,19 @@ def _exited(pid: int | None, create_time: float | None) -> bool:
         return create_time is not None and abs(proc.create_time() - create_time) > 0.5
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return True
+    except psutil.AccessDenied:  # someone else's process: it exists
+        return False
+
+
+def _verified_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """The live (non-zombie) backend process with that pid, or None. Never a stranger."""
+    if _exited(pid, create_time):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return proc if any(MODULE in part for part in proc.cmdline()) else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
 
 
 class ModerationBackend:
