@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from kafka import KafkaAdminClient
 
 from . import config
 from .audit import audit
 from .metrics import MetricsRecorder, percentiles_ms
 from .posts import Workload, run_open_loop
+from .topics import ensure_topics, wait_for_leaders
 
 DRILLS = ("broker-outage", "broker-pause", "leader-failover", "moderation-outage",
           "moderation-slow")
@@ -151,8 +153,6 @@ class TimedSubmit:
 
 
 def _fresh_topics(cfg: dict, name: str) -> tuple[str, str]:
-    from .topics import ensure_topics
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     topic, dlq = f"drill.{name}.{stamp}", f"drill.{name}.{stamp}.dlq"
     ensure_topics(cfg, names=(topic, dlq), partitions={topic: 6, dlq: 1})
@@ -210,27 +210,13 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
 
 
 def leader_of(cfg: dict, topic: str, partition: int = 0, timeout_s: float = 15) -> int:
-    """The node id leading ``topic``/``partition``.
-
-    Waits (up to ``timeout_s``) while the answering broker does not yet know the partition
-    or its leader: a freshly created topic reaches each broker's metadata cache a little
-    later, and right after a leader dies the partition briefly has none.
-    """
-    from kafka import KafkaAdminClient
-
+    """The node id leading ``topic``/``partition`` (waits, like the topics module, until the
+    answering broker knows it)."""
     admin = KafkaAdminClient(**cfg)
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            meta = admin.describe_topics([topic])[0]
-            leaders = [p["leader_id"] for p in meta.get("partitions") or []
-                       if p["partition_index"] == partition]
-            if leaders and leaders[0] >= 0:
-                return leaders[0]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}[{partition}] has no leader after {timeout_s:.0f}s "
-                                   f"(metadata: {meta})")
-            time.sleep(0.2)
+        meta = wait_for_leaders(admin, [topic], timeout_s)[0]
+        return next(p["leader_id"] for p in meta["partitions"]
+                    if p["partition_index"] == partition)
     finally:
         admin.close()
 

@@ -198,12 +198,7 @@ class PostFuture:
         self._wait(timeout)
         if self._exc is not None:
             raise self._exc
-        value = self._value
-        if type(value) is tuple:  # (record metadata, latency) from the ack: build it lazily
-            md, latency = value
-            value = self._value = Delivery(self.post_id, "acked", md.topic, md.partition,
-                                           md.offset, latency)
-        return value
+        return self._value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait(timeout)
@@ -535,9 +530,6 @@ class AsyncPostProducer:
         self._in_flight.pop(pf, None)
         latency = now - pf.intended_at
         self.metrics.observe("acked", "ack", latency, now)
-        if not self.handlers:
-            pf._complete((md, latency), None)  # the Delivery is built only if someone asks
-            return
         delivery = Delivery(pf.post_id, "acked", md.topic, md.partition, md.offset, latency)
         pf._complete(delivery, None)
         for h in self.handlers:

@@ -77,14 +77,18 @@ def ensure_topics(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAME
                 admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another process: fine
-        _wait_for_leaders(admin, list(names), timeout_s)
+        wait_for_leaders(admin, list(names), timeout_s)
         return {t.name: {"partitions": t.num_partitions, "replication_factor": rf,
                          "min_insync_replicas": isr} for t in wanted}
     finally:
         admin.close()
 
 
-def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+def wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> list[dict]:
+    """Poll until the answering broker knows every partition of ``names`` and its leader;
+    returns that metadata (``describe_topics``). On a cluster a fresh topic reaches each
+    broker's metadata cache a little later, and a partition whose leader died has none for a
+    moment: callers that read metadata wait here rather than on their own."""
     t0 = time.monotonic()
     while True:
         meta = admin.describe_topics(names)
@@ -94,7 +98,7 @@ def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: floa
             for t in meta
         )
         if ready and len(meta) == len(names):
-            return
+            return meta
         if time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"topics {names} have no leader after {timeout_s:.0f}s")
         time.sleep(0.2)
@@ -104,8 +108,7 @@ def describe(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
              timeout_s: float = 15) -> dict:
     """{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}.
 
-    On a cluster, the broker that answers may not know a just-created topic yet (metadata
-    reaches each broker a little later): that is waited out, up to ``timeout_s``.
+    Waits (up to ``timeout_s``) until the answering broker knows every partition's leader.
     """
     from kafka.admin import ConfigResource, ConfigResourceType
 
@@ -113,17 +116,8 @@ def describe(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
         else dict(client_config)
     admin = KafkaAdminClient(**cfg, request_timeout_ms=10000)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            meta = admin.describe_topics(list(names))
-            if all(t["partitions"] for t in meta) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
         out = {}
-        for t in meta:
-            if not t["partitions"]:
-                raise TimeoutError(f"topic {t['name']}: no partition metadata after "
-                                   f"{timeout_s:.0f}s (error code {t.get('error_code')})")
+        for t in wait_for_leaders(admin, list(names), timeout_s):
             out[t["name"]] = {"partitions": len(t["partitions"]),
                               "replication_factor": len(t["partitions"][0]["replica_nodes"])}
         res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])

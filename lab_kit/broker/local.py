@@ -168,22 +168,17 @@ def _wait_exited(procs: list[psutil.Process | None], timeout_s: float) -> bool:
     return True
 
 
-def _wait_exiting(pid: int | None, timeout_s: float) -> None:
-    """If ``pid`` is a process being torn down (alive, not a zombie, command line already
-    empty: e.g. a JVM killed by someone else a moment ago), wait until it is gone: it may still
-    hold the node's port and data directory."""
+def _exiting_process(pid: int | None) -> psutil.Process | None:
+    """The process ``pid`` if it is being torn down (alive, not a zombie, command line
+    already empty: e.g. a JVM killed by someone else a moment ago), else None."""
     if not pid:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _reap(pid)
-        try:
-            p = psutil.Process(pid)
-            if p.status() == psutil.STATUS_ZOMBIE or p.cmdline():
-                return  # dead, or alive as some other process (pid reused)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return
-        time.sleep(0.05)
+        return None
+    _reap(pid)
+    try:
+        p = psutil.Process(pid)
+        return None if p.status() == psutil.STATUS_ZOMBIE or p.cmdline() else p
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
 
 
 def _our_process(pid: int | None, props: str) -> psutil.Process | None:
@@ -394,7 +389,8 @@ class LocalBroker(Broker):
             if state == "paused":
                 self.resume(n["id"])
             elif state == "stopped":
-                _wait_exiting(n.get("pid"), 10)  # killed from outside a moment ago?
+                # killed from outside a moment ago? it may still hold the port and data dir
+                _wait_exited([_exiting_process(n.get("pid"))], 10)
                 try:
                     self._launch(n)
                 except BrokerError:
