@@ -1,4 +1,5 @@
-"""StreamSocial moderation service: a Kafka consumer group member that moderates posts.
+"""StreamSocial moderation service: a consumer group member that keeps many posts in moderation
+at once.
 
 Data flow (topic names from :mod:`lab_kit.topics`, overridable with ``topics=``)::
 
@@ -10,27 +11,46 @@ Data flow (topic names from :mod:`lab_kit.topics`, overridable with ``topics=``)
                   |                                                     source "recheck")
                   +-- unparseable --> posts.dlq
 
-* **Backend calls go through a circuit breaker** (`pybreaker`): every
-  :class:`~lab_kit.moderation_backend.ModerationBackendError` (unavailable, timeout, 5xx,
-  garbage) counts as a failure; after ``breaker_fail_max`` consecutive failures the breaker
-  opens and calls are not even attempted for ``breaker_reset_s``; then one trial call is let
-  through (half-open) and closes the breaker if it succeeds. Transitions are lazy (they
-  happen on the next post), as in pybreaker. Every transition is recorded in
-  ``service.breaker_events`` and marked in the metrics. While the call fails or the breaker
-  is open, :func:`lab_kit.rules.fallback_verdict` decides: the result is ``degraded`` and
-  the post also goes to ``moderation.recheck``.
-* **At-least-once**: outputs are sent asynchronously on one ``KafkaProducer`` (acks=all);
-  a batch's offsets are committed only after *every* output of that batch was acked. If one
-  failed, nothing is committed, the producer is closed and recreated (kafka-python's
-  idempotent producer can stay wedged after an error) and the consumer seeks back to the
-  start of the batch: the batch is processed again (duplicates, never loss).
-* :class:`RecheckWorker` re-moderates degraded posts with the full backend once it answers
-  again; while the backend fails it commits nothing past the failing post and backs off.
+**Asynchronous moderation.** One thread (the *stage loop*) polls, and hands records to the
+backend without waiting for the answer:
+
+1. Records are queued per partition. A partition's queued records become a **chunk** (at
+   most ``batch_size * concurrency`` records) as soon as the partition has no chunk in
+   moderation. The chunk's posts go to the backend in calls of ``batch_size`` posts
+   (``POST /moderate/batch``; ``batch_size=1`` uses ``POST /moderate``) on a pool of
+   ``concurrency`` threads. Many partitions' chunks are in moderation at once.
+2. When every call of a chunk has answered, its results are produced in offset order
+   (results + fan-out, recheck, DLQ) and the partition's next chunk may start. One chunk per
+   partition at a time keeps every user's results in post order (a user's posts share a
+   partition: the key is ``user_id``).
+3. Offsets are committed per partition up to the end of the longest contiguous run of chunks
+   whose outputs were *all acked* (:mod:`lab_kit.offsets`). A killed member loses nothing and
+   the next owner re-processes at most what was in flight (duplicates are counted by the
+   checkers, never hidden). If an output fails, the member commits what is safe, replaces its
+   producer and re-reads from the first unacked offset.
+
+**Degrading gracefully.** Backend calls go through a ``pybreaker`` circuit breaker; a failing
+call (unavailable, timeout, 5xx, 429 overloaded, garbage) or an open breaker makes the posts
+of that call use :func:`lab_kit.rules.fallback_verdict`: the result is ``degraded`` and the
+post also goes to ``moderation.recheck``. **Load shedding** handles overload by volume: a
+post that has already waited ``shed_after_ms`` (record timestamp to now; default 1,000 ms,
+half of the 2 s end-to-end budget) is moderated by the local rules at once, and the stage
+keeps shedding until a chunk's oldest post is younger than half of that. Transitions are in
+``service.shed_events``. Only posts that arrived while the member owned the partition are
+shed: a backlog found at start-up or after a rebalance is already late, and degrading it
+would only double the backend's work (a recheck per post); it is moderated by the backend.
+
+:class:`RecheckWorker` re-moderates degraded posts with the backend, one batch call at a time,
+and only while its service is healthy (breaker closed, not shedding, no overload answer in the
+last 2 s): it catches up after an overload without taking capacity from new posts.
+
+Clients: ``client="kafka-python"`` (default, the lessons' client) or ``"confluent"``
+(librdkafka; ~6x less CPU per record, see :mod:`lab_kit.stage_clients`).
 
 Run it in a notebook (``service.start()`` / ``service.stop()``), in the current thread
-(``service.run(stop_event, max_seconds)``) or as its own process::
+(``service.run(stop_event, max_seconds)``) or as processes of one consumer group::
 
-    python -m lab_kit.moderation --bootstrap 127.0.0.1:9092 --backend-url http://127.0.0.1:8081
+    python -m lab_kit.moderation --bootstrap 127.0.0.1:9092 --backend-url URL --processes 2
 """
 
 from __future__ import annotations
@@ -41,30 +61,35 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pybreaker
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from . import topics as lab_topics
 from .audit import dlq_record
 from .metrics import MetricsRecorder
-from .moderation_backend import BackendBadRequest, ModerationBackendError, ModerationClient
+from .moderation_backend import (
+    BackendBadRequest,
+    BackendOverloaded,
+    ModerationBackendError,
+    ModerationClient,
+)
+from .offsets import TP, Chunk, OffsetTracker
 from .posts import Post, PostValidationError
 from .rules import Verdict, fallback_verdict
+from .stage_clients import CLIENTS, StageClients, make_clients
 
 __all__ = [
     "TOPIC_KEYS",
     "DEFAULT_TOPICS",
     "topic_names",
-    "BatchOutcome",
     "ModerationService",
     "RecheckWorker",
     "moderation_results",
@@ -85,12 +110,16 @@ DEFAULT_TOPICS: dict[str, str] = {
     "dlq": lab_topics.POSTS_DLQ,
 }
 
-POLL_TIMEOUT_MS = 200  # short, so stop() is prompt
 SESSION_TIMEOUT_MS = 6000  # broker minimum: a killed member's partitions move after ~6 s
 HEARTBEAT_INTERVAL_MS = 1500
-OUTPUT_TIMEOUT_S = 30.0  # max wait for a batch's acks before it is treated as failed
+OUTPUT_TIMEOUT_S = 30.0  # max wait for a chunk's acks before it is treated as failed
 MAX_BACKOFF_S = 5.0
-MAX_BREAKER_EVENTS = 10_000
+MAX_EVENTS = 10_000
+COMMIT_INTERVAL_S = 0.2
+IDLE_POLL_S = 0.2  # nothing in flight: poll this long (stop() stays prompt)
+BUSY_POLL_S = 0.005  # calls in flight: come back soon to emit their results
+DRAIN_TIMEOUT_S = 5.0  # on rebalance/stop: wait this long for calls in flight
+OVERLOAD_QUIET_S = 2.0  # the recheck worker waits this long after an overload answer
 
 #: Producer settings: acks=all; fail a send within seconds rather than minutes.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -101,8 +130,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "delivery_timeout_ms": 25_000,
     "bootstrap_timeout_ms": 3000,  # no broker: fail fast, retry with back-off (stop stays prompt)
 }
-#: Consumer settings besides group/offset handling (``client_config`` may override them).
-CONSUMER_DEFAULTS: dict[str, Any] = {"bootstrap_timeout_ms": 3000}
 
 
 def topic_names(prefix: str = "", **overrides: str) -> dict[str, str]:
@@ -115,10 +142,6 @@ def topic_names(prefix: str = "", **overrides: str) -> dict[str, str]:
     if unknown:
         raise ValueError(f"unknown topic keys {sorted(unknown)}; known: {TOPIC_KEYS}")
     return {k: overrides.get(k, f"{prefix}{v}") for k, v in DEFAULT_TOPICS.items()}
-
-
-def _resolve_topics(topics: Mapping[str, str] | None) -> dict[str, str]:
-    return topic_names(**dict(topics or {}))
 
 
 def _kafka_config(bootstrap_servers: str | list[str] | None,
@@ -154,60 +177,39 @@ def _header(record: Any, name: str) -> str | None:
     return None
 
 
-@dataclass
-class BatchOutcome:
-    """What :meth:`ModerationService.process_batch` did with one batch of records.
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
 
-    Offsets are per partition: ``first`` = first offset in the batch, ``end`` = last + 1,
-    ``done`` = the offset after the last record handled (a prefix of the batch: handling
-    stops early when asked to stop, or in the recheck worker when the backend fails).
-    ``outputs_ok`` is True when every output record was acked by Kafka: only then may
-    ``done`` be committed.
-    """
 
-    records: int = 0
-    handled: int = 0
-    sent: int = 0
-    acked: int = 0
-    failed: int = 0
-    outputs_ok: bool = True
-    backend_failed: bool = False
-    error: str | None = None
-    first: dict[TopicPartition, int] = field(default_factory=dict)
-    end: dict[TopicPartition, int] = field(default_factory=dict)
-    done: dict[TopicPartition, int] = field(default_factory=dict)
+def _check_float(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not low <= value <= high:
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
 
-    @property
-    def commit_offsets(self) -> dict[TopicPartition, int]:
-        """Offsets safe to commit (empty unless every output was acked)."""
-        if not self.outputs_ok:
-            return {}
-        return {tp: off for tp, off in self.done.items() if off > self.first[tp]}
 
-    @property
-    def complete(self) -> bool:
-        """Every record handled and every output acked."""
-        return self.outputs_ok and self.handled == self.records
+class _Dead:
+    """A record that could not be parsed: it goes to the DLQ with the reason."""
+
+    __slots__ = ("record", "reason", "field")
+
+    def __init__(self, record: Any, reason: str, field: str | None) -> None:
+        self.record, self.reason, self.field = record, reason, field
 
 
 # =========================================================================================
-# Common consumer -> producer loop
+# The stage loop: poll -> chunks -> backend calls -> outputs -> commits
 # =========================================================================================
-
-
-class _RebalanceLog(ConsumerRebalanceListener):
-    def __init__(self, stage: _Stage) -> None:
-        self.stage = stage
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        pass  # offsets are committed synchronously after every batch: nothing pending
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.stage._on_assigned(set(assigned))
 
 
 class _Stage:
-    """A consumer group member that turns records into output records, at least once."""
+    """A consumer group member that moderates chunks of records concurrently, at least once.
+
+    Subclasses say how a chunk is moderated (:meth:`_begin`: start calls, or decide at once)
+    and what a finished chunk produces (:meth:`_finish_chunk`).
+    """
 
     kind = "stage"
     _COUNTERS: tuple[str, ...] = ()
@@ -219,295 +221,150 @@ class _Stage:
         group_id: str,
         source_key: str,
         topics: Mapping[str, str] | None,
+        batch_size: int,
+        concurrency: int,
         max_poll_records: int,
         metrics: MetricsRecorder | None,
         client_config: Mapping[str, Any] | None,
-        output_timeout_s: float = OUTPUT_TIMEOUT_S,
-        max_backoff_s: float = MAX_BACKOFF_S,
+        client: str,
+        output_timeout_s: float,
+        max_backoff_s: float,
+        max_buffered: int | None,
     ) -> None:
-        if max_poll_records < 1:
-            raise ValueError("max_poll_records must be >= 1")
-        self.topics = _resolve_topics(topics)
+        self.batch_size = _check_int("batch_size", batch_size, 1, 1000)
+        self.concurrency = _check_int("concurrency", concurrency, 1, 256)
+        self.max_poll_records = _check_int("max_poll_records", max_poll_records, 1, 100_000)
+        self.output_timeout_s = _check_float("output_timeout_s", output_timeout_s, 0.1, 600)
+        self.max_backoff_s = _check_float("max_backoff_s", max_backoff_s, 0.0, 600)
+        if client not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        self.client_name = client
+        self.chunk_records = self.batch_size * self.concurrency
+        self.max_buffered = _check_int(
+            "max_buffered", max_buffered if max_buffered is not None
+            else max(4 * self.chunk_records, 5 * self.max_poll_records, 2000), 1, 10_000_000)
+        self.topics = topic_names(**dict(topics or {}))
         self.source_topic = self.topics[source_key]
         self.group_id = group_id
-        self.max_poll_records = int(max_poll_records)
         self.metrics = metrics if metrics is not None else MetricsRecorder()
-        self.output_timeout_s = float(output_timeout_s)
-        self.max_backoff_s = float(max_backoff_s)
         self._kafka_cfg = _kafka_config(bootstrap_servers, client_config)
         self._lock = threading.Lock()
         base = ("consumed", "results", "degraded", "rechecked", "dlq", "sent", "acked",
-                "failed", "batches", "commits", "commit_failures", "batch_retries", "rebalances",
-                "producer_rebuilds", "backend_calls", "backend_failures",
+                "failed", "chunks", "commits", "commit_failures", "batch_retries",
+                "rebalances", "producer_rebuilds", "backend_calls", "backend_failures",
                 "approve", "review", "reject", "spam")
         self._counters: dict[str, int] = dict.fromkeys(base + self._COUNTERS, 0)
-        self._consumer: KafkaConsumer | None = None
-        self._producer: KafkaProducer | None = None
-        self._pending: list[Any] = []
-        self._send_error: BaseException | None = None
+        self._clients: StageClients | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._queues: dict[TP, deque] = {}
+        self._current: dict[TP, Chunk] = {}  # the chunk in moderation, per partition
+        self._retry_at: dict[TP, float] = {}
+        self._buffered = 0
+        self._paused = False
+        self._tracker = OffsetTracker()
+        self._watched: list[Chunk] = []  # sealed chunks whose outputs are not settled yet
+        self._wake = threading.Event()
         self._stop_event = threading.Event()
         self._active_stop: threading.Event = self._stop_event
         self._thread: threading.Thread | None = None
         self._running = False
+        self._resume_at: dict[TP, int] = {}  # where to go back to after a rebalance
         self.last_error: str | None = None
         self.assignment: list[int] = []  # partitions of the source topic we own now
+        self.oldest_age_s = 0.0  # age of the oldest post handed to moderation last
 
     # -- counters --------------------------------------------------------------------------
 
     def _incr(self, name: str, n: int = 1, *, metric: bool = True) -> None:
+        if not n:
+            return
         with self._lock:
             self._counters[name] = self._counters.get(name, 0) + n
         if metric:
             self.metrics.incr(name, n)
 
+    def _add(self, counts: Mapping[str, int], metric: tuple[str, ...] = ()) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self._counters[name] = self._counters.get(name, 0) + n
+        for name in metric:
+            if counts.get(name):
+                self.metrics.incr(name, counts[name])
+
     def stats(self) -> dict[str, Any]:
         """Counters (``sent``/``results``/... count records handed to the producer, so a
-        re-processed batch counts twice; ``acked``/``failed`` come from delivery callbacks)."""
+        re-processed chunk counts twice; ``acked``/``failed`` are settled outputs)."""
         with self._lock:
             out: dict[str, Any] = dict(self._counters)
             out["assignment"] = list(self.assignment)
         out["running"] = self.is_running()
         out["last_error"] = self.last_error
+        out["client"] = self.client_name
+        out["in_flight"] = self._tracker.in_flight()
+        out["buffered"] = self._buffered
         return out
 
     def is_running(self) -> bool:
         return self._running
 
-    # -- Kafka clients ---------------------------------------------------------------------
+    # -- clients and rebalances ------------------------------------------------------------
 
-    def _new_consumer(self) -> KafkaConsumer:
-        consumer = KafkaConsumer(
-            **{**CONSUMER_DEFAULTS, **self._kafka_cfg},
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_poll_records,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        )
-        try:
-            consumer.subscribe([self.source_topic], listener=_RebalanceLog(self))
-            # fetch the topic's partitions BEFORE the first poll joins the group: a leader
-            # without them assigns nothing (or notices new metadata later) and kafka-python
-            # then needs a second rebalance
-            consumer.partitions_for_topic(self.source_topic)
-        except BaseException:
-            consumer.close(autocommit=False)
-            raise
-        return consumer
+    def _new_clients(self) -> StageClients:
+        return make_clients(
+            self.client_name, self._kafka_cfg, group_id=self.group_id,
+            topic=self.source_topic, max_poll_records=self.max_poll_records,
+            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            producer_settings=PRODUCER_DEFAULTS, on_assign=self._on_assign,
+            on_revoke=self._on_revoke)
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    def _on_assign(self, assigned: list[TP]) -> None:
         self._incr("rebalances", metric=False)
-        parts = sorted(tp.partition for tp in assigned)
+        parts = sorted(p for _t, p in assigned)
         with self._lock:
             self.assignment = parts
+        clients = self._clients
+        if clients is not None and assigned:
+            # kafka-python keeps the position and the paused flag of a partition that stays
+            # assigned: resume it, and go back to what was forgotten at the revoke
+            clients.resume(assigned)
+            for tp, off in self._resume_at.items():
+                if tp in assigned:
+                    clients.seek(tp, off)
+        self._resume_at = {}
+        self._paused = False
         log.info("%s: group %s assigned %s partitions %s", self.kind, self.group_id,
                  self.source_topic, parts)
 
-    def _producer_client(self) -> KafkaProducer:
-        if self._producer is None:
-            self._producer = KafkaProducer(**{**PRODUCER_DEFAULTS, **self._kafka_cfg})
-        return self._producer
+    def _on_revoke(self, revoked: list[TP]) -> None:
+        """Finish what is in flight (bounded), commit it, forget the rest: the partitions'
+        next owner starts at the committed offsets."""
+        self._drain(DRAIN_TIMEOUT_S)
+        self._resume_at = self._restart_points()
+        self._forget(None)
+        with self._lock:
+            self.assignment = []
 
-    def _rebuild_producer(self) -> None:
-        """Close the producer (aborting what it still holds) so the next send makes a new
-        one: after an error kafka-python's idempotent producer may never send again."""
-        old, self._producer = self._producer, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                old.close(timeout=0)
-            self._incr("producer_rebuilds", metric=False)
+    def _restart_points(self) -> dict[TP, int]:
+        """Per partition: the first offset not yet handled to the end (acked)."""
+        points = self._tracker.restart_points()
+        for tp, q in self._queues.items():
+            if q and tp not in points:
+                points[tp] = q[0].offset
+        return points
 
-    def _close_clients(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.close(autocommit=False)
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close(timeout=5)
+    def _forget(self, tps: list[TP] | None) -> None:
+        for tp in list(self._queues) if tps is None else tps:
+            self._buffered -= len(self._queues.pop(tp, ()))
+        for tp in list(self._current) if tps is None else tps:
+            self._current.pop(tp, None)
+            self._retry_at.pop(tp, None)
+        self._tracker.forget(tps)
+        self._watched = [c for c in self._watched if c.tp in self._queues]
+        if tps is None:
+            self._buffered = 0
+            self._watched = []
 
-    # -- output ----------------------------------------------------------------------------
-
-    def _on_ack(self, _md: Any) -> None:
-        self._incr("acked")
-
-    def _on_fail(self, exc: BaseException) -> None:
-        self._incr("failed")
-        self.metrics.record_error(type(exc).__name__)
-
-    def _send(self, topic_key: str, key: bytes | None, value: bytes,
-              headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Hand one output record to the producer (async). A synchronous error is kept in
-        ``_send_error``: the batch then stops and is not committed."""
-        if self._send_error is not None:
-            return
-        try:
-            fut = self._producer_client().send(self.topics[topic_key], key=key, value=value,
-                                               headers=headers or None)
-        except Exception as exc:  # noqa: BLE001 - KafkaError, no broker, closed producer...
-            self._send_error = exc
-            self._on_fail(exc)
-            return
-        fut.add_callback(self._on_ack)
-        fut.add_errback(self._on_fail)
-        self._pending.append(fut)
-        self._incr("sent", metric=False)
-
-    def _await_outputs(self, outcome: BatchOutcome) -> None:
-        """Wait (bounded) until every output of the batch is acked or failed."""
-        pending, self._pending = self._pending, []
-        outcome.sent = len(pending)
-        if self._send_error is not None:
-            outcome.outputs_ok = False
-            outcome.error = f"send: {type(self._send_error).__name__}: {self._send_error}"
-        if pending and self._producer is not None:
-            deadline = time.monotonic() + self.output_timeout_s
-            stopping = False
-            while any(not f.is_done for f in pending) and time.monotonic() < deadline:
-                if not stopping and self._running and self._active_stop.is_set():
-                    stopping = True  # asked to stop: give the acks 2 s more, not 30
-                    deadline = min(deadline, time.monotonic() + 2.0)
-                try:
-                    self._producer.flush(timeout=0.2)
-                except KafkaError:
-                    pass  # flush timed out: check the clock and try again
-                except Exception:  # noqa: BLE001 - e.g. producer closed under us
-                    break
-        for f in pending:
-            if f.is_done and f.succeeded():
-                outcome.acked += 1
-            else:
-                outcome.failed += 1
-                if outcome.error is None and f.is_done:
-                    outcome.error = f"output: {type(f.exception).__name__}: {f.exception}"
-                elif outcome.error is None:
-                    outcome.error = "output: no ack in time"
-        if outcome.failed:
-            outcome.outputs_ok = False
-        self._send_error = None
-
-    def _emit(self, post: Post, verdict: Verdict, *, source: str, degraded: bool,
-              extra: Mapping[str, Any] | None = None) -> dict:
-        """Produce the result to ``moderation.results`` and fan it out by label."""
-        key = post.key_bytes()
-        result = {
-            "post_id": post.post_id,
-            "user_id": post.user_id,
-            "label": verdict.label,
-            "score": verdict.score,
-            "reasons": list(verdict.reasons),
-            "degraded": degraded,
-            "moderated_at": time.time(),
-            "source": source,
-            **(extra or {}),
-        }
-        self._send("results", key, _json(result))
-        label = verdict.label
-        if label == "approve":
-            self._send("timeline", key, _json({"post_id": post.post_id, "user_id": post.user_id,
-                                               "text": post.text, "degraded": degraded,
-                                               "source": source}))
-        elif label == "spam":
-            self._send("reputation", key, _json({"user_id": post.user_id,
-                                                 "post_id": post.post_id, "signal": "spam",
-                                                 "score": verdict.score, "degraded": degraded,
-                                                 "source": source}))
-        else:  # reject, review
-            self._send("admin", key, _json({"post_id": post.post_id, "user_id": post.user_id,
-                                            "label": label, "reasons": list(verdict.reasons),
-                                            "degraded": degraded, "source": source}))
-        self._incr("results")
-        self._incr(label, metric=False)
-        if degraded:
-            self._incr("degraded")
-        return result
-
-    def _dead_letter(self, record: Any, reason: str, *, field_name: str | None = None) -> None:
-        raw = record.value
-        key, value, headers = dlq_record(None, reason, source_topic=record.topic,
-                                         raw=bytes(raw) if raw is not None else None,
-                                         post_id=_raw_post_id(raw))
-        headers = [*headers, ("source_partition", str(record.partition).encode()),
-                   ("source_offset", str(record.offset).encode())]
-        if field_name:
-            headers.append(("field", field_name.encode()))
-        self._send("dlq", key if key is not None else record.key, value, headers)
-        self._incr("dlq")
-
-    def _parse(self, record: Any) -> Post | None:
-        """The record's post, or None after dead-lettering it (reason names the field)."""
-        try:
-            return Post.from_json_bytes(record.value)
-        except PostValidationError as exc:
-            self._dead_letter(record, f"invalid post: {exc}", field_name=exc.field)
-        except Exception as exc:  # noqa: BLE001 - anything else odd about the record
-            self._dead_letter(record, f"invalid post: value: {type(exc).__name__}: {exc}",
-                              field_name="value")
-        return None
-
-    # -- batch -----------------------------------------------------------------------------
-
-    def _handle(self, record: Any) -> bool:
-        """Handle one record; False = could not (stop the batch here, retry it later)."""
-        raise NotImplementedError
-
-    def process_batch(self, records: Iterable[Any]) -> BatchOutcome:
-        """Handle records (ConsumerRecords, per-partition order), send every output and wait
-        for their acks. Does not commit: see :attr:`BatchOutcome.commit_offsets`."""
-        outcome = BatchOutcome()
-        self._pending, self._send_error = [], None
-        halted = False
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            outcome.records += 1
-            outcome.first.setdefault(tp, r.offset)
-            outcome.end[tp] = max(outcome.end.get(tp, r.offset), r.offset + 1)
-            if halted:
-                continue
-            if (self._running and self._active_stop.is_set()) or self._send_error is not None:
-                halted = True
-                continue
-            if not self._handle(r):
-                halted = True
-                outcome.backend_failed = True
-                continue
-            outcome.handled += 1
-            outcome.done[tp] = r.offset + 1
-        self._await_outputs(outcome)
-        self._incr("batches", metric=False)
-        return outcome
-
-    def _finish(self, outcome: BatchOutcome) -> None:
-        """Commit what is safe; seek back to what must be handled again."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        if not outcome.outputs_ok:
-            self.last_error = outcome.error
-            self._incr("batch_retries", metric=False)
-            log.warning("%s: batch not committed (%s); re-processing it", self.kind,
-                        outcome.error)
-            self._rebuild_producer()
-            rewind = dict(outcome.first)
-        else:
-            offsets = outcome.commit_offsets
-            if offsets:
-                try:
-                    consumer.commit({tp: OffsetAndMetadata(off, "", -1)
-                                     for tp, off in offsets.items()})
-                    self._incr("commits", metric=False)
-                except Exception as exc:  # noqa: BLE001 - rebalance: the new owner re-does it
-                    self._incr("commit_failures", metric=False)
-                    self.last_error = f"commit: {type(exc).__name__}: {exc}"
-            rewind = {tp: outcome.done.get(tp, first) for tp, first in outcome.first.items()
-                      if outcome.done.get(tp, first) < outcome.end[tp]}
-        for tp, off in rewind.items():
-            with contextlib.suppress(Exception):  # partition revoked meanwhile: fine
-                consumer.seek(tp, off)
-
-    # -- loop ------------------------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop_event: threading.Event | None = None,
             max_seconds: float | None = None) -> dict[str, Any]:
@@ -517,37 +374,270 @@ class _Stage:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         backoff = 0.0
         self._running = True
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"lab-{self.kind}")
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                if backoff:
-                    wait = backoff if deadline is None else \
-                        min(backoff, max(0.0, deadline - time.monotonic()))
-                    if stop.wait(wait):
-                        break
+                if backoff and stop.wait(backoff if deadline is None else
+                                         min(backoff, max(0.0, deadline - time.monotonic()))):
+                    break
                 try:
-                    if self._consumer is None:
-                        self._consumer = self._new_consumer()
-                    polled = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS,
-                                                 max_records=self.max_poll_records)
+                    if self._clients is None:
+                        self._clients = self._new_clients()
+                    backoff = 0.0 if self._step() else \
+                        min(self.max_backoff_s, max(0.5, backoff * 2))
                 except Exception as exc:  # noqa: BLE001 - broker away: retry, bounded
                     self.last_error = f"poll: {type(exc).__name__}: {exc}"
-                    backoff = min(self.max_backoff_s, max(0.5, backoff * 2))
-                    continue
-                records = [r for recs in polled.values() for r in recs]
-                if not records:
-                    backoff = 0.0
-                    continue
-                outcome = self.process_batch(records)
-                self._finish(outcome)
-                if outcome.outputs_ok and not outcome.backend_failed:
-                    backoff = 0.0
-                else:
+                    log.warning("%s: %s", self.kind, self.last_error)
                     backoff = min(self.max_backoff_s, max(0.5, backoff * 2))
         finally:
+            with contextlib.suppress(Exception):
+                if self._clients is not None:
+                    self._drain(DRAIN_TIMEOUT_S)
             self._close_clients()
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._running = False
             self._active_stop = self._stop_event
         return self.stats()
+
+    def _step(self) -> bool:
+        """One turn of the loop; False asks for a back-off (an output failed)."""
+        clients = self._clients
+        assert clients is not None
+        busy = bool(self._current) or bool(self._watched)
+        records = clients.poll(BUSY_POLL_S if busy else IDLE_POLL_S)
+        for r in records:
+            tp = (r.topic, r.partition)
+            q = self._queues.get(tp)
+            if q is None:
+                q = self._queues[tp] = deque()
+            q.append(r)
+        self._buffered += len(records)
+        clients.serve()
+        self._collect()
+        self._dispatch()
+        self._backpressure()
+        ok = self._settle()
+        self._commit()
+        return ok
+
+    def _backpressure(self) -> None:
+        """Stop fetching while too many records wait; fetch again at half of that."""
+        clients = self._clients
+        if clients is None or not self.assignment:
+            return
+        want = self._buffered > self.max_buffered or (
+            self._paused and self._buffered > self.max_buffered // 2)
+        if want != self._paused:
+            tps = [(self.source_topic, p) for p in self.assignment]
+            (clients.pause if want else clients.resume)(tps)
+            self._paused = want
+
+    def _dispatch(self) -> None:
+        """Start a chunk on every partition that has records and none in moderation."""
+        if self._running and self._active_stop.is_set():
+            return
+        now = time.monotonic()
+        for tp, q in self._queues.items():
+            if tp in self._current:
+                chunk = self._current[tp]
+                if not chunk.calls and self._needs_calls(chunk) \
+                        and self._retry_at.get(tp, 0) <= now:
+                    self._retry_at.pop(tp, None)
+                    self._begin(chunk)  # a recheck chunk: gated, or its call failed
+                continue
+            if not q:
+                continue
+            n = min(len(q), self.chunk_records)
+            records = [q.popleft() for _ in range(n)]
+            self._buffered -= n
+            chunk = self._tracker.add(Chunk(tp, records))
+            self._current[tp] = chunk
+            self._incr("consumed", n)
+            self._incr("chunks", metric=False)
+            chunk.items = [self._parse(r) for r in records]
+            self._begin(chunk)
+
+    def _collect(self) -> None:
+        """Finish every chunk whose backend calls have all answered."""
+        for tp, chunk in list(self._current.items()):
+            if chunk.calls and not all(f.done() for f in chunk.calls):
+                continue
+            if chunk.calls or not self._needs_calls(chunk):
+                if self._finish_chunk(chunk):
+                    del self._current[tp]
+
+    def _needs_calls(self, chunk: Chunk) -> bool:
+        return False
+
+    def _calls_pending(self) -> bool:
+        return any(c.calls and not all(f.done() for f in c.calls)
+                   for c in self._current.values())
+
+    def _submit(self, fn: Any, *args: Any) -> Future:
+        assert self._pool is not None
+        fut = self._pool.submit(fn, *args)
+        fut.add_done_callback(lambda _f: self._wake.set())
+        return fut
+
+    # -- outputs, acks and commits ---------------------------------------------------------
+
+    def _send(self, chunk: Chunk, topic_key: str, key: bytes | None, value: bytes,
+              headers: list[tuple[str, bytes]] | None = None) -> None:
+        assert self._clients is not None
+        self._clients.send(self.topics[topic_key], key, value, headers, chunk)
+
+    def _seal(self, chunk: Chunk) -> None:
+        chunk.seal()
+        self._watched.append(chunk)
+        self._incr("sent", chunk.outputs, metric=False)
+
+    def _settle(self) -> bool:
+        """Count settled outputs; an output that failed or never settled rewinds."""
+        if not self._watched:
+            return True
+        now = time.monotonic()
+        still, failed = [], None
+        for c in self._watched:
+            if c.settled:
+                if c.failed and failed is None:
+                    failed = c
+            elif c.sealed_at is not None and now - c.sealed_at > self.output_timeout_s:
+                c.error = c.error or TimeoutError(f"no ack within {self.output_timeout_s:g}s")
+                failed = failed or c
+            else:
+                still.append(c)
+        settled = [c for c in self._watched if c not in still]
+        self._watched = still
+        acked = sum(c.outputs for c in settled if not c.failed)
+        self._incr("acked", acked)
+        if failed is not None:
+            self._incr("failed", sum(c.outputs for c in settled if c.failed))
+            self.metrics.record_error(type(failed.error).__name__)
+            self._rewind(f"output: {type(failed.error).__name__}: {failed.error}")
+            return False
+        return True
+
+    _last_commit = 0.0
+
+    def _commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        self._last_commit = now
+        offsets = self._tracker.committable()
+        if not offsets or self._clients is None:
+            return
+        try:
+            self._clients.commit(offsets)
+            self._incr("commits", metric=False)
+        except Exception as exc:  # noqa: BLE001 - rebalance: the new owner re-does it
+            self._incr("commit_failures", metric=False)
+            self.last_error = f"commit: {type(exc).__name__}: {exc}"
+
+    def _rewind(self, reason: str) -> None:
+        """An output failed: commit what is safe, replace the producer, re-read the rest."""
+        self.last_error = reason
+        self._incr("batch_retries", metric=False)
+        log.warning("%s: outputs failed (%s); re-processing from the first unacked offset",
+                    self.kind, reason)
+        self._commit(force=True)
+        points = self._restart_points()
+        clients = self._clients
+        self._forget(None)
+        if clients is not None:
+            clients.rebuild_producer()
+            self._incr("producer_rebuilds", metric=False)
+            for tp, off in points.items():
+                try:
+                    clients.seek(tp, off)
+                except Exception:  # noqa: BLE001 - cannot seek: rejoin from the commits
+                    clients.close_consumer()
+                    self._clients = None
+                    break
+
+    def _drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for the calls in flight, produce their results, wait for the acks
+        (bounded) and commit what is safe."""
+        deadline = time.monotonic() + timeout_s
+        while self._calls_pending() and time.monotonic() < deadline:
+            self._wake.wait(0.01)
+            self._wake.clear()
+        self._collect()
+        if self._clients is not None:
+            self._clients.flush(max(0.5, deadline - time.monotonic()))
+            self._clients.serve()
+        self._settle()
+        self._commit(force=True)
+
+    def _close_clients(self) -> None:
+        clients, self._clients = self._clients, None
+        if clients is not None:
+            clients.close_consumer()
+            clients.close_producer(5.0)
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def _parse(self, record: Any) -> Post | _Dead:
+        try:
+            return Post.from_json_bytes(record.value)
+        except PostValidationError as exc:
+            return _Dead(record, f"invalid post: {exc}", exc.field)
+        except Exception as exc:  # noqa: BLE001 - anything else odd about the record
+            return _Dead(record, f"invalid post: value: {type(exc).__name__}: {exc}", "value")
+
+    def _dead_letter(self, chunk: Chunk, record: Any, reason: str,
+                     field_name: str | None) -> None:
+        raw = record.value
+        key, value, headers = dlq_record(None, reason, source_topic=record.topic,
+                                         raw=bytes(raw) if raw is not None else None,
+                                         post_id=_raw_post_id(raw))
+        headers = [*headers, ("source_partition", str(record.partition).encode()),
+                   ("source_offset", str(record.offset).encode())]
+        if field_name:
+            headers.append(("field", field_name.encode()))
+        self._send(chunk, "dlq", key if key is not None else record.key, value, headers)
+
+    def _emit(self, chunk: Chunk, post: Post, verdict: Verdict, *, source: str,
+              degraded: bool, extra: Mapping[str, Any] | None = None) -> None:
+        """Produce the result to ``moderation.results`` and fan it out by label."""
+        key = post.key_bytes()
+        label = verdict.label
+        result = {
+            "post_id": post.post_id,
+            "user_id": post.user_id,
+            "label": label,
+            "score": verdict.score,
+            "reasons": list(verdict.reasons),
+            "degraded": degraded,
+            "created_at": post.created_at,
+            "moderated_at": time.time(),
+            "source": source,
+            **(extra or {}),
+        }
+        self._send(chunk, "results", key, _json(result))
+        if label == "approve":
+            self._send(chunk, "timeline", key, _json({
+                "post_id": post.post_id, "user_id": post.user_id, "text": post.text,
+                "degraded": degraded, "source": source}))
+        elif label == "spam":
+            self._send(chunk, "reputation", key, _json({
+                "user_id": post.user_id, "post_id": post.post_id, "signal": "spam",
+                "score": verdict.score, "degraded": degraded, "source": source}))
+        else:  # reject, review
+            self._send(chunk, "admin", key, _json({
+                "post_id": post.post_id, "user_id": post.user_id, "label": label,
+                "reasons": list(verdict.reasons), "degraded": degraded, "source": source}))
+
+    # -- subclass hooks --------------------------------------------------------------------
+
+    def _begin(self, chunk: Chunk) -> None:
+        raise NotImplementedError
+
+    def _finish_chunk(self, chunk: Chunk) -> bool:
+        """Produce the chunk's outputs; False = not now (it stays the partition's chunk)."""
+        raise NotImplementedError
+
+    # -- running in a thread ---------------------------------------------------------------
 
     def start(self, max_seconds: float | None = None) -> _Stage:
         """Run in a daemon thread (notebooks); :meth:`stop` ends it."""
@@ -571,20 +661,62 @@ class _Stage:
         return True
 
     def close(self, timeout: float = 15.0) -> None:
-        """Stop the loop (if running) and close the Kafka and backend clients; also for
-        after direct :meth:`process_batch` calls."""
+        """Stop the loop (if running) and close the Kafka and backend clients."""
         self.stop(timeout)
         if not self.is_running():
             self._close_clients()
-        client = getattr(self, "client", None)
-        if client is not None:
-            client.close()
+        self._close_backend_clients()
+
+    def _close_backend_clients(self) -> None:
+        pass
 
     def __enter__(self) -> _Stage:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# =========================================================================================
+# Backend calls: one client per pool thread, a batch call or a single call
+# =========================================================================================
+
+
+class _Backend:
+    """Calls the moderation backend from the stage's pool threads (one client each)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._all: list[ModerationClient] = []
+        self._lock = threading.Lock()
+
+    def client(self) -> ModerationClient:
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = self._local.client = ModerationClient(self.url, timeout_s=self.timeout_s)
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def moderate(self, posts: list[Post]) -> list[Any]:
+        """One call: a :class:`ModerationResult` or a ``BackendBadRequest`` per post."""
+        c = self.client()
+        if len(posts) == 1:
+            p = posts[0]
+            try:
+                return [c.moderate(p.post_id, p.user_id, p.text)]
+            except BackendBadRequest as exc:
+                return [exc]
+        return c.moderate_batch([(p.post_id, p.user_id, p.text) for p in posts])
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._all = self._all, []
+        for c in clients:
+            with contextlib.suppress(Exception):
+                c.close()
 
 
 # =========================================================================================
@@ -603,15 +735,23 @@ class _BreakerListener(pybreaker.CircuitBreakerListener):
         self.service._on_backend_failure(exc)
 
 
-class ModerationService(_Stage):
-    """Consume ``posts``, moderate each post (backend behind a circuit breaker, local
-    fallback when it fails), produce results + fan-out, commit only after all acks.
+def _outcome(exc: BaseException | None) -> None:
+    """Replays a call's outcome for the breaker: raises its error, or returns."""
+    if exc is not None:
+        raise exc
 
-    ``breaker_events`` lists every breaker transition as ``{"t": epoch_s, "from", "to"}``.
+
+class ModerationService(_Stage):
+    """Consume ``posts``, moderate many at once (backend behind a circuit breaker, local
+    rules when it fails or when the stage is behind), produce results + fan-out, commit only
+    past acked outputs. See the module docstring.
+
+    ``breaker_events`` lists every breaker transition as ``{"t": epoch_s, "from", "to"}``;
+    ``shed_events`` every load-shedding transition as ``{"t", "shedding", "age_s"}``.
     """
 
     kind = "moderation"
-    _COUNTERS = ("breaker_opens", "breaker_rejections", "bad_requests")
+    _COUNTERS = ("breaker_opens", "breaker_rejections", "bad_requests", "overloaded", "shed")
 
     def __init__(
         self,
@@ -620,21 +760,39 @@ class ModerationService(_Stage):
         *,
         group_id: str = "moderation",
         topics: Mapping[str, str] | None = None,
+        batch_size: int = 100,
+        concurrency: int = 4,
+        shed_after_ms: float | None = 1000.0,
         backend_timeout_s: float = 0.5,
         breaker_fail_max: int = 5,
         breaker_reset_s: float = 5.0,
-        max_poll_records: int = 200,
+        max_poll_records: int = 500,
         metrics: MetricsRecorder | None = None,
         client_config: Mapping[str, Any] | None = None,
+        client: str = "kafka-python",
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
+        max_buffered: int | None = None,
     ) -> None:
         super().__init__(bootstrap_servers, group_id=group_id, source_key="posts",
-                         topics=topics, max_poll_records=max_poll_records, metrics=metrics,
-                         client_config=client_config, output_timeout_s=output_timeout_s)
+                         topics=topics, batch_size=batch_size, concurrency=concurrency,
+                         max_poll_records=max_poll_records, metrics=metrics,
+                         client_config=client_config, client=client,
+                         output_timeout_s=output_timeout_s, max_backoff_s=MAX_BACKOFF_S,
+                         max_buffered=max_buffered)
+        _check_float("backend_timeout_s", backend_timeout_s, 0.001, 600)
+        _check_int("breaker_fail_max", breaker_fail_max, 1, 1_000_000)
+        _check_float("breaker_reset_s", breaker_reset_s, 0.0, 3600)
+        self.shed_after_s = None if not shed_after_ms else \
+            _check_float("shed_after_ms", shed_after_ms, 1, 3_600_000) / 1000.0
         self.backend_url = backend_url
-        self.client = ModerationClient(backend_url, timeout_s=backend_timeout_s)
+        self._backend = _Backend(backend_url, backend_timeout_s)
         self.breaker_events: list[dict[str, Any]] = []
+        self.shed_events: list[dict[str, Any]] = []
+        self.shedding = False
+        self._assigned_at = time.time()
+        self._last_overload = -1e9
         self._breaker_window = False
+        self._breaker_lock = threading.Lock()
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=breaker_fail_max,
             reset_timeout=breaker_reset_s,
@@ -652,14 +810,21 @@ class ModerationService(_Stage):
         out = super().stats()
         out["breaker_state"] = self.breaker.current_state
         out["breaker_fail_counter"] = self.breaker.fail_counter
+        out["shedding"] = self.shedding
         return out
 
-    # -- breaker ---------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """Breaker closed, not shedding, no overload answer lately: the recheck worker may
+        use the backend without taking capacity from new posts."""
+        return (self.breaker.current_state == pybreaker.STATE_CLOSED and not self.shedding
+                and time.monotonic() - self._last_overload > OVERLOAD_QUIET_S)
+
+    # -- breaker and shedding --------------------------------------------------------------
 
     def _on_breaker_change(self, old: str | None, new: str) -> None:
         with self._lock:
             self.breaker_events.append({"t": time.time(), "from": old, "to": new})
-            del self.breaker_events[:-MAX_BREAKER_EVENTS]
+            del self.breaker_events[:-MAX_EVENTS]
         self.metrics.mark(f"breaker {old}->{new}")
         if new == pybreaker.STATE_OPEN:
             self._incr("breaker_opens", metric=False)
@@ -671,54 +836,151 @@ class ModerationService(_Stage):
             self._breaker_window = False
         log.info("moderation: circuit breaker %s -> %s", old, new)
 
+    def _on_assign(self, assigned: list[TP]) -> None:
+        self._assigned_at = time.time()
+        super()._on_assign(assigned)
+
     def _on_backend_failure(self, exc: BaseException) -> None:
         self._incr("backend_failures")
         self.metrics.record_error(type(exc).__name__)
 
-    def _call_backend(self, post: Post) -> Any:
+    def _shed(self, age_s: float) -> bool:
+        """Load shedding with hysteresis on the age of the chunk's oldest post."""
+        self.oldest_age_s = age_s
+        limit = self.shed_after_s
+        if limit is None:
+            return False
+        stay = age_s > limit / 2 if self.shedding else age_s <= limit
+        if stay:
+            return self.shedding
+        self.shedding = not self.shedding
+        with self._lock:
+            self.shed_events.append({"t": time.time(), "shedding": self.shedding,
+                                     "age_s": round(age_s, 3)})
+            del self.shed_events[:-MAX_EVENTS]
+        (self.metrics.open_window if self.shedding else self.metrics.close_window)("shedding")
+        log.info("moderation: load shedding %s (oldest post waited %.2f s)",
+                 "on" if self.shedding else "off", age_s)
+        return self.shedding
+
+    # -- a chunk ---------------------------------------------------------------------------
+
+    def _call_backend(self, posts: list[Post]) -> list[Any]:
         self._incr("backend_calls")
         t0 = time.perf_counter()
         try:
-            return self.client.moderate(post.post_id, post.user_id, post.text)
+            return self._backend.moderate(posts)
         finally:
             self.metrics.record_latency("backend", time.perf_counter() - t0)
 
-    def moderate(self, post: Post) -> tuple[Verdict, str, str | None]:
-        """``(verdict, source, cause)``: source ``"backend"``, or ``"fallback"`` with the
-        cause (``"breaker_open"`` or the backend error type)."""
+    def _call(self, posts: list[Post]) -> tuple[str, Any]:
+        """On a pool thread: ``("ok", results)`` or ``("fail", cause)``."""
         try:
-            res = self.breaker.call(self._call_backend, post)
-            return res.verdict, "backend", None
+            return "ok", self._through_breaker(self._call_backend, posts)
         except pybreaker.CircuitBreakerError:
-            self._incr("breaker_rejections", metric=False)
-            cause = "breaker_open"
-        except BackendBadRequest:
-            self._incr("bad_requests", metric=False)
-            cause = "BackendBadRequest"
+            self._incr("breaker_rejections", len(posts), metric=False)
+            return "fail", "breaker_open"
+        except BackendOverloaded:
+            self._last_overload = time.monotonic()
+            self._incr("overloaded", metric=False)
+            return "fail", "BackendOverloaded"
         except ModerationBackendError as exc:
-            cause = type(exc).__name__
+            if isinstance(exc, BackendBadRequest):
+                self._incr("bad_requests", metric=False)
+            return "fail", type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - a client bug must not stop moderation
             self.last_error = f"backend: {type(exc).__name__}: {exc}"
-            cause = type(exc).__name__
-        return fallback_verdict(post.user_id, post.text), "fallback", cause
+            return "fail", type(exc).__name__
 
-    def _handle(self, record: Any) -> bool:
-        self._incr("consumed")
-        post = self._parse(record)
-        if post is None:
-            return True
-        verdict, source, cause = self.moderate(post)
-        degraded = source == "fallback"
-        self._emit(post, verdict, source=source, degraded=degraded,
-                   extra={"fallback_cause": cause} if degraded else None)
-        if degraded:
-            self._send("recheck", post.key_bytes(), post.to_json_bytes(), [
-                ("fallback_label", verdict.label.encode()),
-                ("fallback_cause", str(cause).encode()),
-                ("source_topic", record.topic.encode()),
-            ])
-            self._incr("rechecked")
+    def _through_breaker(self, fn: Any, *args: Any) -> Any:
+        """``breaker.call(fn, *args)``, but concurrent while the breaker is closed.
+
+        pybreaker holds its lock for the whole call, so calls through one breaker run one at
+        a time. While it is closed, the call runs outside it and only its outcome is
+        reported through ``breaker.call`` (under our lock, so no transition slips between
+        the state check and the report). Open or half-open, the call goes through the
+        breaker itself: rejected, or the one trial call.
+        """
+        if self.breaker.current_state != pybreaker.STATE_CLOSED:
+            return self.breaker.call(fn, *args)
+        try:
+            result, outcome = fn(*args), None
+        except Exception as exc:  # noqa: BLE001 - reported to the breaker, then re-raised
+            result, outcome = None, exc
+        with self._breaker_lock:
+            if self.breaker.current_state == pybreaker.STATE_CLOSED:
+                with contextlib.suppress(Exception):
+                    self.breaker.call(_outcome, outcome)
+        if outcome is not None:
+            raise outcome
+        return result
+
+    def _begin(self, chunk: Chunk) -> None:
+        posts = [it for it in chunk.items if isinstance(it, Post)]
+        ts = (chunk.records[0].timestamp or 0) / 1000.0
+        if not posts:
+            return
+        # shed only posts that arrived while this member owned the partition: a backlog it
+        # found (a start, a rebalance) is already late, and degrading it would only double
+        # the backend's work (a recheck per post)
+        if ts >= self._assigned_at and self._shed(max(0.0, time.time() - ts)):
+            chunk.note = "shed"
+            return
+        bs = self.batch_size
+        chunk.calls = [self._submit(self._call, posts[i:i + bs])
+                       for i in range(0, len(posts), bs)]
+
+    def _verdicts(self, chunk: Chunk) -> list[tuple[Verdict, str | None]]:
+        """Per post of the chunk: (verdict, fallback cause or None)."""
+        posts = [it for it in chunk.items if isinstance(it, Post)]
+        if chunk.note == "shed":
+            return [(fallback_verdict(p.user_id, p.text), "shed") for p in posts]
+        out: list[tuple[Verdict, str | None]] = []
+        bs = self.batch_size
+        for i, fut in enumerate(chunk.calls):
+            part = posts[i * bs:(i + 1) * bs]
+            status, value = fut.result()
+            if status == "ok":
+                for p, res in zip(part, value, strict=True):
+                    if isinstance(res, BaseException):  # this post was refused
+                        self._incr("bad_requests", metric=False)
+                        out.append((fallback_verdict(p.user_id, p.text), type(res).__name__))
+                    else:
+                        out.append((res.verdict, None))
+            else:
+                out += [(fallback_verdict(p.user_id, p.text), value) for p in part]
+        return out
+
+    def _finish_chunk(self, chunk: Chunk) -> bool:
+        verdicts = iter(self._verdicts(chunk))
+        counts = dict.fromkeys(("results", "degraded", "rechecked", "dlq", "shed", "approve",
+                                "review", "reject", "spam"), 0)
+        for item in chunk.items:
+            if isinstance(item, _Dead):
+                self._dead_letter(chunk, item.record, item.reason, item.field)
+                counts["dlq"] += 1
+                continue
+            verdict, cause = next(verdicts)
+            degraded = cause is not None
+            self._emit(chunk, item, verdict, source="fallback" if degraded else "backend",
+                       degraded=degraded, extra={"fallback_cause": cause} if degraded else None)
+            counts["results"] += 1
+            counts[verdict.label] += 1
+            if degraded:
+                counts["degraded"] += 1
+                counts["rechecked"] += 1
+                counts["shed"] += cause == "shed"
+                self._send(chunk, "recheck", item.key_bytes(), item.to_json_bytes(), [
+                    ("fallback_label", verdict.label.encode()),
+                    ("fallback_cause", str(cause).encode()),
+                    ("source_topic", chunk.tp[0].encode()),
+                ])
+        self._seal(chunk)
+        self._add(counts, metric=("results", "degraded", "rechecked", "dlq", "shed"))
         return True
+
+    def _close_backend_clients(self) -> None:
+        self._backend.close()
 
 
 # =========================================================================================
@@ -730,13 +992,14 @@ class RecheckWorker(_Stage):
     """Consume ``moderation.recheck`` and re-moderate each degraded post with the backend.
 
     Produces a new result (``source: "recheck"``, ``degraded: false``, ``previous_label``
-    = the fallback's label) with the same fan-out. When the backend fails, the batch stops
-    at that post: what was handled before it is committed (after its acks), the rest is
-    sought back and retried after a back-off (0.5 s doubling to ``max_backoff_s``).
+    = the fallback's label) with the same fan-out. One batch call at a time. When the
+    backend fails, the chunk waits (0.5 s doubling to ``max_backoff_s``) and is tried again:
+    nothing past it is committed. ``gate`` (e.g. ``service.healthy``) says when the worker
+    may call the backend at all, so catching up never starves new posts.
     """
 
     kind = "recheck"
-    _COUNTERS = ("backend_retries", "bad_requests")
+    _COUNTERS = ("backend_retries", "bad_requests", "gated")
 
     def __init__(
         self,
@@ -745,51 +1008,98 @@ class RecheckWorker(_Stage):
         *,
         group_id: str = "moderation-recheck",
         topics: Mapping[str, str] | None = None,
+        batch_size: int = 100,
         backend_timeout_s: float = 1.0,
-        max_poll_records: int = 50,
+        max_poll_records: int = 500,
         max_backoff_s: float = MAX_BACKOFF_S,
+        gate: Any = None,
         metrics: MetricsRecorder | None = None,
         client_config: Mapping[str, Any] | None = None,
+        client: str = "kafka-python",
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
     ) -> None:
         super().__init__(bootstrap_servers, group_id=group_id, source_key="recheck",
-                         topics=topics, max_poll_records=max_poll_records, metrics=metrics,
-                         client_config=client_config, output_timeout_s=output_timeout_s,
-                         max_backoff_s=max_backoff_s)
+                         topics=topics, batch_size=batch_size, concurrency=1,
+                         max_poll_records=max_poll_records, metrics=metrics,
+                         client_config=client_config, client=client,
+                         output_timeout_s=output_timeout_s, max_backoff_s=max_backoff_s,
+                         max_buffered=None)
+        _check_float("backend_timeout_s", backend_timeout_s, 0.001, 600)
         self.backend_url = backend_url
-        self.client = ModerationClient(backend_url, timeout_s=backend_timeout_s)
+        self._backend = _Backend(backend_url, backend_timeout_s)
+        self.gate = gate
+        self._retry_backoff = 0.0
+        self._gated_since: float | None = None
 
-    def _handle(self, record: Any) -> bool:
-        post = self._parse(record)
-        if post is None:
-            self._incr("consumed")
+    def _may_start(self) -> bool:
+        if self.gate is None or self.gate():
+            self._gated_since = None
             return True
+        if self._gated_since is None:
+            self._gated_since = time.monotonic()
+            self._incr("gated", metric=False)
+        return False
+
+    def _needs_calls(self, chunk: Chunk) -> bool:
+        return any(isinstance(it, Post) for it in chunk.items)
+
+    def _call(self, posts: list[Post]) -> tuple[str, Any]:
         self._incr("backend_calls")
         t0 = time.perf_counter()
         try:
-            res = self.client.moderate(post.post_id, post.user_id, post.text)
-        except BackendBadRequest as exc:  # retrying cannot help: dead-letter it
-            self._incr("consumed")
-            self._incr("bad_requests", metric=False)
-            self._dead_letter(record, f"backend rejected the post: {exc}",
-                              field_name=exc.field)
-            return True
+            return "ok", self._backend.moderate(posts)
         except Exception as exc:  # noqa: BLE001 - backend down/slow/garbage: retry later
             self._incr("backend_failures")
             self.metrics.record_error(type(exc).__name__)
             self.last_error = f"backend: {type(exc).__name__}: {exc}"
-            return False
+            return "fail", type(exc).__name__
         finally:
             self.metrics.record_latency("recheck_backend", time.perf_counter() - t0)
-        self._incr("consumed")
-        self._emit(post, res.verdict, source="recheck", degraded=False,
-                   extra={"previous_label": _header(record, "fallback_label")})
+
+    def _begin(self, chunk: Chunk) -> None:
+        posts = [it for it in chunk.items if isinstance(it, Post)]
+        if posts and self._may_start():
+            bs = self.batch_size
+            chunk.calls = [self._submit(self._call, posts[i:i + bs])
+                           for i in range(0, len(posts), bs)]
+
+    def _finish_chunk(self, chunk: Chunk) -> bool:
+        answers: list[Any] = []
+        for fut in chunk.calls:
+            status, value = fut.result()
+            if status != "ok":
+                chunk.calls = []
+                self._retry_backoff = min(self.max_backoff_s,
+                                          max(0.5, self._retry_backoff * 2))
+                self._retry_at[chunk.tp] = time.monotonic() + self._retry_backoff
+                self._incr("backend_retries", metric=False)
+                return False
+            answers += value
+        self._retry_backoff = 0.0
+        answer = iter(answers)
+        counts = dict.fromkeys(("results", "dlq", "bad_requests", "approve", "review",
+                                "reject", "spam"), 0)
+        for rec, item in zip(chunk.records, chunk.items, strict=True):
+            if isinstance(item, _Dead):
+                self._dead_letter(chunk, item.record, item.reason, item.field)
+                counts["dlq"] += 1
+                continue
+            res = next(answer)
+            if isinstance(res, BackendBadRequest):  # retrying cannot help: dead-letter it
+                self._dead_letter(chunk, rec, f"backend rejected the post: {res}", res.field)
+                counts["dlq"] += 1
+                counts["bad_requests"] += 1
+                continue
+            self._emit(chunk, item, res.verdict, source="recheck", degraded=False,
+                       extra={"previous_label": _header(rec, "fallback_label")})
+            counts["results"] += 1
+            counts[res.label] += 1
+        self._seal(chunk)
+        self._add(counts, metric=("results", "dlq"))
         return True
 
-    def _finish(self, outcome: BatchOutcome) -> None:
-        if outcome.backend_failed:
-            self._incr("backend_retries", metric=False)
-        super()._finish(outcome)
+    def _close_backend_clients(self) -> None:
+        self._backend.close()
 
 
 # =========================================================================================
@@ -802,6 +1112,8 @@ def moderation_results(cfg: Mapping[str, Any] | str,
                        timeout_s: float = 30.0) -> dict[str, list[dict]]:
     """Every result in ``results_topic`` (beginning to the end offsets seen at call time),
     grouped by ``post_id`` in log order per partition. Undecodable records are skipped."""
+    from kafka import KafkaConsumer, TopicPartition
+
     kcfg = {"bootstrap_servers": cfg} if isinstance(cfg, str) else dict(cfg)
     consumer = KafkaConsumer(**kcfg, enable_auto_commit=False)
     try:
@@ -831,31 +1143,103 @@ def moderation_results(cfg: Mapping[str, Any] | str,
         consumer.close()
 
 
+
 # =========================================================================================
-# CLI process mode
+# CLI: one member, or N member processes of one consumer group
 # =========================================================================================
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab_kit.moderation",
                                 description="Run the StreamSocial moderation service "
                                             "(+ recheck worker) until SIGTERM/SIGINT.")
     p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     p.add_argument("--backend-url", required=True, help="moderation backend URL")
+    p.add_argument("--processes", type=int, default=1,
+                   help="member processes of the consumer group (1-32)")
+    p.add_argument("--client", choices=CLIENTS, default="kafka-python",
+                   help="Kafka client of the service (default kafka-python)")
     p.add_argument("--group", default="moderation", help="consumer group of the service")
     p.add_argument("--recheck-group", default=None,
                    help="consumer group of the recheck worker (default: GROUP-recheck)")
     p.add_argument("--no-recheck", action="store_true", help="do not run the recheck worker")
     p.add_argument("--topic-prefix", default="", help="prefix of every topic name")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
-    p.add_argument("--max-poll-records", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=100, help="posts per backend call")
+    p.add_argument("--concurrency", type=int, default=4, help="backend calls in flight")
+    p.add_argument("--shed-after-ms", type=float, default=1000.0,
+                   help="moderate locally posts older than this (0: never shed)")
+    p.add_argument("--max-poll-records", type=int, default=500)
     p.add_argument("--backend-timeout", type=float, default=0.5, help="seconds per call")
     p.add_argument("--breaker-fail-max", type=int, default=5)
     p.add_argument("--breaker-reset", type=float, default=5.0, help="seconds open")
-    a = p.parse_args(argv)
+    return p
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    """Every value checked before anything starts (one clear line, exit 2)."""
+    _check_int("--processes", a.processes, 1, 32)
+    _check_int("--batch-size", a.batch_size, 1, 1000)
+    _check_int("--concurrency", a.concurrency, 1, 256)
+    _check_int("--max-poll-records", a.max_poll_records, 1, 100_000)
+    _check_float("--shed-after-ms", a.shed_after_ms, 0, 3_600_000)
+    _check_float("--backend-timeout", a.backend_timeout, 0.001, 600)
+    _check_int("--breaker-fail-max", a.breaker_fail_max, 1, 1_000_000)
+    _check_float("--breaker-reset", a.breaker_reset, 0, 3600)
+    if a.max_seconds is not None:
+        _check_float("--max-seconds", a.max_seconds, 0.001, 7 * 86400)
+
+
+def _supervise(argv: list[str], n: int) -> int:
+    """Start ``n`` member processes (same arguments, one member each), forward SIGTERM and
+    SIGINT to them, wait for all. Exit 0 when every member stopped cleanly."""
+    args = list(argv)
+    i = args.index("--processes") if "--processes" in args else -1
+    if i >= 0:
+        del args[i:i + 2]
+    args = [a for a in args if not a.startswith("--processes=")]
+    cmd = [sys.executable, "-m", "lab_kit.moderation", *args, "--processes", "1"]
+    members = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL) for _ in range(n)]
+    stopping = threading.Event()
+
+    def _forward(signum: int, _frame: Any) -> None:
+        stopping.set()
+        for m in members:
+            if m.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    m.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    print(f"moderation supervisor pid={os.getpid()} members="
+          f"{','.join(str(m.pid) for m in members)}", file=sys.stderr, flush=True)
+    codes: dict[int, int] = {}
+    while len(codes) < n:
+        for m in members:
+            if m.pid not in codes and m.poll() is not None:
+                codes[m.pid] = m.returncode
+                if not stopping.is_set():
+                    print(f"moderation member pid={m.pid} exited with {m.returncode}; the "
+                          f"group's other members take over its partitions",
+                          file=sys.stderr, flush=True)
+        time.sleep(0.1)
+    print(f"moderation supervisor stopped: members {codes}", file=sys.stderr, flush=True)
+    return 0 if stopping.is_set() and all(c == 0 for c in codes.values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = _parser().parse_args(argv)
+    try:
+        _check_args(a)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if a.processes > 1:
+        return _supervise(argv, a.processes)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    log.setLevel(logging.INFO)  # our own rare events: breaker changes, assignments
+    log.setLevel(logging.INFO)  # our own rare events: breaker, shedding, assignments
 
     stop = threading.Event()
 
@@ -866,22 +1250,34 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     topics = topic_names(a.topic_prefix)
-    service = ModerationService(
-        a.bootstrap, a.backend_url, group_id=a.group, topics=topics,
-        backend_timeout_s=a.backend_timeout, breaker_fail_max=a.breaker_fail_max,
-        breaker_reset_s=a.breaker_reset, max_poll_records=a.max_poll_records)
-    worker = None
-    if not a.no_recheck:
-        worker = RecheckWorker(a.bootstrap, a.backend_url,
-                               group_id=a.recheck_group or f"{a.group}-recheck", topics=topics)
+    try:
+        service = ModerationService(
+            a.bootstrap, a.backend_url, group_id=a.group, topics=topics,
+            batch_size=a.batch_size, concurrency=a.concurrency,
+            shed_after_ms=a.shed_after_ms or None, backend_timeout_s=a.backend_timeout,
+            breaker_fail_max=a.breaker_fail_max, breaker_reset_s=a.breaker_reset,
+            max_poll_records=a.max_poll_records, client=a.client)
+        worker = None
+        if not a.no_recheck:
+            worker = RecheckWorker(a.bootstrap, a.backend_url,
+                                   group_id=a.recheck_group or f"{a.group}-recheck",
+                                   topics=topics, batch_size=a.batch_size,
+                                   gate=service.healthy, client=a.client)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if worker is not None:
         worker.start()
-    print(f"moderation service pid={os.getpid()} group={a.group} topics={topics['posts']} -> "
-          f"{topics['results']}", file=sys.stderr, flush=True)
+    print(f"moderation service pid={os.getpid()} group={a.group} client={a.client} "
+          f"topics={topics['posts']} -> {topics['results']}", file=sys.stderr, flush=True)
     try:
         stats = service.run(stop, a.max_seconds)
     finally:
         if worker is not None:
             worker.stop()
+        service.close()
+        if worker is not None:
+            worker.close()
     summary = {"service": stats, "recheck": worker.stats() if worker is not None else None}
     print(f"moderation service stopped: {json.dumps(summary, default=str)}", file=sys.stderr,
           flush=True)

@@ -8,32 +8,70 @@ Three parts:
   ========================  ===================================================================
   ``POST /moderate``        ``{"post_id","user_id","text"}`` ->
                             ``{"post_id","label","score","reasons","latency_ms"}``
-  ``GET /health``           ``{"ok": true, "pid", "port", "uptime_s", "requests", ...faults}``
-                            (never subject to injected faults)
-  ``GET /faults``           the current fault model
-  ``POST /faults``          update some of ``latency_ms``, ``jitter_ms``, ``error_rate``,
-                            ``garbage_rate`` (unspecified keys keep their value)
-  ``POST /faults/reset``    back to no faults
+                            (body at most 64 KiB)
+  ``POST /moderate/batch``  ``{"posts": [{"post_id","user_id","text"}, ...]}`` (1 to
+                            :data:`MAX_BATCH_POSTS` = 1000 posts, body at most 4 MiB) ->
+                            ``{"results": [...], "latency_ms"}``: one entry per post, same
+                            order, ``{"post_id","label","score","reasons"}`` or, for a bad post,
+                            ``{"post_id": <as given or null>, "error", "field"}`` (one bad post
+                            never fails the others)
+  ``GET /health``           ``{"ok": true, "pid", "port", "uptime_s", "requests", "posts",
+                            "rejected_429", "rejected_503", "in_flight", ...faults, ...settings}``
+  ``GET /faults``           the current fault model and settings
+  ``POST /faults``          update some of the faults ``latency_ms``, ``jitter_ms``,
+                            ``error_rate``, ``garbage_rate`` and of the settings ``request_ms``,
+                            ``post_ms``, ``capacity_per_s``, ``max_concurrent`` (unspecified
+                            keys keep their value); answers like ``GET /faults``
+  ``POST /faults/reset``    back to no faults and to the settings the process started with
   ========================  ===================================================================
 
-  Each ``/moderate`` call sleeps a base service time (1-3 ms from a seeded RNG) plus the
-  injected latency ``max(0, latency_ms + U(-jitter_ms, +jitter_ms))``, then with probability
-  ``error_rate`` answers HTTP 503, else with probability ``garbage_rate`` answers a 200 whose
-  body is not JSON, else scores the post with :func:`lab_kit.rules.score_post` (with a
-  per-process :class:`~lab_kit.rules.RepeatTracker`). Bad requests get HTTP 400 with
-  ``{"error": ..., "field": ...}``. No per-request logging.
+  ``/health`` and ``/faults`` are never subject to faults, capacity or concurrency limits.
+
+  **Status codes** of the moderation routes: 200; 400 ``{"error", "field"}`` for a bad request
+  (the field and the limit are named); 413 body too large; 429 and 503 when overloaded (see
+  below, answered at once, without any service time); 503 ``{"error": "injected fault: ..."}``
+  for an injected error; 404 unknown route.
+
+  **Cost model.** Each moderation request sleeps ``request_ms * (1 + U(-0.25, +0.25)) +
+  n * post_ms`` (``n`` posts; a seeded RNG; defaults 1.0 ms and 0.02 ms) plus the injected
+  latency ``max(0, latency_ms + U(-jitter_ms, +jitter_ms))`` (once per request). The sleep
+  models work that runs elsewhere (a model server); the real scoring CPU
+  (:func:`lab_kit.rules.score_post`, with a per-process :class:`~lab_kit.rules.RepeatTracker`)
+  happens too. Then, per request, with probability ``error_rate`` it answers HTTP 503, else with
+  probability ``garbage_rate`` a 200 whose body is not JSON, else the verdicts.
+
+  **Capacity.** Two limits are checked, in this order, before any of that:
+
+  * ``max_concurrent`` (default 16, 0 = unlimited): requests being served at once. One more
+    gets **503** ``{"error": "overloaded: N requests in progress", "field": "max_concurrent"}``.
+  * ``capacity_per_s`` (default 50000 posts/s, 0 = unlimited): a token bucket of posts,
+    refilled at that rate, holding at most ``BURST_S`` = 0.2 s worth (at least 1 post). A
+    request of ``n`` posts needs ``min(n, burst)`` tokens and takes ``n``: a batch bigger than
+    the burst is admitted when the bucket is full and leaves it in debt, so one max batch can
+    always get through and the long-run rate never exceeds the capacity. Too few tokens ->
+    **429** ``{"error": "overloaded: capacity N posts/s", "field": "capacity_per_s",
+    "retry_after_s": x}`` with a ``Retry-After`` header (whole seconds, rounded up).
+
+  Settings are CLI flags (``--request-ms``, ``--post-ms``, ``--capacity-per-s``,
+  ``--max-concurrent``), can be changed at run time through ``POST /faults`` (a new capacity
+  starts with a full bucket) and go back to their start values on ``POST /faults/reset``.
+  Counters in ``/health``: ``requests`` and ``posts`` admitted (including injected faults),
+  ``rejected_429``, ``rejected_503``, ``errors_injected``, ``garbage_injected``. No
+  per-request logging.
 
 * **The process manager** :class:`ModerationBackend`: starts the service as a detached
   process (like a broker), and produces *real* outages: :meth:`~ModerationBackend.stop`,
   :meth:`~ModerationBackend.kill` (SIGKILL), :meth:`~ModerationBackend.pause` (SIGSTOP: the
   port still accepts connections but nothing answers), :meth:`~ModerationBackend.set_faults`
-  (slow / failing / garbage answers). A JSON state file lets another process find it again
-  (:meth:`ModerationBackend.load`). Only a pid whose command line contains
-  ``lab_kit.moderation_backend`` and whose start time matches the record is ever signalled.
+  (slow / failing / garbage answers, or other settings). A JSON state file lets another
+  process find it again (:meth:`ModerationBackend.load`). Only a pid whose command line
+  contains ``lab_kit.moderation_backend`` and whose start time matches the record is ever
+  signalled.
 
 * **The client** :class:`ModerationClient`: one persistent keep-alive ``http.client``
   connection with a per-operation timeout, raising typed errors (all subclasses of
-  :class:`ModerationBackendError`).
+  :class:`ModerationBackendError`); :meth:`ModerationClient.moderate_batch` sends many posts in
+  one request. Not thread-safe: one client per thread.
 """
 
 from __future__ import annotations
@@ -43,6 +81,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import math
 import os
 import random
 import signal
@@ -50,15 +89,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import psutil
 
-from lab_kit.rules import LABELS, RepeatTracker, Verdict, score_post
+from lab_kit.rules import LABELS, RepeatTracker, Verdict, _score_post, score_post
 
 __all__ = [
     "ModerationBackendError",
@@ -67,18 +107,33 @@ __all__ = [
     "BackendError",
     "BackendGarbage",
     "BackendBadRequest",
+    "BackendOverloaded",
     "ModerationResult",
     "ModerationClient",
     "ModerationBackend",
     "default_state_dir",
     "FAULT_KEYS",
+    "SETTING_KEYS",
+    "DEFAULT_SETTINGS",
+    "MAX_BATCH_POSTS",
     "main",
 ]
 
 MODULE = "lab_kit.moderation_backend"
 DEFAULT_HOST = "127.0.0.1"
 FAULT_KEYS = ("latency_ms", "jitter_ms", "error_rate", "garbage_rate")
-MAX_BODY_BYTES = 64 * 1024
+SETTING_KEYS = ("request_ms", "post_ms", "capacity_per_s", "max_concurrent")
+DEFAULT_SETTINGS: dict[str, float | int] = {
+    "request_ms": 1.0,  # fixed service time per moderation request
+    "post_ms": 0.02,  # service time per post
+    "capacity_per_s": 50_000.0,  # token bucket of posts per second (0 = unlimited)
+    "max_concurrent": 16,  # requests served at once (0 = unlimited)
+}
+REQUEST_JITTER = 0.25  # request_ms varies by +-25 % (seeded RNG)
+BURST_S = 0.2  # the token bucket holds this many seconds' worth of posts
+MAX_BATCH_POSTS = 1000
+MAX_BODY_BYTES = 64 * 1024  # POST /moderate and the admin routes
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024  # POST /moderate/batch
 IDLE_TIMEOUT_S = 30.0  # server closes idle keep-alive connections after this
 STATE_FILE_NAME = "backend.json"
 LOG_FILE_NAME = "backend.log"
@@ -112,6 +167,24 @@ class BackendError(ModerationBackendError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class BackendOverloaded(BackendError):
+    """The backend refused the request because it is at capacity, before doing any work:
+    HTTP 429 (more posts per second than its ``capacity_per_s``) or an "overloaded" 503
+    (``max_concurrent`` requests already in progress). Shed load or retry after
+    ``retry_after_s`` seconds (0.0 when the backend gave no hint). ``field`` names the limit."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 429,
+        retry_after_s: float = 0.0,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+        self.field = field
 
 
 class BackendGarbage(ModerationBackendError):
@@ -169,6 +242,8 @@ class ModerationClient:
     by the server (idle timeout, restart) the request is retried once on a fresh connection.
 
     **Not thread-safe**: use one client per thread (concurrent use raises ``RuntimeError``).
+    The connection is the client's state, so several threads sharing one client would
+    serialize on it anyway; one client per thread gives one connection per thread.
     """
 
     def __init__(self, url: str, timeout_s: float = 0.5) -> None:
@@ -205,6 +280,28 @@ class ModerationClient:
         rtt_ms = (time.perf_counter() - t0) * 1000.0
         return _parse_result(doc, post_id, rtt_ms)
 
+    def moderate_batch(
+        self, posts: Sequence[tuple[str | int, str, str]]
+    ) -> list[ModerationResult | BackendBadRequest]:
+        """Verdicts for many ``(post_id, user_id, text)`` posts in ONE request.
+
+        Returns one entry per post, in order: a :class:`ModerationResult`, or a
+        :class:`BackendBadRequest` *instance* (not raised; ``.field`` names the bad field) for
+        a post the backend refused on its own. ``latency_ms`` / ``rtt_ms`` are those of the
+        whole request. An empty ``posts`` returns ``[]`` without a request. Whole-request
+        failures raise as for :meth:`moderate`: :class:`BackendOverloaded` (429, or 503
+        "overloaded"), :class:`BackendError` (other 5xx), :class:`BackendGarbage` (not JSON,
+        wrong schema, wrong number of results), :class:`BackendBadRequest` (e.g. more than
+        :data:`MAX_BATCH_POSTS` posts), :class:`BackendTimeout`, :class:`BackendUnavailable`.
+        """
+        if not posts:
+            return []
+        t0 = time.perf_counter()
+        payload = {"posts": [{"post_id": p, "user_id": u, "text": t} for p, u, t in posts]}
+        _status, doc = self._call("POST", "/moderate/batch", payload)
+        rtt_ms = (time.perf_counter() - t0) * 1000.0
+        return _parse_batch(doc, posts, rtt_ms)
+
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")[1]
 
@@ -212,7 +309,8 @@ class ModerationClient:
         return self._call("GET", "/faults")[1]
 
     def set_faults(self, **faults: float) -> dict[str, float]:
-        """Update some fault knobs (see :data:`FAULT_KEYS`); returns the full fault model."""
+        """Update some fault knobs (:data:`FAULT_KEYS`) and/or settings (:data:`SETTING_KEYS`);
+        returns the full fault model and settings."""
         return self._call("POST", "/faults", faults)[1]
 
     def reset_faults(self) -> dict[str, float]:
@@ -280,10 +378,18 @@ def _decode(status: int, data: bytes) -> Any:
         if doc is None:
             raise BackendGarbage(f"response body is not JSON: {_snippet(data)}")
         return doc
+    is_dict = isinstance(doc, dict)
+    field = doc.get("field") if is_dict else None
+    msg = doc.get("error") if is_dict else _snippet(data)
     if status == 400:
-        field = doc.get("field") if isinstance(doc, dict) else None
-        msg = doc.get("error") if isinstance(doc, dict) else _snippet(data)
         raise BackendBadRequest(f"HTTP 400: {msg}", field=field)
+    if status == 429 or (status == 503 and isinstance(msg, str) and msg.startswith("overloaded")):
+        retry = doc.get("retry_after_s") if is_dict else None
+        if isinstance(retry, bool) or not isinstance(retry, int | float) or not retry >= 0:
+            retry = 0.0
+        raise BackendOverloaded(
+            f"HTTP {status}: {msg}", status=status, retry_after_s=float(retry), field=field
+        )
     raise BackendError(f"HTTP {status}: {_snippet(data)}", status=status)
 
 
@@ -309,71 +415,238 @@ def _parse_result(doc: Any, post_id: str | int, rtt_ms: float) -> ModerationResu
     )
 
 
+_LABEL_SET = frozenset(LABELS)
+
+
+def _bad_result(i: int, key: str, value: Any, problem: str) -> BackendGarbage:
+    return BackendGarbage(f"results[{i}]{key} is {_snippet(repr(value).encode())}, {problem}")
+
+
+def _parse_batch(
+    doc: Any, posts: Sequence[tuple[str | int, str, str]], rtt_ms: float
+) -> list[ModerationResult | BackendBadRequest]:
+    """Check a ``/moderate/batch`` answer against the posts sent. On the hot path (thousands
+    of posts per second), so one tight loop with exact type checks."""
+    if not isinstance(doc, dict):
+        raise BackendGarbage(f"expected a JSON object, got {type(doc).__name__}")
+    results, latency = doc.get("results"), doc.get("latency_ms")
+    if type(results) is not list:
+        raise BackendGarbage(f"field 'results' is {_snippet(repr(results).encode())}, "
+                             "not a list")
+    if len(results) != len(posts):
+        raise BackendGarbage(f"{len(results)} results for {len(posts)} posts")
+    if isinstance(latency, bool) or not isinstance(latency, int | float) or not latency >= 0:
+        raise BackendGarbage(f"field 'latency_ms' is {latency!r}, not a number >= 0")
+    latency = float(latency)
+    out: list[ModerationResult | BackendBadRequest] = []
+    append = out.append
+    for (post_id, _user, _text), r in zip(posts, results, strict=False):  # same length
+        if type(r) is not dict:
+            raise _bad_result(len(out), "", r, "not an object")
+        label = r.get("label")
+        if type(label) is str and label in _LABEL_SET:
+            score, reasons = r.get("score"), r.get("reasons")
+            if r.get("post_id") != post_id:
+                raise _bad_result(len(out), ".post_id", r.get("post_id"), f"not {post_id!r}")
+            ts = type(score)
+            if not ((ts is float or ts is int) and 0 <= score <= 1):
+                raise _bad_result(len(out), ".score", score, "not a number in [0, 1]")
+            if type(reasons) is not list or (
+                reasons and not all(type(x) is str for x in reasons)
+            ):
+                raise _bad_result(len(out), ".reasons", reasons, "not a list of strings")
+            append(ModerationResult(label, float(score), tuple(reasons), latency, post_id,
+                                    rtt_ms))
+        elif label is None and type(r.get("error")) is str:
+            echoed, field = r.get("post_id"), r.get("field")
+            if echoed is not None and echoed != post_id:
+                raise _bad_result(len(out), ".post_id", echoed, f"not {post_id!r}")
+            append(BackendBadRequest(f"post {post_id!r}: {r['error']}",
+                                     field=field if type(field) is str else None))
+        else:
+            raise _bad_result(len(out), ".label", label, f"not one of {LABELS}")
+    return out
+
+
 # =========================================================================================
 # Server
 # =========================================================================================
 
 
 class _RequestError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    """An error answer: ``{"error": message, "field": field, **extra}`` plus ``headers``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
+        self.extra, self.headers = extra or {}, headers or {}
+
+
+def _check_setting(key: str, value: Any, name: str | None = None) -> float | int:
+    """``value`` validated for the fault or setting ``key`` (see :data:`FAULT_KEYS`,
+    :data:`SETTING_KEYS`): a finite number >= 0, a rate within [0, 1], ``max_concurrent`` a
+    whole number (returned as int). Raises ``ValueError`` naming ``name`` (default ``key``)."""
+    name = name or key
+    if key not in FAULT_KEYS and key not in SETTING_KEYS:
+        raise ValueError(f"unknown setting {key!r}; known: {FAULT_KEYS + SETTING_KEYS}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if key.endswith("_rate") and not 0 <= value <= 1:
+        raise ValueError(f"{name} must be within [0, 1], got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if key == "max_concurrent":
+        if value != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _number(x: float) -> str:
+    """50000.0 -> "50000", 2.5 -> "2.5" (never an exponent)."""
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+def _settings(overrides: dict[str, Any] | None = None) -> dict[str, float | int]:
+    """DEFAULT_SETTINGS updated with validated ``overrides`` (ValueError if one is bad)."""
+    out = dict(DEFAULT_SETTINGS)
+    for key, value in (overrides or {}).items():
+        if key not in SETTING_KEYS:
+            raise ValueError(f"unknown setting {key!r}; known: {SETTING_KEYS}")
+        out[key] = _check_setting(key, value)
+    return out
 
 
 class _ServiceState:
-    """Fault model, RNG, repeat tracker and counters shared by the handler threads."""
+    """Faults, settings, admission control (concurrency + token bucket), RNG, repeat tracker
+    and counters shared by the handler threads. Everything mutable is guarded by ``lock``."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, settings: dict[str, Any] | None = None) -> None:
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
         self.faults = dict.fromkeys(FAULT_KEYS, 0.0)
+        self.initial_settings = _settings(settings)
+        self.settings = dict(self.initial_settings)
         self.tracker = RepeatTracker(max_users=10_000, window_s=60.0)
         self.started = time.monotonic()
-        self.counters = {"requests": 0, "errors_injected": 0, "garbage_injected": 0}
+        self.counters = {
+            "requests": 0,
+            "posts": 0,
+            "errors_injected": 0,
+            "garbage_injected": 0,
+            "rejected_429": 0,
+            "rejected_503": 0,
+        }
+        self.in_flight = 0
+        self._fill_bucket()
+
+    def _fill_bucket(self) -> None:  # lock held (or not shared yet)
+        self.tokens = self._burst()
+        self.refilled_at = time.monotonic()
+
+    def _burst(self) -> float:
+        return max(1.0, self.settings["capacity_per_s"] * BURST_S)
 
     def snapshot(self) -> dict[str, float]:
         with self.lock:
-            return dict(self.faults)
+            return {**self.faults, **self.settings}
 
     def update(self, changes: Any) -> dict[str, float]:
         if not isinstance(changes, dict):
             raise _RequestError(400, "body must be a JSON object", "body")
-        clean: dict[str, float] = {}
+        clean: dict[str, float | int] = {}
         for key, value in changes.items():
-            if key not in FAULT_KEYS:
-                raise _RequestError(400, f"unknown fault {key!r}; known: {FAULT_KEYS}", key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-                raise _RequestError(400, f"field {key!r} must be a number", key)
-            if value < 0 or (key.endswith("_rate") and value > 1):
-                limit = "within [0, 1]" if key.endswith("_rate") else ">= 0"
-                raise _RequestError(400, f"field {key!r} must be {limit}", key)
-            clean[key] = float(value)
+            if key not in FAULT_KEYS and key not in SETTING_KEYS:
+                raise _RequestError(
+                    400, f"unknown fault or setting {key!r}; known: {FAULT_KEYS + SETTING_KEYS}",
+                    key,
+                )
+            try:
+                clean[key] = _check_setting(key, value, f"field {key!r}")
+            except ValueError as e:
+                raise _RequestError(400, str(e), key) from None
         with self.lock:
-            self.faults.update(clean)
-            return dict(self.faults)
+            capacity = self.settings["capacity_per_s"]
+            for key, value in clean.items():
+                (self.faults if key in FAULT_KEYS else self.settings)[key] = value
+            if self.settings["capacity_per_s"] != capacity:
+                self._fill_bucket()
+            return {**self.faults, **self.settings}
 
     def reset(self) -> dict[str, float]:
         with self.lock:
             self.faults = dict.fromkeys(FAULT_KEYS, 0.0)
-            return dict(self.faults)
+            self.settings = dict(self.initial_settings)
+            self._fill_bucket()
+            return {**self.faults, **self.settings}
 
-    def plan(self) -> tuple[float, str, int]:
-        """Decide (delay s, outcome ok|error|garbage, garbage kind) for one /moderate call."""
+    def health(self) -> dict[str, Any]:
         with self.lock:
-            f = self.faults
-            self.counters["requests"] += 1
-            service_ms = self.rng.uniform(1.0, 3.0)
-            jitter = self.rng.uniform(-f["jitter_ms"], f["jitter_ms"]) if f["jitter_ms"] else 0.0
+            return {**self.counters, "in_flight": self.in_flight, **self.faults,
+                    **self.settings}
+
+    def admit(self, n: int) -> tuple[float, str, int]:
+        """Admit one moderation request of ``n`` posts, or raise the 503/429 answer at once.
+
+        Returns (delay s, outcome ok|error|garbage, garbage kind); the caller must call
+        :meth:`release` once the answer is sent.
+        """
+        with self.lock:
+            s, c = self.settings, self.counters
+            limit = s["max_concurrent"]
+            if limit and self.in_flight >= limit:
+                c["rejected_503"] += 1
+                raise _RequestError(
+                    503, f"overloaded: {self.in_flight} requests in progress", "max_concurrent"
+                )
+            rate = s["capacity_per_s"]
+            if rate:
+                now = time.monotonic()
+                burst = self._burst()
+                tokens = min(burst, self.tokens + (now - self.refilled_at) * rate)
+                self.refilled_at = now
+                need = min(n, burst)
+                if tokens < need:
+                    self.tokens = tokens
+                    c["rejected_429"] += 1
+                    retry_s = math.ceil((need - tokens) / rate * 1000.0) / 1000.0
+                    raise _RequestError(
+                        429,
+                        f"overloaded: capacity {_number(rate)} posts/s",
+                        "capacity_per_s",
+                        extra={"retry_after_s": retry_s},
+                        headers={"Retry-After": str(max(1, math.ceil(retry_s)))},
+                    )
+                self.tokens = tokens - n
+            self.in_flight += 1
+            c["requests"] += 1
+            c["posts"] += n
+            rng, f = self.rng, self.faults
+            service_ms = s["request_ms"] * (1.0 + rng.uniform(-REQUEST_JITTER, REQUEST_JITTER))
+            service_ms += n * s["post_ms"]
+            jitter = rng.uniform(-f["jitter_ms"], f["jitter_ms"]) if f["jitter_ms"] else 0.0
             added_ms = max(0.0, f["latency_ms"] + jitter)
             outcome = "ok"
-            if f["error_rate"] and self.rng.random() < f["error_rate"]:
+            if f["error_rate"] and rng.random() < f["error_rate"]:
                 outcome = "error"
-                self.counters["errors_injected"] += 1
-            elif f["garbage_rate"] and self.rng.random() < f["garbage_rate"]:
+                c["errors_injected"] += 1
+            elif f["garbage_rate"] and rng.random() < f["garbage_rate"]:
                 outcome = "garbage"
-                self.counters["garbage_injected"] += 1
-            garbage_kind = self.rng.randrange(3)
+                c["garbage_injected"] += 1
+            garbage_kind = rng.randrange(3)
         return (service_ms + added_ms) / 1000.0, outcome, garbage_kind
+
+    def release(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
 
 _GARBAGE_BODIES = (
@@ -392,6 +665,19 @@ def _require(doc: dict, key: str, types: tuple[type, ...], what: str) -> Any:
     return value
 
 
+def _item_error(item: Any) -> dict[str, Any]:
+    """The per-post error entry of a batch answer for a post that is not valid."""
+    if not isinstance(item, dict):
+        return {"post_id": None, "error": "post must be a JSON object", "field": "post"}
+    try:
+        _require(item, "post_id", (str, int), "a string or an integer")
+        _require(item, "user_id", (str,), "a string")
+        _require(item, "text", (str,), "a string")
+    except _RequestError as e:
+        return {"post_id": item.get("post_id"), "error": e.message, "field": e.field}
+    raise AssertionError("_item_error() called for a valid post")  # pragma: no cover
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     server_version = "StreamSocialModeration/1.0"
@@ -404,19 +690,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_json(self, status: int, doc: Any) -> None:
-        self._send(status, json.dumps(doc).encode("utf-8"))
+    def _send_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(doc).encode("utf-8"), headers=headers)
 
-    def _read_json(self) -> Any:
+    def _read_json(self, max_bytes: int = MAX_BODY_BYTES) -> Any:
         length = self.headers.get("Content-Length")
         if length is None:
             self.close_connection = True
@@ -426,9 +720,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             raise _RequestError(400, "bad Content-Length", "Content-Length") from None
-        if n < 0 or n > MAX_BODY_BYTES:
+        if n < 0 or n > max_bytes:
             self.close_connection = True
-            raise _RequestError(413, f"body larger than {MAX_BODY_BYTES} bytes", "body")
+            raise _RequestError(413, f"body larger than {max_bytes} bytes", "body")
         raw = self.rfile.read(n)
         try:
             return json.loads(raw.decode("utf-8"))
@@ -443,7 +737,24 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _RequestError(404, f"no route {self.command} {path}", "path")
             route()
         except _RequestError as e:
-            self._send_json(e.status, {"error": e.message, "field": e.field})
+            self._send_json(e.status, {"error": e.message, "field": e.field, **e.extra},
+                            headers=e.headers)
+
+    def _serve(self, n_posts: int, answer: Callable[[], bytes]) -> None:
+        """Admission control, cost model and faults around one moderation request; the
+        ``answer()`` body (the real scoring) is only computed for an "ok" outcome."""
+        state = self.server.state
+        delay_s, outcome, garbage_kind = state.admit(n_posts)  # 429/503 raised at once
+        try:
+            time.sleep(delay_s)
+            if outcome == "error":
+                self._send_json(503, {"error": "injected fault: service unavailable"})
+            elif outcome == "garbage":
+                self._send(200, _GARBAGE_BODIES[garbage_kind % len(_GARBAGE_BODIES)])
+            else:
+                self._send(200, answer())
+        finally:
+            state.release()
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -454,6 +765,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(
             {
                 "/moderate": self._moderate,
+                "/moderate/batch": self._moderate_batch,
                 "/faults": self._set_faults,
                 "/faults/reset": self._reset_faults,
             }
@@ -461,16 +773,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _health(self) -> None:
         st = self.server.state
-        with st.lock:
-            counters = dict(st.counters)
-            faults = dict(st.faults)
         doc = {
             "ok": True,
             "pid": os.getpid(),
             "port": self.server.server_address[1],
             "uptime_s": round(time.monotonic() - st.started, 3),
-            **counters,
-            **faults,
+            **st.health(),
         }
         self._send_json(200, doc)
 
@@ -493,26 +801,63 @@ class _Handler(BaseHTTPRequestHandler):
         post_id = _require(doc, "post_id", (str, int), "a string or an integer")
         user_id = _require(doc, "user_id", (str,), "a string")
         text = _require(doc, "text", (str,), "a string")
-        state = self.server.state
-        delay_s, outcome, garbage_kind = state.plan()
-        time.sleep(delay_s)
-        if outcome == "error":
-            self._send_json(503, {"error": "injected fault: service unavailable"})
-            return
-        if outcome == "garbage":
-            self._send(200, _GARBAGE_BODIES[garbage_kind % len(_GARBAGE_BODIES)])
-            return
-        verdict = score_post(user_id, text, repeat_tracker=state.tracker, post_id=post_id)
-        self._send_json(
-            200,
-            {
-                "post_id": post_id,
-                "label": verdict.label,
-                "score": verdict.score,
-                "reasons": list(verdict.reasons),
-                "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3),
-            },
-        )
+        tracker = self.server.state.tracker
+
+        def answer() -> bytes:
+            verdict = score_post(user_id, text, repeat_tracker=tracker, post_id=post_id)
+            return json.dumps(
+                {
+                    "post_id": post_id,
+                    "label": verdict.label,
+                    "score": verdict.score,
+                    "reasons": list(verdict.reasons),
+                    "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3),
+                }
+            ).encode("utf-8")
+
+        self._serve(1, answer)
+
+    def _moderate_batch(self) -> None:
+        t0 = time.perf_counter()
+        doc = self._read_json(MAX_BATCH_BODY_BYTES)
+        if not isinstance(doc, dict):
+            raise _RequestError(400, "body must be a JSON object", "body")
+        if "posts" not in doc:
+            raise _RequestError(400, "missing field 'posts'", "posts")
+        posts = doc["posts"]
+        if not isinstance(posts, list) or not posts:
+            raise _RequestError(
+                400,
+                f"field 'posts' must be a non-empty list of at most {MAX_BATCH_POSTS} posts",
+                "posts",
+            )
+        if len(posts) > MAX_BATCH_POSTS:
+            raise _RequestError(
+                400,
+                f"field 'posts' has {len(posts)} posts, more than the limit of "
+                f"{MAX_BATCH_POSTS}",
+                "posts",
+            )
+        tracker = self.server.state.tracker
+
+        def answer() -> bytes:
+            results: list[dict[str, Any]] = []
+            append = results.append
+            for item in posts:  # hot loop: exact type checks, errors only for bad posts
+                if type(item) is dict:
+                    get = item.get
+                    post_id, user_id, text = get("post_id"), get("user_id"), get("text")
+                    tp = type(post_id)
+                    if (tp is str or tp is int) and type(user_id) is str and type(text) is str:
+                        label, score, reasons = _score_post(user_id, text, tracker, post_id)
+                        append({"post_id": post_id, "label": label, "score": score,
+                                "reasons": reasons})
+                        continue
+                append(_item_error(item))
+            latency_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+            return json.dumps({"results": results, "latency_ms": latency_ms}).encode("utf-8")
+
+        self._serve(len(posts), answer)
 
 
 class _Server(ThreadingHTTPServer):
@@ -567,10 +912,11 @@ def _raise_exit(signum: int, frame: Any) -> None:
 
 
 def serve(host: str = DEFAULT_HOST, port: int = 0, state_file: Path | None = None,
-          seed: int = 0) -> None:
-    """Run the service in the current process until SIGTERM/SIGINT."""
+          seed: int = 0, settings: dict[str, Any] | None = None) -> None:
+    """Run the service in the current process until SIGTERM/SIGINT. ``settings``: some of
+    :data:`SETTING_KEYS` (the rest keep :data:`DEFAULT_SETTINGS`)."""
     host = _check_loopback(host)
-    server = _Server((host, port), _ServiceState(seed))
+    server = _Server((host, port), _ServiceState(seed, settings))
     actual_port = server.server_address[1]
     me = psutil.Process()
     if state_file is not None:
@@ -584,6 +930,7 @@ def serve(host: str = DEFAULT_HOST, port: int = 0, state_file: Path | None = Non
                 "url": f"http://{host}:{actual_port}",
                 "module": MODULE,
                 "started_at": time.time(),
+                "settings": server.state.initial_settings,
             },
         )
     signal.signal(signal.SIGTERM, _raise_exit)
@@ -605,18 +952,39 @@ def serve(host: str = DEFAULT_HOST, port: int = 0, state_file: Path | None = Non
               file=sys.stderr, flush=True)
 
 
+class _OneLineArgumentParser(argparse.ArgumentParser):
+    """Command-line errors as one line (no usage block): ``prog: error: what (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    p = _OneLineArgumentParser(prog=f"python -m {MODULE}",
+                               description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = pick a free one)")
     p.add_argument("--host", default=DEFAULT_HOST, help="loopback address to bind")
     p.add_argument("--state-file", type=Path, default=None, help="write pid/port JSON here")
     p.add_argument("--seed", type=int, default=0, help="seed of the latency/fault RNG")
+    d = DEFAULT_SETTINGS
+    p.add_argument("--request-ms", type=float, default=d["request_ms"],
+                   help="service time per moderation request, ms (default %(default)s)")
+    p.add_argument("--post-ms", type=float, default=d["post_ms"],
+                   help="service time per post, ms (default %(default)s)")
+    p.add_argument("--capacity-per-s", type=float, default=d["capacity_per_s"],
+                   help="posts per second before HTTP 429, 0 = unlimited (default %(default)s)")
+    p.add_argument("--max-concurrent", type=int, default=d["max_concurrent"],
+                   help="requests at once before HTTP 503, 0 = unlimited (default %(default)s)")
     a = p.parse_args(argv)
+    settings = {}
     try:
         host = _check_loopback(a.host)
+        for key in SETTING_KEYS:
+            flag = "--" + key.replace("_", "-")
+            settings[key] = _check_setting(key, getattr(a, key), flag)
     except ValueError as e:
         p.error(str(e))
-    serve(host, a.port, a.state_file, a.seed)
+    serve(host, a.port, a.state_file, a.seed, settings)
 
 
 # =========================================================================================
@@ -666,7 +1034,13 @@ class ModerationBackend:
 
     The process is detached (own session): it survives the Python process that started it,
     until :meth:`stop`/:meth:`kill`. ``state_dir`` holds ``backend.json`` (pid, port, start
-    time) and ``backend.log`` (the process' stdout/stderr).
+    time, settings) and ``backend.log`` (the process' stdout/stderr).
+
+    ``request_ms``, ``post_ms``, ``capacity_per_s`` and ``max_concurrent`` are the service's
+    cost model and capacity (see the module docstring; defaults in :data:`DEFAULT_SETTINGS`),
+    passed on the command line at every :meth:`start` / :meth:`restart`; ``ValueError`` if one
+    is out of range. :meth:`set_faults` changes them at run time, :meth:`reset_faults` puts
+    these start values back.
     """
 
     def __init__(
@@ -676,12 +1050,20 @@ class ModerationBackend:
         host: str = DEFAULT_HOST,
         seed: int = 0,
         startup_timeout_s: float = 10.0,
+        request_ms: float = DEFAULT_SETTINGS["request_ms"],
+        post_ms: float = DEFAULT_SETTINGS["post_ms"],
+        capacity_per_s: float = DEFAULT_SETTINGS["capacity_per_s"],
+        max_concurrent: int = int(DEFAULT_SETTINGS["max_concurrent"]),
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_file = self.state_dir / STATE_FILE_NAME
         self.log_file = self.state_dir / LOG_FILE_NAME
         self.host = _check_loopback(host)
         self.seed = seed
+        self.settings: dict[str, float | int] = _settings(
+            {"request_ms": request_ms, "post_ms": post_ms, "capacity_per_s": capacity_per_s,
+             "max_concurrent": max_concurrent}
+        )
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
@@ -724,6 +1106,8 @@ class ModerationBackend:
         if _verified_process(doc["pid"], doc.get("create_time")) is None:
             return None
         self.host = _check_loopback(doc.get("host", DEFAULT_HOST))
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            self.settings = _settings(doc.get("settings"))  # so restart() keeps them
         self._pid, self._port = doc["pid"], doc["port"]
         self._create_time = doc.get("create_time")
         return self
@@ -778,6 +1162,8 @@ class ModerationBackend:
             "--state-file", str(self.state_file),
             "--seed", str(self.seed),
         ]
+        for key, value in self.settings.items():
+            cmd += ["--" + key.replace("_", "-"), str(value)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -931,11 +1317,14 @@ class ModerationBackend:
             return c.get_faults()
 
     def set_faults(self, **faults: float) -> dict[str, float]:
-        """Update fault knobs (``latency_ms``, ``jitter_ms``, ``error_rate``, ``garbage_rate``)."""
+        """Update fault knobs (``latency_ms``, ``jitter_ms``, ``error_rate``, ``garbage_rate``)
+        and/or settings (``request_ms``, ``post_ms``, ``capacity_per_s``, ``max_concurrent``)
+        of the running process; returns all of them. Not remembered across a restart."""
         with self._admin() as c:
             return c.set_faults(**faults)
 
     def reset_faults(self) -> dict[str, float]:
+        """No faults, and the settings this process was started with."""
         with self._admin() as c:
             return c.reset_faults()
 

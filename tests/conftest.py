@@ -12,6 +12,9 @@ import uuid
 import pytest
 
 from lab_kit import broker as lab_broker
+from lab_kit import topics as lab_topics
+from lab_kit.moderation import topic_names
+from lab_kit.moderation_backend import ModerationBackend
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +68,40 @@ def delete_topics_with_prefix(prefix: str) -> None:
         pass
     finally:
         admin.close()
+
+
+# --- the moderation tests' own topics, backend process, group and stages ----------------------
+
+
+@pytest.fixture
+def topics(client_config) -> dict[str, str]:
+    names = topic_names(f"t{uuid.uuid4().hex[:10]}-")
+    lab_topics.ensure_topics(client_config, tuple(names.values()),
+                              partitions={names["posts"]: 3, names["admin"]: 1,
+                                          names["dlq"]: 1})
+    return names
+
+
+@pytest.fixture
+def backend(tmp_path, request) -> ModerationBackend:
+    b = ModerationBackend(state_dir=tmp_path / "backend").start()
+    request.addfinalizer(b.stop)
+    return b
+
+
+@pytest.fixture
+def group() -> str:
+    return f"mod-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def stages(request):
+    """Track services/workers to stop at the end of the test."""
+    started: list = []
+
+    def stop_all() -> None:
+        for s in started:
+            assert s.stop(timeout=20), f"{s.kind} did not stop"
+
+    request.addfinalizer(stop_all)
+    return started

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from lab_kit.moderation import (
 from lab_kit.moderation_backend import ModerationBackend
 from lab_kit.posts import POST_FIELDS, Post, Workload, malformed_records
 from lab_kit.rules import RepeatTracker, score_post
-from lab_kit.topics import ensure_topics
 
 from .kafka_helpers import read_all
 
@@ -109,39 +107,6 @@ def duplicates(results: dict[str, list[dict]]) -> int:
     return sum(len(v) - 1 for v in results.values())
 
 
-@pytest.fixture
-def topics(client_config) -> dict[str, str]:
-    names = topic_names(f"t{uuid.uuid4().hex[:10]}-")
-    ensure_topics(client_config, tuple(names.values()),
-                  partitions={names["posts"]: 3, names["admin"]: 1, names["dlq"]: 1})
-    return names
-
-
-@pytest.fixture
-def backend(tmp_path, request) -> ModerationBackend:
-    b = ModerationBackend(state_dir=tmp_path / "backend").start()
-    request.addfinalizer(b.stop)
-    return b
-
-
-@pytest.fixture
-def group() -> str:
-    return f"mod-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def stages(request):
-    """Track services/workers to stop at the end of the test."""
-    started: list = []
-
-    def stop_all() -> None:
-        for s in started:
-            assert s.stop(timeout=20), f"{s.kind} did not stop"
-
-    request.addfinalizer(stop_all)
-    return started
-
-
 def labeled(seed: int, n: int) -> list[Post]:
     return Workload(seed=seed, spam_ratio=0.2, toxic_ratio=0.2).posts(n)
 
@@ -204,7 +169,7 @@ def test_end_to_end_one_result_per_post_and_fan_out(
     st = svc.stats()
     assert st["consumed"] >= 60 and st["results"] >= 60
     assert st["degraded"] == 0 and st["dlq"] == 0 and st["backend_failures"] == 0
-    assert st["backend_calls"] >= 60
+    assert 1 <= st["backend_calls"] < 60  # posts go to the backend in batches
     assert st["acked"] == st["sent"] and st["failed"] == 0
     assert st["commits"] >= 1 and st["breaker_state"] == "closed"
     assert svc.breaker_events == []
@@ -260,7 +225,7 @@ def test_poison_records_go_to_dlq_and_the_service_keeps_going(
     assert sorted(fields) == ["text", "user_id", "user_id", "value", "value", "value"]
     st = svc.stats()
     assert st["dlq"] == 6 and st["results"] >= 1 and st["consumed"] >= 7
-    assert st["commits"] >= 3  # small batches: poison batches are committed too
+    assert st["commits"] >= 1  # poison records are committed past like any other
 
 
 def test_output_failure_is_not_committed_then_reprocessed(
@@ -423,6 +388,7 @@ def test_garbage_backend_counts_failures_and_degrades(
     backend.set_faults(garbage_rate=1.0)
     svc = ModerationService(None, backend.url, group_id=group, topics=topics,
                             client_config=client_config, breaker_fail_max=3,
+                            batch_size=1, concurrency=1,  # one post per call, one at a time
                             breaker_reset_s=60.0)
     stages.append(svc)
     svc.start()
@@ -451,7 +417,8 @@ def _start_service_process(bootstrap: str, backend: ModerationBackend, group: st
                            ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "lab_kit.moderation", "--bootstrap", bootstrap,
            "--backend-url", backend.url, "--group", group, "--topic-prefix", prefix,
-           "--max-poll-records", "5", "--max-seconds", str(max_seconds)]
+           "--max-poll-records", "5", "--batch-size", "1", "--concurrency", "1",
+           "--max-seconds", str(max_seconds)]
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, env=dict(os.environ))

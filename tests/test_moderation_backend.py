@@ -6,6 +6,8 @@ import http.client
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,15 +16,21 @@ import psutil
 import pytest
 
 from lab_kit.moderation_backend import (
+    DEFAULT_SETTINGS,
+    FAULT_KEYS,
+    MAX_BATCH_POSTS,
+    SETTING_KEYS,
     BackendBadRequest,
     BackendError,
     BackendGarbage,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     ModerationBackend,
     ModerationBackendError,
     ModerationClient,
     ModerationResult,
+    _parse_batch,
     _parse_result,
 )
 from lab_kit.rules import (
@@ -253,8 +261,10 @@ def test_bad_requests_get_400_naming_the_field(backend: ModerationBackend) -> No
 
 def test_fault_model_roundtrip_and_validation(backend: ModerationBackend) -> None:
     faults = backend.set_faults(latency_ms=5, jitter_ms=2)
-    assert faults == {"latency_ms": 5.0, "jitter_ms": 2.0, "error_rate": 0.0,
-                      "garbage_rate": 0.0}
+    # the answer also carries the settings (cost model, capacity), unchanged here
+    assert {k: faults[k] for k in FAULT_KEYS} == {"latency_ms": 5.0, "jitter_ms": 2.0,
+                                                  "error_rate": 0.0, "garbage_rate": 0.0}
+    assert {k: faults[k] for k in SETTING_KEYS} == DEFAULT_SETTINGS
     assert backend.set_faults(error_rate=0.5)["latency_ms"] == 5.0  # partial update
     assert backend.faults()["error_rate"] == 0.5
     with pytest.raises(BackendBadRequest) as err:
@@ -263,7 +273,9 @@ def test_fault_model_roundtrip_and_validation(backend: ModerationBackend) -> Non
     with pytest.raises(BackendBadRequest) as err:
         backend.set_faults(slowness=1)
     assert err.value.field == "slowness"
-    assert set(backend.reset_faults().values()) == {0.0}
+    reset = backend.reset_faults()
+    assert {reset[k] for k in FAULT_KEYS} == {0.0}
+    assert {k: reset[k] for k in SETTING_KEYS} == DEFAULT_SETTINGS
     health = backend.health()
     assert health["ok"] is True and health["pid"] == backend.pid and health["latency_ms"] == 0
 
@@ -421,3 +433,314 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 def test_refuses_non_loopback_host(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
         ModerationBackend(tmp_path, host="0.0.0.0")
+
+
+# =========================================================================================
+# batch route, cost model, capacity
+# =========================================================================================
+
+
+def _raw_full(url: str, method: str, path: str, body: bytes | None,
+              ) -> tuple[int, dict[str, str], dict]:
+    """One raw HTTP request: (status, headers, JSON body)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def _batch_body(posts: list) -> bytes:
+    return json.dumps({"posts": posts}).encode()
+
+
+def _unique_posts(n: int, tag: str) -> list[tuple[str, str, str]]:
+    """n posts of distinct users and texts (no repeats), all approved."""
+    return [(f"{tag}-{i}", f"{tag}-user-{i}", f"A calm post number {i} about {tag}")
+            for i in range(n)]
+
+
+def test_batch_happy_path_keeps_order(backend: ModerationBackend) -> None:
+    posts = [
+        ("b-0", "bu-0", "Great game last night!"),
+        (1, "bu-1", "you stupid idiot"),
+        ("b-2", "bu-2", "WINNER! claim your prize at https://x.example"),
+        ("b-3", "bu-3", SHOUT),
+        ("b-4", "bu-4", "feel free to join us"),
+        ("b-5", "bu-5", "Follow me for more"),
+        ("b-6", "bu-5", "follow  me FOR more"),  # the same user again: a repeat
+    ] + _unique_posts(50, "order")
+    before = backend.health()
+    with ModerationClient(backend.url, timeout_s=5) as client:
+        results = client.moderate_batch(posts)
+        assert client.moderate_batch([]) == []  # nothing to send: no request
+    assert [r.post_id for r in results] == [p[0] for p in posts]
+    assert all(isinstance(r, ModerationResult) for r in results)
+    assert [r.label for r in results[:7]] == ["approve", "reject", "spam", "review", "approve",
+                                              "approve", "spam"]
+    assert results[6].reasons == ("repeat",)
+    for (_pid, user, text), r in zip(posts[:6], results[:6], strict=True):
+        assert r.verdict == score_post(user, text)  # the same rules as the library
+    assert all(r.label == "approve" for r in results[7:])
+    assert len({r.latency_ms for r in results}) == 1 and results[0].latency_ms > 0
+    assert results[0].rtt_ms >= results[0].latency_ms
+    after = backend.health()
+    assert after["requests"] == before["requests"] + 1
+    assert after["posts"] == before["posts"] + len(posts)
+
+
+def test_batch_one_bad_post_does_not_fail_the_others(backend: ModerationBackend) -> None:
+    with ModerationClient(backend.url, timeout_s=5) as client:
+        results = client.moderate_batch([
+            ("ok-1", "u", "fine post"),
+            ("bad-1", "u", None),  # type: ignore[list-item]
+            ("ok-2", "u", "you idiot"),
+        ])
+    assert [type(r) for r in results] == [ModerationResult, BackendBadRequest,
+                                          ModerationResult]
+    assert results[1].field == "text" and "bad-1" in str(results[1])
+    assert not results[1].retryable
+    assert (results[0].label, results[2].label) == ("approve", "reject")
+
+    items = [
+        {"post_id": "x1", "user_id": "u", "text": "fine"},
+        {"post_id": "x2", "text": "no user"},
+        "not an object",
+        {"user_id": "u", "text": "no post id"},
+        {"post_id": True, "user_id": "u", "text": "bool id"},
+        {"post_id": "x6", "user_id": "u", "text": 7},
+        {"post_id": 7, "user_id": "u", "text": "int id is fine"},
+    ]
+    status, _h, doc = _raw_full(backend.url, "POST", "/moderate/batch", _batch_body(items))
+    assert status == 200 and len(doc["results"]) == len(items)
+    res = doc["results"]
+    assert res[0]["label"] == "approve" and res[6] == {
+        "post_id": 7, "label": "approve", "score": 0.0, "reasons": []}
+    assert res[1] == {"post_id": "x2", "error": "missing field 'user_id'", "field": "user_id"}
+    assert res[2]["post_id"] is None and res[2]["field"] == "post"
+    assert res[3]["post_id"] is None and res[3]["field"] == "post_id"
+    assert res[4]["post_id"] is True and res[4]["field"] == "post_id"
+    assert res[5]["post_id"] == "x6" and res[5]["field"] == "text" and "string" in res[5]["error"]
+
+
+def test_batch_bad_bodies_get_400_naming_field_and_limit(backend: ModerationBackend) -> None:
+    url = backend.url
+    for body, field in [
+        (b"[1, 2]", "body"),
+        (b"{not json", "body"),
+        (b"{}", "posts"),
+        (b'{"posts": []}', "posts"),
+        (b'{"posts": "many"}', "posts"),
+        (b'{"posts": {"post_id": 1}}', "posts"),
+    ]:
+        status, _h, doc = _raw_full(url, "POST", "/moderate/batch", body)
+        assert (status, doc["field"]) == (400, field), body
+    too_many = [{"post_id": i, "user_id": "u", "text": "t"} for i in range(MAX_BATCH_POSTS + 1)]
+    status, _h, doc = _raw_full(url, "POST", "/moderate/batch", _batch_body(too_many))
+    assert status == 400 and doc["field"] == "posts"
+    assert str(MAX_BATCH_POSTS) in doc["error"] and str(MAX_BATCH_POSTS + 1) in doc["error"]
+    with ModerationClient(url, timeout_s=5) as client:
+        with pytest.raises(BackendBadRequest) as err:
+            client.moderate_batch([(i, "u", "t") for i in range(MAX_BATCH_POSTS + 1)])
+        assert err.value.field == "posts"
+        # a full batch of long posts (~1.5 MB) fits the batch route's larger body limit
+        full = [(i, f"u{i}", f"post {i} " + "x" * 1500) for i in range(MAX_BATCH_POSTS)]
+        assert len(client.moderate_batch(full)) == MAX_BATCH_POSTS
+    # a 5 MiB body is refused from its Content-Length, before being read
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest("POST", "/moderate/batch")
+        conn.putheader("Content-Length", str(5 * 1024 * 1024))
+        conn.endheaders()
+        resp = conn.getresponse()
+        status, doc = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+    assert status == 413 and str(4 * 1024 * 1024) in doc["error"]
+    # /moderate keeps its 64 KiB limit
+    single = json.dumps({"post_id": 1, "user_id": "u", "text": "x" * 100_000}).encode()
+    status, _h, doc = _raw_full(url, "POST", "/moderate", single)
+    assert status == 413 and str(64 * 1024) in doc["error"]
+
+
+def test_capacity_gives_429_then_recovers(backend: ModerationBackend) -> None:
+    assert backend.set_faults(capacity_per_s=100)["capacity_per_s"] == 100
+    before = backend.health()["rejected_429"]
+    posts = _unique_posts(100, "cap")
+    overloaded: list[BackendOverloaded] = []
+    with ModerationClient(backend.url, timeout_s=5) as client:
+        for _ in range(3):
+            try:
+                client.moderate_batch(posts)
+            except BackendOverloaded as e:
+                overloaded.append(e)
+        assert overloaded, "3 batches of 100 posts at 100 posts/s: some must be refused"
+        err = overloaded[-1]
+        assert err.status == 429 and err.field == "capacity_per_s" and err.retryable
+        assert isinstance(err, BackendError) and err.retry_after_s > 0
+        assert "capacity 100 posts/s" in str(err)
+        with pytest.raises(BackendOverloaded):  # the single-post route shares the bucket
+            client.moderate("cap-single", "u", "hello")
+        status, headers, doc = _raw_full(backend.url, "POST", "/moderate/batch",
+                                         _batch_body([{"post_id": 1, "user_id": "u",
+                                                       "text": "t"}]))
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        assert doc["field"] == "capacity_per_s" and doc["retry_after_s"] > 0
+        assert backend.health()["rejected_429"] >= before + len(overloaded) + 2
+        # a 100-post batch was told when to come back; the bucket refills at 100 posts/s
+        time.sleep(err.retry_after_s + 0.05)
+        assert len(client.moderate_batch(posts)) == 100
+        backend.set_faults(capacity_per_s=0)  # 0 = unlimited
+        for _ in range(5):
+            assert len(client.moderate_batch(posts)) == 100
+
+
+def test_max_concurrent_gives_503_overloaded(backend: ModerationBackend) -> None:
+    backend.set_faults(max_concurrent=1, latency_ms=500)
+    slow_result: list[object] = []
+
+    def slow_call() -> None:
+        with ModerationClient(backend.url, timeout_s=5) as c:
+            slow_result.append(c.moderate_batch(_unique_posts(1, "slow")))
+
+    t = threading.Thread(target=slow_call)
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while backend.health()["in_flight"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # /health answers although the one slot is taken
+        with ModerationClient(backend.url, timeout_s=5) as client:
+            with pytest.raises(BackendOverloaded) as err:
+                client.moderate_batch([("second", "u", "hello")])
+            assert err.value.status == 503 and err.value.field == "max_concurrent"
+            assert "1 requests in progress" in str(err.value)
+            with pytest.raises(BackendOverloaded):
+                client.moderate("third", "u", "hello")
+    finally:
+        t.join()
+    assert slow_result and slow_result[0][0].label == "approve"  # type: ignore[index]
+    assert backend.health()["rejected_503"] >= 2
+
+
+def test_cost_model_sleeps_per_post(backend: ModerationBackend) -> None:
+    backend.set_faults(post_ms=2)
+    with ModerationClient(backend.url, timeout_s=10) as client:
+        t0 = time.monotonic()
+        results = client.moderate_batch(_unique_posts(500, "cost"))
+        elapsed = time.monotonic() - t0
+    assert elapsed >= 1.0 and results[0].latency_ms >= 1000  # 500 x 2 ms, lower bound only
+    backend.set_faults(post_ms=0, request_ms=300)
+    with ModerationClient(backend.url, timeout_s=10) as client:
+        assert client.moderate("cost-1", "u", "hello").latency_ms >= 300 * 0.75  # +-25 %
+
+
+def test_faults_apply_to_the_batch_route(backend: ModerationBackend) -> None:
+    posts = _unique_posts(20, "faults")
+    with ModerationClient(backend.url, timeout_s=5) as client:
+        backend.set_faults(error_rate=1)
+        with pytest.raises(BackendError) as err:
+            client.moderate_batch(posts)
+        assert err.value.status == 503 and not isinstance(err.value, BackendOverloaded)
+        backend.set_faults(error_rate=0, garbage_rate=1)
+        for _ in range(3):
+            with pytest.raises(BackendGarbage):
+                client.moderate_batch(posts)
+        backend.set_faults(garbage_rate=0, latency_ms=200)
+        assert client.moderate_batch(posts)[0].latency_ms >= 200  # once per request
+        health = client.health()
+        assert health["ok"] is True and health["errors_injected"] >= 1
+        assert health["garbage_injected"] >= 3
+
+
+def test_settings_at_start_at_run_time_and_reset(tmp_path: Path) -> None:
+    start = {"request_ms": 0.5, "post_ms": 0.01, "capacity_per_s": 2000.0, "max_concurrent": 4}
+    b = ModerationBackend(state_dir=tmp_path, **start)
+    try:
+        b.start()
+        health = b.health()
+        assert {k: health[k] for k in SETTING_KEYS} == start
+        for key in ("requests", "posts", "rejected_429", "rejected_503"):
+            assert health[key] == 0
+        changed = b.set_faults(capacity_per_s=0, max_concurrent=0, request_ms=3, post_ms=1.5)
+        assert {k: changed[k] for k in SETTING_KEYS} == {
+            "request_ms": 3.0, "post_ms": 1.5, "capacity_per_s": 0.0, "max_concurrent": 0}
+        assert b.faults()["request_ms"] == 3.0
+        for bad in ({"capacity_per_s": -1}, {"max_concurrent": 1.5}, {"request_ms": "slow"},
+                    {"post_ms": -0.1}, {"capacity": 5}):
+            with pytest.raises(BackendBadRequest) as err:
+                b.set_faults(**bad)
+            assert err.value.field == next(iter(bad))
+        reset = b.reset_faults()  # back to the values the process started with
+        assert {k: reset[k] for k in SETTING_KEYS} == start
+        assert {reset[k] for k in FAULT_KEYS} == {0.0}
+        loaded = ModerationBackend.load(tmp_path)
+        assert loaded is not None and loaded.settings == start
+        b.set_faults(max_concurrent=9)
+        b.restart()  # the start values again, not the run-time change
+        assert b.health()["max_concurrent"] == 4
+    finally:
+        b.stop()
+    for bad in ({"capacity_per_s": -5}, {"max_concurrent": -1}, {"post_ms": float("nan")},
+                {"request_ms": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ModerationBackend(state_dir=tmp_path, **bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--capacity-per-s", "-5"], "--capacity-per-s must be >= 0"),
+        (["--max-concurrent", "-1"], "--max-concurrent must be >= 0"),
+        (["--max-concurrent", "1.5"], "--max-concurrent"),
+        (["--request-ms", "-0.5"], "--request-ms must be >= 0"),
+        (["--post-ms", "nan"], "--post-ms must be a finite number"),
+    ],
+)
+def test_cli_rejects_bad_settings_with_one_line(args: list[str], expected: str) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "lab_kit.moderation_backend", *args],
+                          capture_output=True, text=True, timeout=30, env=env, cwd=root)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "error" in lines[0], proc.stderr
+
+
+def test_parse_batch_names_what_is_wrong() -> None:
+    posts = [("p1", "u", "a"), (2, "u", "b")]
+    ok = {"post_id": "p1", "label": "approve", "score": 0.0, "reasons": []}
+    err = {"post_id": 2, "error": "missing field 'text'", "field": "text"}
+    good = {"results": [ok, err], "latency_ms": 3.0}
+    out = _parse_batch(good, posts, 4.0)
+    assert isinstance(out[0], ModerationResult) and out[0].latency_ms == 3.0
+    assert out[0].rtt_ms == 4.0 and out[0].post_id == "p1"
+    assert isinstance(out[1], BackendBadRequest) and out[1].field == "text"
+    for doc, match in [
+        ([ok, err], "object"),
+        ({"results": [ok], "latency_ms": 1.0}, "1 results for 2 posts"),
+        ({"results": "x", "latency_ms": 1.0}, "results"),
+        ({"results": [ok, err], "latency_ms": -1}, "latency_ms"),
+        ({"results": [{**ok, "label": "fine"}, err], "latency_ms": 1.0}, "label"),
+        ({"results": [{**ok, "post_id": "other"}, err], "latency_ms": 1.0}, "post_id"),
+        ({"results": [{**ok, "score": 2}, err], "latency_ms": 1.0}, "score"),
+        ({"results": [{**ok, "score": True}, err], "latency_ms": 1.0}, "score"),
+        ({"results": [{**ok, "reasons": [1]}, err], "latency_ms": 1.0}, "reasons"),
+        ({"results": [ok, {**err, "post_id": 3}], "latency_ms": 1.0}, "post_id"),
+        ({"results": [ok, [1]], "latency_ms": 1.0}, "object"),
+    ]:
+        with pytest.raises(BackendGarbage, match=match):
+            _parse_batch(doc, posts, 1.0)
+
+
+def test_overloaded_error_is_a_retryable_backend_error() -> None:
+    import lab_kit.moderation_backend as mb
+
+    assert "BackendOverloaded" in mb.__all__
+    assert issubclass(BackendOverloaded, BackendError)
+    e = BackendOverloaded("HTTP 429: overloaded", retry_after_s=0.25, field="capacity_per_s")
+    assert (e.status, e.retry_after_s, e.retryable) == (429, 0.25, True)
