@@ -360,16 +360,43 @@ def _cpus() -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark sync / raw / lab_kit / confluent / open loop")
-    p.add_argument("--quick", action="store_true", help="fewer posts and a 5 s open loop")
+    p = sub.add_parser("bench", help="benchmark the producers (default) or the whole pipeline")
+    p.add_argument("suite", nargs="?", choices=("producer", "pipeline"), default="producer",
+                   help="producer: sync / raw / lab_kit / confluent / open loop (default); "
+                        "pipeline: producer -> Kafka -> moderation service -> results")
+    p.add_argument("--quick", action="store_true",
+                   help="producer: fewer posts and a 5 s open loop; pipeline: 2000/s for 5 s")
     p.add_argument("--json", dest="json_path", default=None, help="write the report here")
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds (median)")
-    p.add_argument("--rate", type=float, default=10_000, help="open-loop posts per second")
-    p.add_argument("--duration", type=float, default=None, help="open-loop seconds")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open-loop posts per second (default 10000; pipeline --quick: 2000)")
+    p.add_argument("--duration", type=float, default=None, help="open-loop seconds (producer)")
+    g = p.add_argument_group("pipeline suite")
+    g.add_argument("--seconds", type=float, default=None,
+                   help="seconds of load (default 30; --quick: 5)")
+    g.add_argument("--processes", type=int, default=None,
+                   help="moderation member processes of one consumer group (1-32, default 1)")
+    g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
+                   help="the moderation service's Kafka client (default kafka-python)")
+    g.add_argument("--backlog", type=int, default=None,
+                   help="write N posts first, then time the service draining them")
+    g.add_argument("--shed-after-ms", type=float, default=None,
+                   help="passed to the service (0: never shed; default: the service's)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.suite == "pipeline":
+        from .pipeline_bench import main as pipeline_main
+
+        return pipeline_main(args)
+    for flag in ("seconds", "processes", "client", "backlog", "shed_after_ms"):
+        if getattr(args, flag) is not None:
+            name = "--" + flag.replace("_", "-")
+            raise ValueError(f"{name} belongs to `bench pipeline`; the producer suite takes "
+                             f"--rate, --duration, --rounds")
+    if args.rate is None:
+        args.rate = 10_000
     if args.rate <= 0 or args.rate > 100_000:
         raise ValueError(f"--rate must be in (0, 100000], got {args.rate}")
     if args.duration is not None and not 0 < args.duration <= 600:

@@ -33,7 +33,7 @@ from .posts import Workload, run_open_loop
 from .topics import ensure_topics, wait_for_leaders
 
 DRILLS = ("broker-outage", "broker-pause", "leader-failover", "moderation-outage",
-          "moderation-slow")
+          "moderation-slow", "moderation-overload")
 
 
 @dataclass
@@ -267,6 +267,10 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
     cluster of its own, started and stopped here)."""
     if name not in DRILLS:
         raise ValueError(f"unknown drill {name!r}: choose one of {', '.join(DRILLS)}")
+    if name == "moderation-overload":  # its own shape: rates follow the backend's capacity
+        from .moderation_drills import overload_drill
+
+        return overload_drill(broker, workdir=workdir, progress=progress)
     settings = settings or DrillSettings.for_drill(name)
     settings.validate()
     own_cluster = None
@@ -332,6 +336,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.name == "moderation-overload":
+        from .moderation_drills import overload_main
+
+        return overload_main(args)
     settings = DrillSettings.for_drill(args.name, posts=args.posts, rate=args.rate,
                                        outage_s=args.outage, lead_s=args.lead)
     result = run_drill(args.name, settings, progress=True)

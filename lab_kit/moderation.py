@@ -30,19 +30,23 @@ backend without waiting for the answer:
    producer and re-reads from the first unacked offset.
 
 **Degrading gracefully.** Backend calls go through a ``pybreaker`` circuit breaker; a failing
-call (unavailable, timeout, 5xx, 429 overloaded, garbage) or an open breaker makes the posts
-of that call use :func:`lab_kit.rules.fallback_verdict`: the result is ``degraded`` and the
-post also goes to ``moderation.recheck``. **Load shedding** handles overload by volume: a
-post that has already waited ``shed_after_ms`` (record timestamp to now; default 1,000 ms,
-half of the 2 s end-to-end budget) is moderated by the local rules at once, and the stage
-keeps shedding until a chunk's oldest post is younger than half of that. Transitions are in
-``service.shed_events``. Only posts that arrived while the member owned the partition are
-shed: a backlog found at start-up or after a rebalance is already late, and degrading it
-would only double the backend's work (a recheck per post); it is moderated by the backend.
+call (unavailable, timeout, 5xx, garbage) or an open breaker makes the posts of that call use
+:func:`lab_kit.rules.fallback_verdict`: the result is ``degraded`` and the post also goes to
+``moderation.recheck``. A 429 ("overloaded", answered at once) degrades that call's posts the
+same way but does not count against the breaker: the backend is there, just full.
+
+**Load shedding** handles overload by volume: a post that has already waited
+``shed_after_ms`` (record timestamp to now; default 1,000 ms, half of the 2 s end-to-end
+budget) is moderated by the local rules at once, and the stage keeps shedding until a chunk's
+oldest post is younger than half of that. Transitions are in ``service.shed_events``. Only
+posts that arrived while the member owned the partition are shed: a backlog found at start-up
+or after a rebalance is already late, and degrading it would only double the backend's work
+(a recheck per post); it is moderated by the backend.
 
 :class:`RecheckWorker` re-moderates degraded posts with the backend, one batch call at a time,
 and only while its service is healthy (breaker closed, not shedding, no overload answer in the
-last 2 s): it catches up after an overload without taking capacity from new posts.
+last 2 s; see :meth:`ModerationService.healthy`): it catches up after an overload without
+taking capacity from new posts.
 
 Clients: ``client="kafka-python"`` (default, the lessons' client) or ``"confluent"``
 (librdkafka; ~6x less CPU per record, see :mod:`lab_kit.stage_clients`).
@@ -799,12 +803,15 @@ class ModerationService(_Stage):
         self.shedding = False
         self._assigned_at = time.time()
         self._last_overload = -1e9
+        self._last_chunk_at = -1e9
         self._breaker_window = False
         self._breaker_lock = threading.Lock()
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=breaker_fail_max,
             reset_timeout=breaker_reset_s,
-            exclude=[BackendBadRequest],  # our request was wrong: not a sign of an outage
+            # a wrong request of ours, or "too many posts right now" (429, answered at once),
+            # are not signs of an outage: those posts fall back, the breaker stays closed
+            exclude=[BackendBadRequest, BackendOverloaded],
             listeners=[_BreakerListener(self)],
             throw_new_error_on_trip=False,  # the tripping call raises its own error
             name="moderation-backend",
@@ -822,10 +829,18 @@ class ModerationService(_Stage):
         return out
 
     def healthy(self) -> bool:
-        """Breaker closed, not shedding, no overload answer lately: the recheck worker may
-        use the backend without taking capacity from new posts."""
-        return (self.breaker.current_state == pybreaker.STATE_CLOSED and not self.shedding
-                and time.monotonic() - self._last_overload > OVERLOAD_QUIET_S)
+        """Not shedding, no overload answer lately, and the breaker closed: the recheck
+        worker may use the backend without taking capacity from new posts.
+
+        An open breaker only moves on when a post tries it; with no posts coming it would
+        keep the recheck worker waiting forever, so after ``reset_timeout`` without a chunk
+        the worker's own calls probe the backend (they back off when it still fails)."""
+        now = time.monotonic()
+        if self.shedding or now - self._last_overload <= OVERLOAD_QUIET_S:
+            return False
+        if self.breaker.current_state == pybreaker.STATE_CLOSED:
+            return True
+        return now - self._last_chunk_at > self.breaker.reset_timeout
 
     # -- breaker and shedding --------------------------------------------------------------
 
@@ -925,6 +940,7 @@ class ModerationService(_Stage):
 
     def _begin(self, chunk: Chunk) -> None:
         posts = [it for it in chunk.items if isinstance(it, Post)]
+        self._last_chunk_at = time.monotonic()
         ts = (chunk.records[0].timestamp or 0) / 1000.0
         if not posts:
             return

@@ -5,12 +5,24 @@ Workload: posts submitted open-loop through ``AsyncPostProducer``. System under 
 the backend *process* is killed (``moderation-outage``) or made slow (``moderation-slow``),
 then healed. Checker: every post reached ``posts`` (audit by id), every post has a
 moderation result, and every post moderated in degraded mode was re-checked after recovery.
+
+``moderation-overload`` (:func:`overload_drill`) has a different shape: no fault at all, just
+more posts than the backend can take. The backend has a capacity (``capacity_per_s`` = C,
+posts/s; past it, HTTP 429); the service runs as its own process (the launcher of ``bench
+pipeline``); posts come at 0.5C, then 2C for the overload window, then 0.5C. Checker: every
+post has a result, nothing is lost, every post degraded by the overload is re-checked, and how
+long after the overload the last recheck landed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +142,249 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
     out["ok"] = bool(out["ok"] and out["results_missing"] == 0
                      and out["rechecked_missing"] == 0)
     return out
+
+
+# =========================================================================================
+# moderation-overload: more posts than the backend can take, then recovery
+# =========================================================================================
+
+#: (name, share of the capacity offered, seconds at LAB_SCALE=1)
+OVERLOAD_PHASES = (("before", 0.5, 5.0), ("overload", 2.0, 20.0), ("after", 0.5, 10.0))
+OVERLOAD_CAPACITY = 1500.0  # backend capacity_per_s at LAB_SCALE=1
+CAPACITY_ENV = "LAB_OVERLOAD_CAPACITY"
+#: The service's breaker stays open after an overload until its next call, and the recheck
+#: worker waits for a closed breaker: a short reset lets the trial call fall inside the tail
+#: phase even at small scale (the other moderation drills use 2 s).
+OVERLOAD_SERVICE_ARGS = ("--breaker-reset", "1")
+#: The tail must outlast the service catching up with the overload's backlog plus a breaker
+#: reset, so that the breaker sees the recovery while posts still come (like the other
+#: moderation drills' load outlasts outage + reset); otherwise it can stay open, the recheck
+#: worker stays gated, and degraded posts wait for the next post to arrive.
+MIN_TAIL_S = 4.0
+
+
+@dataclass
+class OverloadSettings:
+    """The overload drill's shape: the backend takes ``capacity_per_s`` posts/s; posts are
+    offered at 0.5x that for ``lead_s``, 2x for ``overload_s`` (the marked window), 0.5x for
+    ``tail_s``. :meth:`from_env` scales capacity (LAB_SCALE up to 1) and durations."""
+
+    capacity_per_s: float = OVERLOAD_CAPACITY
+    lead_s: float = OVERLOAD_PHASES[0][2]
+    overload_s: float = OVERLOAD_PHASES[1][2]
+    tail_s: float = OVERLOAD_PHASES[2][2]
+
+    @classmethod
+    def from_env(cls, lead_s: float | None = None, overload_s: float | None = None
+                 ) -> OverloadSettings:
+        from .config import lab_scale
+
+        scale = lab_scale()
+        raw = os.environ.get(CAPACITY_ENV)
+        if raw:
+            try:
+                capacity = float(raw)
+            except ValueError as exc:
+                raise ValueError(f"{CAPACITY_ENV} must be a number of posts/s, "
+                                 f"got {raw!r}") from exc
+        else:
+            capacity = max(50.0, round(OVERLOAD_CAPACITY * min(scale, 1.0)))
+        s = cls(capacity_per_s=capacity,
+                lead_s=max(1.0, OVERLOAD_PHASES[0][2] * scale),
+                overload_s=max(2.0, OVERLOAD_PHASES[1][2] * scale),
+                tail_s=max(MIN_TAIL_S, OVERLOAD_PHASES[2][2] * scale))
+        if lead_s is not None:
+            s.lead_s = lead_s
+        if overload_s is not None:
+            s.overload_s = overload_s
+        return s
+
+    def validate(self) -> None:
+        if not 10 <= self.capacity_per_s <= 20_000:
+            raise ValueError(f"capacity ({CAPACITY_ENV}) must be between 10 and 20000 posts/s, "
+                             f"got {self.capacity_per_s:g}")
+        if not 0.5 <= self.lead_s <= 300:
+            raise ValueError(f"--lead must be between 0.5 and 300 s, got {self.lead_s:g}")
+        if not 0.5 <= self.overload_s <= 300:
+            raise ValueError(f"--outage (the overload window) must be between 0.5 and 300 s, "
+                             f"got {self.overload_s:g}")
+
+    def phases(self) -> list[tuple[str, float, float]]:
+        """[(name, posts/s, seconds)]"""
+        seconds = {"before": self.lead_s, "overload": self.overload_s, "after": self.tail_s}
+        return [(name, share * self.capacity_per_s, seconds[name])
+                for name, share, _ in OVERLOAD_PHASES]
+
+
+def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
+                   workdir: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Backend capacity C; posts at 0.5C, 2C (the overload), 0.5C; the service as its own
+    process (the bench's launcher). Then wait until every post has a result and every
+    degraded one a recheck. Checker: results missing, lost (posts topic audit), rechecked."""
+    import tempfile
+
+    from .metrics import percentiles_ms
+    from .moderation import moderation_results
+    from .pipeline_bench import (
+        Pipeline,
+        Sampler,
+        StampedSubmit,
+        build_timeline,
+        first_verdicts,
+        make_producer,
+        warm_up,
+    )
+
+    settings = settings or OverloadSettings.from_env()
+    settings.validate()
+    if broker is None:
+        from . import broker as lab_broker
+
+        broker = lab_broker.ensure()
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 100000:05d}"
+    prefix = f"drill.moderation-overload.{stamp}."
+    capacity = settings.capacity_per_s
+    phases = settings.phases()
+    load_s = sum(d for _, _, d in phases)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lab-drill-")
+        workdir = Path(tmp.name)
+    windows: list[dict[str, Any]] = []
+    try:
+        with Pipeline(broker, prefix=prefix, workdir=workdir, processes=1,
+                      service_args=OVERLOAD_SERVICE_ARGS,
+                      backend_settings={"capacity_per_s": capacity},
+                      max_seconds=90 + 4 * load_s + 180) as pipe:
+            pipe.start_service()
+            producer = make_producer(pipe)
+            submit = StampedSubmit(producer)
+            recheck_group = f"{pipe.group}-recheck"
+            sampler = Sampler(0.0, submit.count, {
+                "lag": pipe.lag_probe(), "recheck_lag": pipe.lag_probe("recheck", recheck_group),
+            }, max_rows=int(load_s * 5) + 300)
+            probes = [pipe.lag_probe(), pipe.lag_probe("recheck", recheck_group)]
+            try:
+                say(f"moderation-overload: backend capacity {capacity:g} posts/s; waiting "
+                    f"for the service ...")
+                warm_up(pipe, producer, stamp)
+                t0 = sampler.t0 = time.time()
+                sampler.start()
+                posts = Workload(seed=31).iter_posts()
+                for name, rate, seconds in phases:
+                    say(f"  {name}: {rate:,.0f} posts/s for {seconds:g} s")
+                    before, start = submit.count(), time.time()
+                    run_open_loop(submit, posts, rate, seconds)
+                    windows.append({"phase": name, "rate": rate, "start_s": round(start - t0, 3),
+                                    "end_s": round(time.time() - t0, 3),
+                                    "submitted": submit.count() - before})
+                producer.flush(timeout=60)
+                say(f"submitted {submit.count():,}; waiting for every result and recheck ...")
+                drained = pipe.wait_drained(probes, timeout_s=60 + 3 * load_s)
+            finally:
+                samples = sampler.stop()
+                producer.close(timeout=30)
+            health = {}
+            with contextlib.suppress(Exception):
+                health = pipe.backend.health()
+            service_stop = pipe.stop_service()
+            # the service's own rare events (breaker, shedding, assignments), for the reader
+            service_events = [line for line in pipe.service.log_tail(1 << 20).splitlines()
+                              if " __main__ " in line or " lab_kit.moderation " in line][-40:]
+            pipe.backend.stop()
+            ids = submit.ids
+            results = moderation_results(pipe.cfg, pipe.names["results"],
+                                         timeout_s=max(60.0, len(ids) / 2000))
+            report = audit(pipe.cfg, pipe.names["posts"], ids, dlq_topic=pipe.names["dlq"])
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    over = next(w for w in windows if w["phase"] == "overload")
+    o_start, o_end = t0 + over["start_s"], t0 + over["end_s"]
+    firsts, duplicates, missing = first_verdicts(results, ids)
+    degraded = {pid for pid, r in firsts.items() if r.get("degraded")}
+    recheck_times: dict[str, float] = {}
+    for pid in ids:
+        times = [r.get("moderated_at") or 0.0 for r in results.get(pid, ())
+                 if r.get("source") == "recheck"]
+        if times:
+            recheck_times[pid] = min(times)
+    rechecked = degraded & set(recheck_times)
+    lost = len({pid for pid in ids if pid not in firsts} | set(report.lost_ids))
+    e2e = [r["moderated_at"] - r["created_at"] for r in firsts.values()
+           if o_start <= r.get("created_at", 0.0) < o_end]
+    p = percentiles_ms(e2e)
+    last_recheck = max(recheck_times.values(), default=None)
+    causes = Counter(str(firsts[pid].get("fallback_cause")) for pid in degraded)
+    out: dict[str, Any] = {
+        "drill": "moderation-overload",
+        "capacity_per_s": capacity,
+        "offered_rate_overload": round(over["submitted"] / max(over["end_s"] - over["start_s"],
+                                                               1e-9), 1),
+        "phases": windows,
+        "overload_window": [over["start_s"], over["end_s"]],
+        "submitted": len(ids),
+        "e2e_p50_ms": None if p["p50_ms"] is None else round(p["p50_ms"], 1),
+        "e2e_p99_ms": None if p["p99_ms"] is None else round(p["p99_ms"], 1),
+        "degraded": len(degraded),
+        "fallback_causes": dict(causes.most_common()),
+        "rechecked": len(rechecked),
+        "rechecked_missing": len(degraded - rechecked),
+        "results_missing": missing,
+        "duplicates": duplicates,
+        "lost": lost,
+        "posts_lost": report.lost,
+        "recheck_drained_s": None if last_recheck is None else round(last_recheck - o_end, 2),
+        "drained": drained,
+        "backend": {k: health.get(k) for k in ("requests", "posts", "rejected_429",
+                                               "rejected_503")},
+        "service_stop": service_stop,
+        "service_events": service_events,
+        "topic_prefix": prefix,
+        "timeline": build_timeline(samples, firsts, t0, lag_keys=("lag", "recheck_lag"),
+                                   events={"rechecked": list(recheck_times.values())}),
+    }
+    out["ok"] = bool(lost == 0 and missing == 0 and len(rechecked) == len(degraded)
+                     and drained)
+    return out
+
+
+def overload_summary(r: dict) -> str:
+    lines = [f"drill moderation-overload: {'OK' if r['ok'] else 'FAILED'}; backend capacity "
+             f"{r['capacity_per_s']:g} posts/s, {r['offered_rate_overload']:,.0f} posts/s "
+             f"offered in the overload window {r['overload_window'][0]:.1f}s.."
+             f"{r['overload_window'][1]:.1f}s",
+             f"  submitted={r['submitted']}, lost={r['lost']}, results_missing="
+             f"{r['results_missing']}, duplicates={r['duplicates']}",
+             f"  e2e p99 of posts submitted in the overload: {r['e2e_p99_ms']} ms",
+             f"  degraded={r['degraded']} {r['fallback_causes']}, rechecked={r['rechecked']}, "
+             f"recheck drained {r['recheck_drained_s']} s after the overload"]
+    return "\n".join(lines)
+
+
+def overload_main(args) -> int:
+    """``python -m lab_kit drill moderation-overload``: settings checked before any work."""
+    import json
+
+    from .pipeline_bench import check_writable
+
+    for flag, value in (("--posts", args.posts), ("--rate", args.rate)):
+        if value is not None:
+            raise ValueError(f"{flag} does not apply to moderation-overload: its rates follow "
+                             f"the backend capacity ({CAPACITY_ENV}, default "
+                             f"{OVERLOAD_CAPACITY:g} x LAB_SCALE)")
+    settings = OverloadSettings.from_env(lead_s=args.lead, overload_s=args.outage)
+    settings.validate()
+    check_writable(args.json_path)
+    result = overload_drill(settings=settings, progress=True)
+    print(overload_summary(result))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json_path}")
+    return 0 if result["ok"] else 1
