@@ -142,8 +142,9 @@ def _members(supervisor_log: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
 def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
-        client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
+        client, client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
     prefix = topics["posts"].removesuffix("posts")
     backend.set_faults(latency_ms=40)  # keep chunks in flight when the kill lands
     posts = Workload(seed=65, spam_ratio=0.2, toxic_ratio=0.2).posts(3000)
@@ -152,7 +153,8 @@ def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
     log = tmp_path / "supervisor.log"
     cmd = [sys.executable, "-m", "lab_kit.moderation", "--bootstrap", bootstrap,
            "--backend-url", backend.url, "--group", group, "--topic-prefix", prefix,
-           "--processes", "2", "--batch-size", "5", "--concurrency", "4", "--no-recheck"]
+           "--processes", "2", "--batch-size", "5", "--concurrency", "4", "--no-recheck",
+           "--client", client]
     with open(log, "ab") as f:
         sup = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
                                start_new_session=True)
@@ -179,7 +181,8 @@ def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
     assert set(results) == set(expected)
     assert all(r["label"] == expected[pid] for pid, rs in results.items() for r in rs)
     dups = sum(len(v) - 1 for v in results.values())
-    print(f"\n2 processes, member killed at {at_kill}/{len(posts)}: duplicates={dups}")
+    print(f"\n2 processes ({client}), member killed at {at_kill}/{len(posts)}: "
+          f"duplicates={dups}")
 
 
 def test_cli_refuses_bad_values_before_starting(tmp_path) -> None:
