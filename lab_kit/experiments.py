@@ -345,3 +345,259 @@ def audit_table(result: dict) -> pd.DataFrame:
     keys = ["submitted", "acked", "spooled", "replayed", "delivered_unique", "duplicates",
             "lost", "dead_lettered"]
     return pd.DataFrame({"count": {k: result.get(k) for k in keys}})
+
+
+# --- 08: moderation at scale -----------------------------------------------------------------
+#: mode -> (batch_size, concurrency) of the ModerationService
+MODERATION_MODES: dict[str, tuple[int, int]] = {
+    "one_at_a_time": (1, 1),  # one blocking POST /moderate per post
+    "concurrent": (1, 16),  # single-post calls, 16 in flight
+    "batched": (100, 4),  # POST /moderate/batch of 100 posts, 4 in flight
+}
+STOP_TIMEOUT_S = 20.0  # a service process that has not stopped after SIGTERM is killed
+
+
+def _moderation_topics(lab: Lab, prefix: str, posts_topic: str | None = None,
+                       posts_partitions: int = 6) -> dict[str, str]:
+    """Fresh moderation topics under ``prefix`` (posts: 6 partitions, results: 6, others 1);
+    with ``posts_topic`` the source is that existing topic instead."""
+    from .moderation import topic_names
+    from .topics import ensure_topics
+
+    names = topic_names(prefix, **({"posts": posts_topic} if posts_topic else {}))
+    parts = {names["results"]: 6, names["posts"]: posts_partitions}
+    create = tuple(n for k, n in names.items() if not (posts_topic and k == "posts"))
+    ensure_topics(lab.client_config, names=create,
+                  partitions={n: parts.get(n, 1) for n in create})
+    return names
+
+
+def _delete_topics(lab: Lab, names: list[str]) -> None:
+    """Best effort: a long session must not leave thousands of partitions behind."""
+    import contextlib
+
+    from kafka import KafkaAdminClient
+
+    with contextlib.suppress(Exception):
+        admin = KafkaAdminClient(**lab.client_config, request_timeout_ms=10000)
+        try:
+            existing = set(admin.list_topics())
+            doomed = [n for n in names if n in existing]
+            if doomed:
+                admin.delete_topics(doomed, timeout_ms=10000)
+        finally:
+            admin.close()
+
+
+def _fill(lab: Lab, topic: str, n_posts: int, seed: int) -> list[str]:
+    """Write ``n_posts`` posts of ``Workload(seed)`` to ``topic`` as fast as the producer
+    goes; returns their ids."""
+    posts = Workload(seed=seed).posts(n_posts)
+    with lab.producer(topic, max_in_flight=n_posts + 1, linger_ms=20,
+                      dlq_topic=None) as producer:
+        for post in posts:
+            producer.submit(post)
+        if not producer.flush(120):
+            raise TimeoutError(f"filling {topic}: {n_posts} posts not acked within 120 s")
+    return [p.post_id for p in posts]
+
+
+def _drain_report(lab: Lab, results_topic: str, ids: list[str]) -> dict[str, Any]:
+    """Posts of ``ids`` (in the order they were written) with a result, seconds from the
+    first result to the last, degraded results, and ``out_of_order``: users one of whose
+    posts got its result before an earlier post of theirs."""
+    from .moderation import moderation_results
+
+    results = moderation_results(lab.client_config, results_topic,
+                                 timeout_s=max(30.0, len(ids) / 2000))
+    firsts = [min(results[pid], key=lambda r: r.get("moderated_at") or 0.0)
+              for pid in ids if pid in results]
+    times = sorted(r["moderated_at"] for r in firsts if r.get("moderated_at"))
+    seconds = times[-1] - times[0] if len(times) > 1 else float("nan")
+    last_by_user: dict[str, float] = {}
+    out_of_order: set[str] = set()
+    for r in firsts:  # in post order
+        user, at = r.get("user_id"), r.get("moderated_at") or 0.0
+        if at < last_by_user.get(user, 0.0):
+            out_of_order.add(user)
+        last_by_user[user] = max(at, last_by_user.get(user, 0.0))
+    return {"posts": len(firsts), "seconds": seconds,
+            "posts_per_s": len(firsts) / seconds if seconds > 0 else float("nan"),
+            "degraded": sum(bool(r.get("degraded")) for r in firsts),
+            "missing": len(ids) - len(firsts), "out_of_order": len(out_of_order)}
+
+
+def moderation_modes(lab: Lab, n_posts: int, modes: list[str] | None = None,
+                     progress: bool = True, max_seconds: float = 60.0,
+                     seed: int = 8) -> pd.DataFrame:
+    """The same backlog of ``n_posts`` posts drained three ways (:data:`MODERATION_MODES`).
+
+    The posts are written first to a fresh ``posts`` topic (6 partitions). Then, per mode, a
+    ``ModerationService`` with its own consumer group, its own output topics and its own
+    backend process (default cost model: 1 ms per request + 0.02 ms per post) reads them from
+    the beginning. A mode stops when every post has a result or after ``max_seconds`` (then
+    it reports what it did). Load shedding is off: every post goes to the backend.
+
+    One row per mode: ``mode, batch_size, concurrency, posts`` (posts with a result),
+    ``seconds`` (first result to last), ``posts_per_s``, ``backend_calls``, ``degraded``,
+    ``out_of_order`` (users whose results came out of post order; one chunk per partition at
+    a time keeps it 0).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .moderation import ModerationService
+    from .moderation_backend import ModerationBackend
+
+    modes = list(modes or MODERATION_MODES)
+    unknown = [m for m in modes if m not in MODERATION_MODES]
+    if unknown:
+        raise ValueError(f"modes: unknown {unknown}; known: {list(MODERATION_MODES)}")
+    stamp = uuid.uuid4().hex[:6]
+    prefix = f"lab.modes.{stamp}."
+    created: list[str] = []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lab-modes-") as tmp:
+        try:
+            posts_topic = _moderation_topics(lab, prefix)["posts"]
+            created += [posts_topic]
+            ids = _fill(lab, posts_topic, n_posts, seed)
+            for mode in modes:
+                batch_size, concurrency = MODERATION_MODES[mode]
+                names = _moderation_topics(lab, f"{prefix}{mode}.", posts_topic=posts_topic)
+                created += [n for k, n in names.items() if k != "posts"]
+                backend = service = bar = None
+                try:
+                    backend = ModerationBackend(state_dir=Path(tmp) / mode).start()
+                    service = ModerationService(
+                        lab.bootstrap_servers, backend.url, topics=names,
+                        group_id=f"lab-modes-{stamp}-{mode}", client_config=lab.extra,
+                        batch_size=batch_size, concurrency=concurrency, shed_after_ms=None)
+                    if progress:
+                        from tqdm.auto import tqdm
+
+                        bar = tqdm(total=n_posts, desc=mode, unit="post")
+                    service.start()
+                    deadline = time.monotonic() + max_seconds
+                    while time.monotonic() < deadline and service.is_running():
+                        s = service.stats()
+                        if bar is not None:
+                            bar.update(min(s["results"], n_posts) - bar.n)
+                        if s["results"] >= n_posts and s["in_flight"] == 0:
+                            break
+                        time.sleep(0.1)
+                    stats = service.stats()
+                finally:
+                    if service is not None:
+                        service.close(timeout=STOP_TIMEOUT_S)
+                    if backend is not None:
+                        backend.stop()
+                    if bar is not None:
+                        bar.close()
+                report = _drain_report(lab, names["results"], ids)
+                rows.append({"mode": mode, "batch_size": batch_size, "concurrency": concurrency,
+                             "posts": report["posts"], "seconds": report["seconds"],
+                             "posts_per_s": report["posts_per_s"],
+                             "backend_calls": stats["backend_calls"],
+                             "degraded": report["degraded"],
+                             "out_of_order": report["out_of_order"]})
+        finally:
+            _delete_topics(lab, created)
+    return pd.DataFrame(rows)
+
+
+def _group_committed(admin: Any, group: str, topic: str, partitions: int) -> int:
+    """Sum of the offsets ``group`` has committed on ``topic`` (0 where none)."""
+    from kafka import TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    try:
+        committed = admin.list_group_offsets({group: tps}).get(group, {})
+    except Exception:  # noqa: BLE001 - a missed sample: try again
+        return 0
+    return sum(max(0, c.offset) for c in committed.values()
+               if c is not None and c.offset is not None)
+
+
+def _group_size(admin: Any, group: str) -> int:
+    """Members of ``group`` when it is Stable, else 0."""
+    try:
+        desc = admin.describe_groups([group])[group]
+    except Exception:  # noqa: BLE001
+        return 0
+    return len(desc.get("members") or []) if desc.get("group_state") == "Stable" else 0
+
+
+def scale_out(lab: Lab, n_posts: int, processes: tuple[int, ...] = (1, 2),
+              client: str = "kafka-python", max_seconds: float = 60.0,
+              seed: int = 9, progress: bool = True) -> pd.DataFrame:
+    """The same backlog drained by 1, 2, ... member *processes* of one consumer group.
+
+    Per process count: fresh topics (posts: 6 partitions), a backend process, then
+    ``python -m lab_kit.moderation --processes N`` (batched: 100 posts per call, 4 calls in
+    flight; shedding and the recheck worker off). Once the group is Stable with N members,
+    ``n_posts`` posts are written as fast as the producer goes and the members drain them;
+    the run ends when the group has committed every post or after ``max_seconds``, then the
+    processes get SIGTERM (SIGKILL after 20 s). One row per N: ``processes, posts``
+    (posts with a result), ``seconds`` (first result to last), ``posts_per_s``,
+    ``degraded``, ``exit_code``, ``killed``.
+
+    The CLI takes no client security settings: this runs against the lab's own broker.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from kafka import KafkaAdminClient
+
+    from .moderation_backend import ModerationBackend
+    from .pipeline_bench import ServiceProcess
+
+    stamp = uuid.uuid4().hex[:6]
+    rows = []
+    created: list[str] = []
+    iterator: Any = processes
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(processes, desc="processes")
+    with tempfile.TemporaryDirectory(prefix="lab-scale-") as tmp:
+        admin = KafkaAdminClient(**lab.client_config, request_timeout_ms=5000)
+        try:
+            for n in iterator:
+                prefix = f"lab.scale.{stamp}.p{n}."
+                names = _moderation_topics(lab, prefix)
+                created += list(names.values())
+                group = f"lab-scale-{stamp}-p{n}"
+                backend = service = None
+                try:
+                    backend = ModerationBackend(state_dir=Path(tmp) / f"backend-{n}").start()
+                    service = ServiceProcess(
+                        lab.bootstrap_servers, backend.url, prefix=prefix, group=group,
+                        processes=n, client=client, log_path=Path(tmp) / f"moderation-{n}.log",
+                        extra_args=("--no-recheck", "--shed-after-ms", "0", "--batch-size",
+                                    "100", "--concurrency", "4",  # orphan safety net:
+                                    "--max-seconds", f"{max_seconds + 120:.0f}")).start()
+                    deadline = time.monotonic() + 60
+                    while _group_size(admin, group) < n:
+                        if not service.alive() or time.monotonic() > deadline:
+                            raise RuntimeError(f"{n} moderation process(es) did not form a "
+                                               f"group:\n{service.log_tail()}")
+                        time.sleep(0.2)
+                    ids = _fill(lab, names["posts"], n_posts, seed)
+                    deadline = time.monotonic() + max_seconds
+                    while (time.monotonic() < deadline and service.alive()
+                           and _group_committed(admin, group, names["posts"], 6) < n_posts):
+                        time.sleep(0.2)
+                finally:
+                    stopped = service.stop() if service is not None else {}
+                    stop = {k: stopped.get(k) for k in ("exit_code", "killed")}
+                    if backend is not None:
+                        backend.stop()
+                report = _drain_report(lab, names["results"], ids)
+                rows.append({"processes": n, "posts": report["posts"],
+                             "seconds": report["seconds"], "posts_per_s": report["posts_per_s"],
+                             "degraded": report["degraded"], **stop})
+        finally:
+            admin.close()
+            _delete_topics(lab, created)
+    return pd.DataFrame(rows)

@@ -448,6 +448,7 @@ class _Stage:
         if self._running and self._active_stop.is_set():
             return
         now = time.monotonic()
+        self._before_dispatch()
         for tp, q in self._queues.items():
             if tp in self._current:
                 chunk = self._current[tp]
@@ -479,6 +480,9 @@ class _Stage:
 
     def _needs_calls(self, chunk: Chunk) -> bool:
         return False
+
+    def _before_dispatch(self) -> None:
+        """Once per dispatch round, before chunks are formed."""
 
     def _calls_pending(self) -> bool:
         return any(c.calls and not all(f.done() for f in c.calls)
@@ -867,8 +871,18 @@ class ModerationService(_Stage):
         self._incr("backend_failures")
         self.metrics.record_error(type(exc).__name__)
 
+    def _before_dispatch(self) -> None:
+        """One shedding decision per round, on the oldest post waiting in any partition (a
+        per-chunk decision would flap between partitions of different ages)."""
+        if self.shed_after_s is None:
+            return
+        heads = [q[0].timestamp for q in self._queues.values() if q]
+        heads = [ts / 1000.0 for ts in heads if ts and ts / 1000.0 >= self._assigned_at]
+        if heads:
+            self._shed(max(0.0, time.time() - min(heads)))
+
     def _shed(self, age_s: float) -> bool:
-        """Load shedding with hysteresis on the age of the chunk's oldest post."""
+        """Load shedding with hysteresis on the age of the oldest waiting post."""
         self.oldest_age_s = age_s
         limit = self.shed_after_s
         if limit is None:
@@ -941,13 +955,12 @@ class ModerationService(_Stage):
     def _begin(self, chunk: Chunk) -> None:
         posts = [it for it in chunk.items if isinstance(it, Post)]
         self._last_chunk_at = time.monotonic()
-        ts = (chunk.records[0].timestamp or 0) / 1000.0
         if not posts:
             return
         # shed only posts that arrived while this member owned the partition: a backlog it
         # found (a start, a rebalance) is already late, and degrading it would only double
         # the backend's work (a recheck per post)
-        if ts >= self._assigned_at and self._shed(max(0.0, time.time() - ts)):
+        if self.shedding and (chunk.records[0].timestamp or 0) / 1000.0 >= self._assigned_at:
             chunk.note = "shed"
             return
         bs = self.batch_size

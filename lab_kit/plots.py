@@ -514,3 +514,148 @@ def bars(values: Mapping[str, float], *, ylabel: str, title: str, logy: bool = F
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+# ---------------------------------------------------------------------------
+# moderation at scale (notebook 08)
+# ---------------------------------------------------------------------------
+
+__all__ += ["moderation_modes", "scale_out", "overload_timeline"]
+
+
+def _bar_labels(ax: Axes, rects: Any, values: Sequence[float], fmt: str) -> None:
+    ax.bar_label(rects, labels=[fmt.format(v) if math.isfinite(v) else "" for v in values],
+                 fontsize="small", padding=2)
+
+
+def moderation_modes(df: pd.DataFrame, *,
+                     title: str = "The same backlog, moderated three ways") -> Figure:
+    """Posts moderated per second per mode (log y, values on the bars); with a
+    ``backend_calls`` column a second panel shows the backend calls each mode needed.
+
+    ``df``: one row per mode with ``mode``, ``posts_per_s`` and optionally ``batch_size``,
+    ``concurrency``, ``backend_calls`` (:func:`lab_kit.experiments.moderation_modes`).
+    """
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    has_calls = "backend_calls" in df.columns
+    fig, axes = _figure(2 if has_calls else 1, figsize=(10.0, 4.0) if has_calls else FIGSIZE)
+    names = [str(m) for m in df["mode"]]
+    if {"batch_size", "concurrency"} <= set(df.columns):
+        names = [f"{m}\nbatch {b} × {c} in flight" for m, b, c in
+                 zip(names, df["batch_size"], df["concurrency"], strict=True)]
+    x = np.arange(len(names))
+    colors = [f"C{i}" for i in range(len(names))]
+    panels = [(axes[0], "posts_per_s", "posts moderated per second (log scale)",
+               "Throughput", "{:,.0f}/s")]
+    if has_calls:
+        panels.append((axes[1], "backend_calls", "backend calls (log scale)",
+                       "Backend calls for the same posts", "{:,.0f}"))
+    for ax, column, ylabel, subtitle, fmt in panels:
+        values = [_value(v) for v in df[column]]
+        positive = [v for v in values if math.isfinite(v) and v > 0]
+        if positive:
+            rects = ax.bar(x, values, color=colors, width=0.6)
+            _bar_labels(ax, rects, values, fmt)
+            ax.set_yscale("log")
+            # bars from a power of ten below the smallest, room above the largest's label
+            ax.set_ylim(10 ** math.floor(math.log10(min(positive) / 2)), max(positive) * 3)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            _no_data(ax)
+        ax.set_xticks(x, names, fontsize="small")
+        ax.set_ylabel(ylabel)
+        ax.set_title(subtitle)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def scale_out(df: pd.DataFrame, *,
+              title: str = "Scale-out: member processes of one consumer group") -> Figure:
+    """Posts moderated per second per number of member processes (bars, values on them)
+    and a dashed line for perfect scaling (N × the rate of the smallest N).
+
+    ``df``: ``processes`` and ``posts_per_s`` per row (:func:`lab_kit.experiments.scale_out`).
+    """
+    fig, (ax,) = _figure()
+    data = df.sort_values("processes")
+    n = data["processes"].to_numpy(dtype=float)
+    rates = np.array([_value(v) for v in data["posts_per_s"]])
+    x = np.arange(len(n))
+    if len(n) and np.isfinite(rates).any():
+        rects = ax.bar(x, rates, color="C0", width=0.6, label="measured")
+        ax.bar_label(rects, labels=[f"{v:,.0f}/s" if math.isfinite(v) else "" for v in rates],
+                     label_type="center", color="white", fontweight="bold")
+        if len(n) > 1 and math.isfinite(rates[0]):
+            ax.plot(x, rates[0] * n / n[0], color="0.4", ls="--", marker="o",
+                    label=f"perfect scaling ({n[0]:g} → N processes)")
+        ax.legend(fontsize="small", loc="upper left")
+    else:
+        _no_data(ax)
+    ax.set_xticks(x, [f"{v:g} process" + ("es" if v != 1 else "") for v in n])
+    _headroom(ax, 0.2)
+    ax.set_xlabel("member processes of the consumer group")
+    ax.set_ylabel("posts moderated per second")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def overload_timeline(result: Mapping[str, Any], *,
+                      title: str = "Overload: twice the backend's capacity") -> Figure:
+    """Three panels over time for ``drill moderation-overload``'s result: posts offered vs
+    moderated per second (and the backend's capacity, and rechecks per second), the lag
+    (posts waiting for the stage and for the recheck worker), degraded results per second;
+    the overload window is shaded on each.
+
+    ``result``: ``timeline`` rows ``{t_s, offered, moderated, lag, degraded, ...}`` (optional
+    ``recheck_lag``, ``rechecked``), ``overload_window`` ``[start_s, end_s]``, optional
+    ``capacity_per_s``.
+    """
+    _register_notebook_display()
+    fig = Figure(figsize=(8.0, 7.0), layout="constrained")
+    ax_rate, ax_lag, ax_deg = fig.subplots(3, 1, sharex=True)
+    ts = pd.DataFrame(list(result.get("timeline") or []))
+    window = result.get("overload_window")
+    capacity = _value(result.get("capacity_per_s"))
+
+    def col(name: str) -> np.ndarray | None:
+        if name not in ts.columns:
+            return None
+        return np.array([_value(v) for v in ts[name]])
+
+    t = ts["t_s"].to_numpy(dtype=float) if "t_s" in ts.columns else np.array([])
+    drawn = 0
+    for ax, columns in ((ax_rate, (("offered", "offered", "C0", "-"),
+                                   ("moderated", "moderated", "C2", "-"),
+                                   ("rechecked", "re-checked", "C4", ":"))),
+                        (ax_lag, (("lag", "posts waiting (stage)", "C1", "-"),
+                                  ("recheck_lag", "waiting for a recheck", "C4", ":"))),
+                        (ax_deg, (("degraded", "degraded results", "C3", "-"),))):
+        for name, label, color, ls in columns:
+            y = col(name)
+            if y is None:
+                continue
+            ax.plot(t, y, label=label, color=color, ls=ls, drawstyle="steps-post")
+            drawn += 1
+    if math.isfinite(capacity):
+        ax_rate.axhline(capacity, color="0.3", ls="--", lw=1,
+                        label=f"backend capacity {capacity:,.0f}/s")
+    windows = [(float(window[0]), float(window[1]), "overload")] if window else []
+    _shade(ax_rate, windows)
+    for ax in (ax_lag, ax_deg):
+        for start, end, _ in windows:
+            ax.axvspan(start, end, color=WINDOW_COLOR, alpha=WINDOW_ALPHA, lw=0)
+    for ax, ylabel in ((ax_rate, "posts per second"), (ax_lag, "posts (lag)"),
+                       (ax_deg, "per second")):
+        _headroom(ax)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    if not drawn:
+        _no_data(ax_rate)
+    ax_deg.set_xlabel("time since the load started (s)")
+    fig.suptitle(title)
+    return fig

@@ -223,3 +223,104 @@ def test_cpu_per_post_stacks_caller_and_background():
 def test_cpu_per_post_without_data_says_so():
     (ax,) = plots.cpu_per_post({"sync": {"msgs_per_s": 1.0}}).axes
     assert "no data" in ax.texts[0].get_text()
+
+
+# --- notebook 08: moderation at scale ------------------------------------------------------
+
+MODES = pd.DataFrame({
+    "mode": ["one_at_a_time", "concurrent", "batched"],
+    "batch_size": [1, 1, 100], "concurrency": [1, 16, 4],
+    "posts": [1000, 1000, 1000], "seconds": [3.3, 1.1, 0.4],
+    "posts_per_s": [300.0, 900.0, 2500.0], "backend_calls": [1000, 1000, 10],
+})
+
+
+def test_moderation_modes_bars_per_mode_log_scale():
+    fig = plots.moderation_modes(MODES)
+    ax_tp, ax_calls = fig.axes
+    assert [p.get_height() for p in ax_tp.patches] == [300.0, 900.0, 2500.0]
+    assert [p.get_height() for p in ax_calls.patches] == [1000, 1000, 10]
+    assert ax_tp.get_yscale() == "log" and ax_calls.get_yscale() == "log"
+    ticks = [t.get_text() for t in ax_tp.get_xticklabels()]
+    assert ticks[0].startswith("one_at_a_time") and "batch 100 × 4" in ticks[2]
+    assert [t.get_text() for t in ax_tp.texts] == ["300/s", "900/s", "2,500/s"]
+    assert [t.get_text() for t in ax_calls.texts] == ["1,000", "1,000", "10"]
+    _render(fig)
+
+
+def test_moderation_modes_without_calls_has_one_panel():
+    fig = plots.moderation_modes(MODES[["mode", "posts_per_s"]])
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["one_at_a_time", "concurrent",
+                                                          "batched"]
+    assert len(ax.patches) == 3
+    _render(fig)
+
+
+def test_scale_out_bars_and_perfect_scaling_line():
+    df = pd.DataFrame({"processes": [2, 1], "posts": [5000, 5000],
+                       "posts_per_s": [3000.0, 2000.0]})
+    fig = plots.scale_out(df)
+    (ax,) = fig.axes
+    assert [p.get_height() for p in ax.patches] == [2000.0, 3000.0]  # sorted by processes
+    (ideal,) = ax.lines
+    assert list(ideal.get_ydata()) == [2000.0, 4000.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 process", "2 processes"]
+    assert [t.get_text() for t in ax.texts] == ["2,000/s", "3,000/s"]
+    _render(fig)
+
+
+def test_scale_out_with_no_rates_says_so():
+    (ax,) = plots.scale_out(pd.DataFrame({"processes": [1], "posts_per_s": [None]})).axes
+    assert "no data" in ax.texts[0].get_text()
+
+
+OVERLOAD = {
+    "capacity_per_s": 300.0,
+    "overload_window": [1.0, 5.0],
+    "timeline": [
+        {"t_s": 0, "offered": 150, "moderated": 150, "lag": 0, "recheck_lag": 0,
+         "degraded": 0, "rechecked": 0},
+        {"t_s": 1, "offered": 600, "moderated": 580, "lag": 120, "recheck_lag": 200,
+         "degraded": 290, "rechecked": 0},
+        {"t_s": 2, "offered": 600, "moderated": 610, "lag": None, "recheck_lag": 480,
+         "degraded": 300, "rechecked": 0},
+        {"t_s": 6, "offered": 150, "moderated": 160, "lag": 0, "recheck_lag": 100,
+         "degraded": 0, "rechecked": 380},
+    ],
+}
+
+
+def test_overload_timeline_three_panels_window_and_capacity():
+    fig = plots.overload_timeline(OVERLOAD)
+    ax_rate, ax_lag, ax_deg = fig.axes
+    labels = [ln.get_label() for ln in ax_rate.lines]
+    assert labels == ["offered", "moderated", "re-checked", "backend capacity 300/s"]
+    assert list(ax_rate.lines[0].get_ydata()) == [150, 600, 600, 150]
+    assert list(ax_rate.lines[3].get_ydata()) == [300.0, 300.0]  # axhline at the capacity
+    assert list(ax_rate.lines[0].get_xdata()) == [0, 1, 2, 6]
+    lag = ax_lag.lines[0].get_ydata()
+    assert lag[1] == 120 and np.isnan(lag[2])  # a missed sample stays a gap
+    assert [ln.get_label() for ln in ax_lag.lines] == ["posts waiting (stage)",
+                                                       "waiting for a recheck"]
+    assert list(ax_deg.lines[0].get_ydata()) == [0, 290, 300, 0]
+    for ax in (ax_rate, ax_lag, ax_deg):  # the overload window shaded on every panel
+        (span,) = ax.patches
+        x0, x1 = span.get_window_extent().x0, span.get_window_extent().x1
+        t0, t1 = ax.transData.inverted().transform([(x0, 0), (x1, 0)])[:, 0]
+        assert t0 == pytest.approx(1.0) and t1 == pytest.approx(5.0)
+    assert "overload" in {t.get_text() for t in ax_rate.texts}
+    _render(fig)
+
+
+def test_overload_timeline_minimal_and_empty():
+    rows = [{"t_s": k, "offered": 10, "moderated": 10, "lag": 0, "degraded": 0}
+            for k in range(3)]
+    fig = plots.overload_timeline({"timeline": rows, "overload_window": [0.5, 1.5]})
+    ax_rate, ax_lag, _ = fig.axes
+    assert [ln.get_label() for ln in ax_rate.lines] == ["offered", "moderated"]
+    assert len(ax_lag.lines) == 1
+    _render(fig)
+    empty = plots.overload_timeline({"timeline": []})
+    assert "no data" in empty.axes[0].texts[0].get_text()
+    _render(empty)
