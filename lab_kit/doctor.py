@@ -3,6 +3,7 @@ for each problem."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ class Check:
 
 
 def run_checks() -> list[Check]:
-    from .broker.docker import docker_available
     from .broker.local import BrokerError, check_java, jars_dir, port_free
 
     checks = []
@@ -40,22 +40,53 @@ def run_checks() -> list[Check]:
                         f"Kafka {config.KAFKA_VERSION} cached in {libs}" if cached
                         else "not cached yet: `broker up` downloads them with mvn (~45 MB)",
                         "" if cached or mvn else "install Maven, or use Docker"))
-    dok, why = docker_available()
-    checks.append(Check("docker", True, "daemon answers" if dok else f"not used: {why}",
-                        "" if dok else "optional: the local backend needs no Docker"))
+    checks.extend(docker_checks())
     from .broker import current
 
     b = current()
-    if b is not None:
-        st = b.status()
+    try:
+        st = b.status() if b is not None else None
+    except BrokerError as exc:
+        st = None
+        checks.append(Check("broker", False, "set up but unreachable", str(exc)))
+    if st is not None:
         checks.append(Check("broker", True, f"{st['backend']} at {st['bootstrap_servers']}: "
                             + ", ".join(f"node {n['id']} {n['state']}" for n in st["nodes"])))
-    else:
+    elif b is None:
         default_free = port_free(9092)
         checks.append(Check("broker", True, "none set up yet (`python -m lab_kit broker up`); "
                             f"port 9092 {'free' if default_free else 'in use'} (the local "
                             "backend picks free ports anyway)"))
     return checks
+
+
+def docker_checks() -> list[Check]:
+    """Docker is optional: these checks say what the docker backend would use, never FAIL."""
+    from .broker.docker import LOCAL_IMAGE, docker_available
+
+    dok, why = docker_available()
+    if not dok:
+        return [Check("docker", True, f"not used: {why}",
+                      "optional: the local backend needs no Docker")]
+    import docker
+
+    client = docker.from_env()
+    named = os.environ.get("LAB_KAFKA_IMAGE")
+    present = []
+    for name in ([named] if named else []) + [config.KAFKA_IMAGE, LOCAL_IMAGE]:
+        try:
+            client.images.get(name)
+            present.append(name)
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError:
+            pass
+    if present:
+        image = f"image {present[0]} present"
+    else:
+        image = (f"no image yet: `broker up --backend docker` pulls {config.KAFKA_IMAGE}; "
+                 "offline, `make kafka-image` builds one")
+    return [Check("docker", True, f"daemon answers; {image}")]
 
 
 def main() -> int:

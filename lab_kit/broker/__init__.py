@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from .. import config
@@ -47,7 +48,9 @@ def current(state_dir: Path | None = None) -> Broker | None:
     return None
 
 
-def choose_backend(backend: str = "auto", state_dir: Path | None = None) -> str:
+def choose_backend(backend: str = "auto", state_dir: Path | None = None, nodes: int = 1) -> str:
+    """auto: external if KAFKA_BOOTSTRAP_SERVERS is set; else the backend in the state file;
+    else docker if a daemon answers and one node is asked for; else local."""
     if backend not in BACKENDS:
         raise BrokerError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
@@ -57,6 +60,8 @@ def choose_backend(backend: str = "auto", state_dir: Path | None = None) -> str:
     existing = _state_backend(state_dir)
     if existing:
         return existing
+    if nodes != 1:  # the docker backend runs one node; three JVMs run locally
+        return "local"
     from .docker import docker_available
 
     return "docker" if docker_available()[0] else "local"
@@ -64,10 +69,14 @@ def choose_backend(backend: str = "auto", state_dir: Path | None = None) -> str:
 
 def ensure(nodes: int = 1, backend: str = "auto", port: int | None = None,
            state_dir: Path | None = None, timeout_s: float = 90) -> Broker:
-    """Return the running broker, starting it when needed (idempotent)."""
+    """Return the running broker, starting it when needed (idempotent).
+
+    In auto mode a Docker daemon that cannot provide a broker (no image, a crashed container)
+    is not an error: the local JVM backend is used instead, and one line on stderr says why.
+    """
     if nodes not in (1, 3):
         raise BrokerError(f"nodes must be 1 or 3 (got {nodes}): KRaft needs a majority")
-    chosen = choose_backend(backend, state_dir)
+    chosen = choose_backend(backend, state_dir, nodes=nodes)
     if chosen == "external":
         broker = ExternalBroker()
         broker.wait_ready(timeout_s=timeout_s)
@@ -75,7 +84,15 @@ def ensure(nodes: int = 1, backend: str = "auto", port: int | None = None,
     if chosen == "docker":
         from .docker import DockerBroker
 
-        return DockerBroker(state_dir).up(nodes=nodes, timeout_s=timeout_s)
+        fresh = backend == "auto" and _state_backend(state_dir) is None
+        try:
+            return DockerBroker(state_dir).up(nodes=nodes, port=port, timeout_s=timeout_s)
+        except BrokerError as exc:
+            if not fresh:
+                raise
+            reason = str(exc).splitlines()[0]
+            print(f"docker cannot provide a broker ({reason}); using the local JVM backend "
+                  "instead", file=sys.stderr)
     from .local import up
 
     return up(nodes=nodes, port=port, state_dir=state_dir, timeout_s=timeout_s)
