@@ -1,7 +1,11 @@
-"""docker-compose.yml checked without a Docker daemon, plus the Docker backend (skips)."""
+"""docker-compose.yml checked without a Docker daemon (the live compose tests are in
+test_docker_compose.py), plus a Docker backend round trip (skips without a daemon)."""
 
 from __future__ import annotations
 
+import base64
+import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,9 +17,25 @@ from lab_kit.broker.docker import DockerBroker, docker_available, kafka_env
 COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
 
+def _defaults(value):
+    """What compose makes of ``${VAR:-default}`` when VAR is unset, through the whole file."""
+    if isinstance(value, dict):
+        return {k: _defaults(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_defaults(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+    return value
+
+
 @pytest.fixture(scope="module")
-def compose() -> dict:
+def raw_compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw_compose) -> dict:
+    return _defaults(raw_compose)
 
 
 def _kafka_services(compose: dict) -> dict:
@@ -30,18 +50,39 @@ def _listener_ports(value: str) -> dict[str, int]:
     return out
 
 
-def test_every_kafka_image_is_the_pinned_version(compose):
+def test_every_kafka_image_is_the_pinned_version_unless_overridden(compose, raw_compose):
     services = _kafka_services(compose)
     assert set(services) == {"kafka", "kafka-1", "kafka-2", "kafka-3"}
     assert {s["image"] for s in services.values()} == {config.KAFKA_IMAGE}
+    raw = {raw_compose["services"][k]["image"] for k in services}
+    assert raw == {f"${{LAB_KAFKA_IMAGE:-{config.KAFKA_IMAGE}}}"}
 
 
-def test_profiles_single_node_by_default_cluster_and_ui_opt_in(compose):
+def test_profiles_cluster_is_three_nodes_not_four(compose):
     services = compose["services"]
-    assert "profiles" not in services["kafka"]
-    for name in ("kafka-1", "kafka-2", "kafka-3"):
-        assert services[name]["profiles"] == ["cluster"]
+    assert services["kafka"]["profiles"] == ["single"]
+    cluster = {k for k, v in services.items() if "cluster" in v.get("profiles", [])}
+    assert cluster == {"kafka-1", "kafka-2", "kafka-3"}
+    assert all("profiles" in v for v in services.values()), "a profile-less service always runs"
     assert services["kafka-ui"]["profiles"] == ["ui"]
+    assert services["kafka-ui"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_cluster_id_is_a_valid_kafka_cluster_id(compose):
+    ids = {s["environment"]["CLUSTER_ID"] for s in _kafka_services(compose).values()}
+    assert len(ids) == 1
+    cid = ids.pop()
+    raw = base64.urlsafe_b64decode(cid + "==")
+    assert len(cid) == 22 and len(raw) == 16, cid  # 22 base64url characters of a UUID
+    uuid.UUID(bytes=raw)
+
+
+def test_heap_limits_and_healthchecks(compose):
+    for name, svc in _kafka_services(compose).items():
+        heap = svc["environment"]["KAFKA_HEAP_OPTS"]
+        xmx = re.search(r"-Xmx(\d+)m", heap)
+        assert xmx and int(xmx.group(1)) <= 512, name
+        assert svc["healthcheck"]["test"][0] == "CMD", name
 
 
 def test_kraft_settings_are_consistent(compose):
@@ -59,6 +100,10 @@ def test_kraft_settings_are_consistent(compose):
         protocol_map = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
                             .split(","))
         assert set(listeners) <= set(protocol_map), name
+        # brokers reach each other on their own listener, never on the host-facing one
+        inter = env["KAFKA_INTER_BROKER_LISTENER_NAME"]
+        assert inter in listeners and "127.0.0.1" not in env["KAFKA_ADVERTISED_LISTENERS"] \
+            .split(inter + "://")[1].split(",")[0], name
         # what clients on the host are told must be the port published on 127.0.0.1
         published = {int(p.split(":")[-1]) for p in svc["ports"]}
         host_facing = {port for lst, port in advertised.items()
@@ -79,12 +124,29 @@ def test_docker_backend_env_matches_compose_single_node(compose):
     env = compose["services"]["kafka"]["environment"]
     ours = kafka_env(9092)
     for key in ("KAFKA_PROCESS_ROLES", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "KAFKA_CONTROLLER_QUORUM_VOTERS"):
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "KAFKA_CONTROLLER_QUORUM_VOTERS",
+                "KAFKA_INTER_BROKER_LISTENER_NAME", "KAFKA_LOG_DIRS",
+                "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"):
         assert ours[key] == env[key], key
 
 
+def _produce(cfg: dict, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**cfg, acks="all")
+    try:
+        for v in values:
+            producer.send(topic, v).get(timeout=30)
+    finally:
+        producer.close(timeout=5)
+
+
 @pytest.mark.docker
+@pytest.mark.timeout(600)
 def test_docker_backend_round_trip(tmp_path):
+    """Records produced to the container's broker are read back, also after pause/resume."""
+    from .kafka_helpers import create_topic, read_all
+
     ok, why = docker_available()
     if not ok:
         pytest.skip(f"Docker backend not testable here: {why}")
@@ -92,9 +154,17 @@ def test_docker_backend_round_trip(tmp_path):
     try:
         assert b.nodes()[0].state == "running"
         assert b.kafka_version == config.KAFKA_VERSION
+        cfg = b.client_config()
+        create_topic(cfg, "round-trip", partitions=1)
+        before = [f"before-{i}".encode() for i in range(20)]
+        _produce(cfg, "round-trip", before)
+        assert [r.value for r in read_all(cfg, "round-trip")] == before
         b.pause()
         assert b.nodes()[0].state == "paused"
         b.resume()
         assert b.nodes()[0].state == "running"
+        after = [f"after-{i}".encode() for i in range(20)]
+        _produce(cfg, "round-trip", after)
+        assert [r.value for r in read_all(cfg, "round-trip")] == before + after
     finally:
         b.down(purge=True)
