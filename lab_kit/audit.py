@@ -42,23 +42,61 @@ def dlq_record(post: Post | None, error: BaseException | str, *, source_topic: s
     return key, json.dumps(body, separators=(",", ":")).encode(), headers
 
 
-def read_topic(client_config: dict, topic: str, timeout_s: float = 60.0) -> list:
-    """Every record of ``topic`` from the beginning to the end offsets seen at call time."""
-    from kafka import KafkaConsumer, TopicPartition
+def _consumer(client_config: dict):
+    from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(**client_config, enable_auto_commit=False, group_id=None)
+    # a producer's settings may come along (linger_ms, acks, ...): keep what a consumer takes
+    cfg = {k: v for k, v in client_config.items() if k in KafkaConsumer.DEFAULT_CONFIG}
+    # earliest: a start offset that retention or delete_records has passed reads from what
+    # is left, instead of jumping to the end and reading nothing
+    return KafkaConsumer(**cfg, enable_auto_commit=False, group_id=None,
+                         auto_offset_reset="earliest")
+
+
+def end_offsets(client_config: dict, topics: list[str] | tuple[str, ...]
+                ) -> dict[str, dict[int, int]]:
+    """``{topic: {partition: end offset}}`` now, for the topics that exist (a topic that does
+    not exist yet is left out: read it from the beginning). Take it before a run and pass it
+    to :func:`audit` as ``since``, so a shared topic is read from where the run began."""
+    from kafka import TopicPartition
+
+    consumer = _consumer(client_config)
+    try:
+        out: dict[str, dict[int, int]] = {}
+        for topic in topics:
+            parts = [TopicPartition(topic, p)
+                     for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if parts:
+                out[topic] = {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+        return out
+    finally:
+        consumer.close()
+
+
+def read_topic(client_config: dict, topic: str, timeout_s: float = 60.0,
+               start: dict[int, int] | None = None) -> list:
+    """Every record of ``topic`` from the beginning (or from ``start``, offsets by partition)
+    to the end offsets seen at call time. A topic that does not exist is an error (after
+    ``timeout_s``), never an empty list: a checker that reads nothing must not report 0 lost.
+    """
+    from kafka import TopicPartition
+
+    consumer = _consumer(client_config)
     try:
         deadline = time.monotonic() + timeout_s
         partitions = None
         while not partitions:
             partitions = consumer.partitions_for_topic(topic)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {topic} has no partitions")
+            if not partitions and time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no partitions (does it exist?)")
             if not partitions:
                 time.sleep(0.2)
         parts = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
+        for tp in parts:
+            if start and tp.partition in start:
+                consumer.seek(tp, start[tp.partition])
         end = consumer.end_offsets(parts)
         out: list = []
         while any(consumer.position(tp) < end[tp] for tp in parts):
@@ -71,10 +109,11 @@ def read_topic(client_config: dict, topic: str, timeout_s: float = 60.0) -> list
         consumer.close()
 
 
-def post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0) -> list[str]:
+def post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0,
+                start: dict[int, int] | None = None) -> list[str]:
     """The ``post_id`` of every record of ``topic`` (records without one are skipped)."""
     ids = []
-    for record in read_topic(client_config, topic, timeout_s):
+    for record in read_topic(client_config, topic, timeout_s, start):
         try:
             pid = json.loads(record.value).get("post_id")
         except (ValueError, AttributeError, TypeError):
@@ -86,7 +125,12 @@ def post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0) -> lis
 
 @dataclass
 class AuditReport:
-    """What actually landed, by post_id — the checker of a drill (Jepsen's shape)."""
+    """What actually landed, by post_id — the checker of a drill (Jepsen's shape).
+
+    ``lost`` = submitted − found on the topic − found in the DLQ − still waiting in a spool
+    (``pending``). Every count comes from reading the topics back; ``acked``, ``spooled`` and
+    ``replayed`` are the producer's own counters, shown alongside, never used to decide.
+    """
 
     submitted: int
     acked: int
@@ -96,32 +140,45 @@ class AuditReport:
     duplicates: int
     lost: int
     dead_lettered: int
+    pending: int = 0
     lost_ids: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+    dead_lettered_ids: list[str] = field(default_factory=list)
 
     def to_dict(self, max_ids: int = 20) -> dict[str, Any]:
         d = asdict(self)
-        d["lost_ids"] = self.lost_ids[:max_ids]
-        d["duplicate_ids"] = self.duplicate_ids[:max_ids]
+        for key in ("lost_ids", "duplicate_ids", "dead_lettered_ids"):
+            d[key] = d[key][:max_ids]
         return d
 
 
 def audit(client_config: dict, topic: str, submitted_ids: list[str] | set[str], *,
           dlq_topic: str | None = None, counters: dict | None = None,
-          timeout_s: float = 120.0) -> AuditReport:
+          timeout_s: float = 120.0, since: dict[str, dict[int, int]] | None = None,
+          pending_ids: list[str] | set[str] = ()) -> AuditReport:
     """Read ``topic`` (and the DLQ) back and count, by post_id: delivered once, duplicated,
-    dead-lettered, lost. ``counters`` (the producer's) adds acked/spooled/replayed."""
+    dead-lettered, lost.
+
+    ``since`` (from :func:`end_offsets` before the run) reads shared topics from where the
+    run began; ``pending_ids`` are posts still in a spool (durable, not yet on the topic: not
+    lost). ``counters`` (the producer's) adds acked/spooled/replayed for the reader.
+    """
     submitted = set(submitted_ids)
-    landed = Counter(pid for pid in post_ids_in(client_config, topic, timeout_s)
+    since = since or {}
+    landed = Counter(pid for pid in post_ids_in(client_config, topic, timeout_s,
+                                                since.get(topic))
                      if pid in submitted)
-    dead = set()
+    dead: set[str] = set()
     if dlq_topic:
-        dead = set(post_ids_in(client_config, dlq_topic, timeout_s)) & submitted
-    lost_ids = sorted(submitted - set(landed) - dead)
+        dead = set(post_ids_in(client_config, dlq_topic, timeout_s, since.get(dlq_topic))) \
+            & submitted
+    pending = (set(pending_ids) & submitted) - set(landed) - dead
+    lost_ids = sorted(submitted - set(landed) - dead - pending)
     dup_ids = sorted(pid for pid, n in landed.items() if n > 1)
     counters = counters or {}
     return AuditReport(
         submitted=len(submitted), acked=counters.get("acked", 0),
         spooled=counters.get("spooled", 0), replayed=counters.get("replayed", 0),
         delivered_unique=len(landed), duplicates=sum(n - 1 for n in landed.values()),
-        lost=len(lost_ids), dead_lettered=len(dead), lost_ids=lost_ids, duplicate_ids=dup_ids)
+        lost=len(lost_ids), dead_lettered=len(dead), pending=len(pending),
+        lost_ids=lost_ids, duplicate_ids=dup_ids, dead_lettered_ids=sorted(dead))

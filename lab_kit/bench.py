@@ -147,26 +147,37 @@ def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
 
 
 def run_open_loop_bench(cfg: dict, workload: Workload, rate: float, duration_s: float) -> dict:
+    """The open loop, checked like a drill: ``lost`` comes from reading ``bench.posts`` (and
+    the DLQ) back from the offsets the run began at, never from the producer's counters.
+    The closed-loop contenders wrote the same post ids before: the offsets keep them out."""
+    from .audit import audit, end_offsets
     from .producer import AsyncPostProducer
+    from .topics import POSTS_DLQ
 
-    posts = workload.posts(int(rate * duration_s) + 1)
-    with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, **_extra(cfg),
-                           **COMMON) as p:
-        p.submit(posts[0]).result(timeout=30)
+    warm_up, *posts = workload.posts(int(rate * duration_s) + 2)
+    since = end_offsets(cfg, [BENCH_TOPIC, POSTS_DLQ])
+    p = AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, dlq_topic=POSTS_DLQ,
+                          **_extra(cfg), **COMMON)
+    try:
+        p.submit(warm_up).result(timeout=30)
         p.metrics.reset()
         run = run_open_loop(p.submit, iter(posts), rate, duration_s)
         p.flush(timeout=60)
         m = p.metrics
         submit, ack = m.summary_ms("submit"), m.summary_ms("ack")
-    report = p.close() if not p._closed else None
+    finally:
+        p.close()
     counters = m.counters()
-    lost = counters["submitted"] - counters["acked"] - counters["spooled"] \
-        - counters["dead_lettered"]
+    ids = [warm_up.post_id] + [post.post_id for post in posts[:run.submitted]]
+    dlq = POSTS_DLQ if POSTS_DLQ in since or counters.get("dead_lettered") else None
+    found = audit(cfg, BENCH_TOPIC, ids, dlq_topic=dlq, since=since, counters=counters)
     return {
         "msgs_per_s": run.achieved_rate, "target_rate": rate, "achieved_rate": run.achieved_rate,
         "duration_s": duration_s, "submitted": run.submitted, "skipped": run.skipped,
         "max_lag_ms": round(run.max_lag_s * 1000, 3), "acked": counters["acked"],
-        "lost": max(lost, report.lost if report else 0),
+        "lost": found.lost, "delivered_unique": found.delivered_unique,
+        "duplicates": found.duplicates, "dead_lettered": found.dead_lettered,
+        "lost_ids": found.lost_ids[:20],
         **_latency_fields(submit, ack),
     }
 

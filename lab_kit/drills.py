@@ -6,7 +6,10 @@
   the partition leader of a 3-node cluster, kill or slow the moderation backend) and heals
   it after ``outage_s``;
 * the **checker** (:func:`lab_kit.audit.audit`) reads the topics back and counts every post
-  by id: delivered once, duplicated, dead-lettered, lost.
+  by id: delivered once, duplicated, dead-lettered, lost. A :class:`KafkaCallWatch` on the
+  workload's thread checks that no post the producer spooled cost the caller a Kafka client
+  call (``kafka_calls_while_spooling``): the user never waits on Kafka, checked by what
+  happened rather than by a stopwatch.
 
 ``python -m lab_kit drill broker-outage --json out.json`` prints a summary and writes the
 JSON (audit counts, outage windows, submit p99 during the outage, a per-second timeline).
@@ -15,10 +18,12 @@ JSON (audit counts, outage windows, submit p99 during the outage, a per-second t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,22 +139,108 @@ class Nemesis:
         self._thread.join(timeout)
 
 
-class TimedSubmit:
-    """The workload's submit: remembers every accepted post id, and how long each ``submit``
-    took while the nemesis was active (the user-facing latency during the fault)."""
+#: KafkaProducer methods a caller could block in (send waits for metadata, flush for acks,
+#: the constructor for a bootstrap connection, close for the sender thread)
+WATCHED_METHODS = ("__init__", "send", "flush", "partitions_for", "close", "metrics",
+                   "bootstrap_connected")
 
-    def __init__(self, producer, nemesis: Nemesis):
-        self.producer, self.nemesis = producer, nemesis
+
+class KafkaCallWatch:
+    """Counts calls into kafka-python's ``KafkaProducer`` made on one thread.
+
+    Used as ``with KafkaCallWatch() as watch:`` on the thread that calls ``submit()``; while
+    any watch is active, the :data:`WATCHED_METHODS` of ``KafkaProducer`` are wrapped (once,
+    for every watch) and restored when the last watch ends. ``calls`` is the running total
+    for the watched thread, ``by_method`` the same per method name. A spooled post whose
+    ``submit()`` moved ``calls`` reached the Kafka client: it may have waited on Kafka.
+    """
+
+    _lock = threading.Lock()
+    _active: tuple[KafkaCallWatch, ...] = ()
+    _originals: dict[str, Any] = {}
+
+    def __init__(self, thread: threading.Thread | None = None):
+        self.thread_id = (thread or threading.current_thread()).ident
+        self.calls = 0
+        self.by_method: Counter[str] = Counter()
+
+    def _seen(self, name: str) -> None:
+        self.calls += 1
+        self.by_method[name] += 1
+
+    @classmethod
+    def _install(cls) -> None:
+        from kafka import KafkaProducer
+
+        for name in WATCHED_METHODS:
+            original = KafkaProducer.__dict__[name]
+            cls._originals[name] = original
+
+            def wrapper(*args: Any, _name: str = name, _original: Any = original,
+                        **kwargs: Any) -> Any:
+                ident = threading.get_ident()
+                for watch in KafkaCallWatch._active:
+                    if watch.thread_id == ident:
+                        watch._seen(_name)
+                return _original(*args, **kwargs)
+
+            setattr(KafkaProducer, name, functools.wraps(original)(wrapper))
+
+    @classmethod
+    def _uninstall(cls) -> None:
+        from kafka import KafkaProducer
+
+        for name, original in cls._originals.items():
+            setattr(KafkaProducer, name, original)
+        cls._originals = {}
+
+    def __enter__(self) -> KafkaCallWatch:
+        with KafkaCallWatch._lock:
+            if not KafkaCallWatch._active:
+                self._install()
+            KafkaCallWatch._active = (*KafkaCallWatch._active, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with KafkaCallWatch._lock:
+            KafkaCallWatch._active = tuple(w for w in KafkaCallWatch._active if w is not self)
+            if not KafkaCallWatch._active:
+                self._uninstall()
+
+
+class TimedSubmit:
+    """The workload's submit: remembers every accepted post id, how long each ``submit``
+    took while the nemesis was active (the user-facing latency during the fault, for the
+    report), and — with a :class:`KafkaCallWatch` on the caller's thread — how many posts
+    ``submit()`` spooled and how many of those made a Kafka client call on the way
+    (the check: none)."""
+
+    def __init__(self, producer, nemesis: Nemesis, watch: KafkaCallWatch | None = None):
+        self.producer, self.nemesis, self.watch = producer, nemesis, watch
         self.submitted: list[str] = []
         self.during: list[float] = []
+        self.spooled_by_caller = 0
+        self.kafka_calls_while_spooling = 0
 
     def __call__(self, post, intended_at: float) -> None:
+        calls = self.watch.calls if self.watch is not None else 0
         t0 = time.perf_counter()
-        self.producer.submit(post, intended_at=intended_at)
+        future = self.producer.submit(post, intended_at=intended_at)
         took = time.perf_counter() - t0
         self.submitted.append(post.post_id)
         if self.nemesis.active:
             self.during.append(took)
+        if future.done() and future.exception(0) is None \
+                and future.result(0).outcome == "spooled":
+            self.spooled_by_caller += 1
+            if self.watch is not None and self.watch.calls != calls:
+                self.kafka_calls_while_spooling += 1
+
+    def checks(self) -> dict[str, int | None]:
+        """``spooled_by_caller`` and ``kafka_calls_while_spooling`` (None without a watch)."""
+        return {"spooled_by_caller": self.spooled_by_caller,
+                "kafka_calls_while_spooling": (self.kafka_calls_while_spooling
+                                               if self.watch is not None else None)}
 
 
 def _fresh_topics(cfg: dict, name: str) -> tuple[str, str]:
@@ -187,8 +278,8 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
         nemesis = Nemesis(f"leader node {leader} killed (-9)", lambda: broker.kill(leader),
                           lambda: broker.start(leader), settings.lead_s, settings.outage_s,
                           metrics)
-    submit = TimedSubmit(producer, nemesis)
-    with RssSampler() as rss:
+    with RssSampler() as rss, KafkaCallWatch() as watch:
+        submit = TimedSubmit(producer, nemesis, watch)
         nemesis.start()
         run = run_open_loop(submit, Workload(seed=17).iter_posts(), settings.rate,
                             settings.duration_s, max_posts=settings.posts, progress=progress)
@@ -204,9 +295,12 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
         "recovery_s": None if nemesis.healed_at is None else round(
             drained_at - nemesis.healed_at, 2),
         "client_rebuilds": counters.get("client_rebuilds", 0),
+        **submit.checks(),
     }
-    return _result(name, broker, settings, run, result, metrics, nemesis, submit.during, rss,
-                   extra=checks)
+    out = _result(name, broker, settings, run, result, metrics, nemesis, submit.during, rss,
+                  extra=checks)
+    out["ok"] = bool(out["ok"] and out["kafka_calls_while_spooling"] == 0)
+    return out
 
 
 def leader_of(cfg: dict, topic: str, partition: int = 0, timeout_s: float = 15) -> int:
@@ -315,6 +409,9 @@ def summary(result: dict) -> str:
         lines.append(f"  submit during outage: n={result['submitted_during_outage']}, "
                      f"p99={result['submit_p99_during_outage_ms']:.3f} ms, "
                      f"p99.9={result['submit_p999_during_outage_ms']:.3f} ms")
+    if result.get("kafka_calls_while_spooling") is not None:
+        lines.append(f"  spooled by submit(): {result['spooled_by_caller']}, of which "
+                     f"{result['kafka_calls_while_spooling']} made a Kafka client call")
     lines.append(f"  peak RSS {result['peak_rss_mb']} MB (baseline {result['baseline_rss_mb']})")
     for k in ("recovery_s", "results_missing", "degraded", "rechecked_missing"):
         if k in result:

@@ -44,24 +44,73 @@ def _create_topics(cfg: dict, names: dict[str, str]) -> None:
 
 def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: float
                       ) -> dict[str, list[dict]]:
-    """Poll the results topic until every id has a result and every degraded one a recheck."""
+    """Poll the results topic until every id has a result and every degraded one a recheck
+    (by :func:`check_results`, the drill's checker)."""
     from .moderation import moderation_results
 
     deadline = time.monotonic() + timeout_s
     while True:
         results = moderation_results(cfg, results_topic)
-        missing = ids - set(results)
-        unrechecked = [pid for pid in ids & set(results)
-                       if results[pid][0].get("degraded")
-                       and not any(r.get("source") == "recheck" for r in results[pid])]
-        if (not missing and not unrechecked) or time.monotonic() > deadline:
+        check = check_results(results, ids)
+        if (check.results_missing == 0 and check.rechecked_missing == 0) \
+                or time.monotonic() > deadline:
             return results
         time.sleep(1.0)
 
 
+@dataclass
+class ResultsCheck:
+    """The moderation checker's verdict, from the results topic read back, by post_id.
+
+    A post's *first verdict* is its earliest result that is not a recheck
+    (:func:`lab_kit.pipeline_bench.first_verdicts`): a post with only a recheck result has no
+    verdict of its own and counts as missing. ``results_duplicates`` are extra first-verdict
+    results (at-least-once re-processing); ``degraded`` posts had a fallback verdict and each
+    needs a recheck result (``rechecked_missing`` lists those without one).
+    """
+
+    results_missing: int
+    results_duplicates: int
+    degraded: int
+    rechecked: int
+    rechecked_missing: int
+    missing_ids: list[str]
+    duplicate_ids: list[str]
+    unrechecked_ids: list[str]
+
+    def to_dict(self, max_ids: int = 20) -> dict[str, Any]:
+        return {"results_missing": self.results_missing,
+                "results_duplicates": self.results_duplicates,
+                "degraded": self.degraded, "rechecked": self.rechecked,
+                "rechecked_missing": self.rechecked_missing,
+                "results_missing_ids": self.missing_ids[:max_ids],
+                "results_duplicate_ids": self.duplicate_ids[:max_ids],
+                "unrechecked_ids": self.unrechecked_ids[:max_ids]}
+
+
+def check_results(results: dict[str, list[dict]], submitted_ids: list[str] | set[str]
+                  ) -> ResultsCheck:
+    """Check ``results`` (:func:`lab_kit.moderation.moderation_results` of the results topic)
+    against the submitted post ids; ids not submitted are ignored."""
+    from .pipeline_bench import first_verdicts
+
+    ids = list(dict.fromkeys(submitted_ids))
+    firsts, duplicates, missing = first_verdicts(results, ids)
+    degraded = {pid for pid, r in firsts.items() if r.get("degraded")}
+    rechecked = {pid for pid in degraded
+                 if any(r.get("source") == "recheck" for r in results.get(pid, ()))}
+    dup_ids = sorted(pid for pid in firsts
+                     if sum(r.get("source") != "recheck" for r in results[pid]) > 1)
+    return ResultsCheck(
+        results_missing=missing, results_duplicates=duplicates, degraded=len(degraded),
+        rechecked=len(rechecked), rechecked_missing=len(degraded - rechecked),
+        missing_ids=sorted(pid for pid in ids if pid not in firsts), duplicate_ids=dup_ids,
+        unrechecked_ids=sorted(degraded - rechecked))
+
+
 def moderation_drill(name: str, broker, settings, *, workdir: Path,
                      progress: bool = False) -> dict[str, Any]:
-    from .drills import Nemesis, RssSampler, TimedSubmit, _result
+    from .drills import KafkaCallWatch, Nemesis, RssSampler, TimedSubmit, _result
     from .moderation import ModerationService, RecheckWorker, topic_names
     from .moderation_backend import ModerationBackend
     from .producer import AsyncPostProducer
@@ -91,11 +140,12 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
         nemesis = Nemesis(f"moderation backend slow (+{SLOW_LATENCY_MS:.0f} ms)",
                           lambda: backend.set_faults(latency_ms=SLOW_LATENCY_MS),
                           backend.reset_faults, settings.lead_s, settings.outage_s, metrics)
-    submit = TimedSubmit(producer, nemesis)
+    watch = KafkaCallWatch()
+    submit = TimedSubmit(producer, nemesis, watch)
     submitted = submit.submitted
 
     try:
-        with RssSampler() as rss:
+        with RssSampler() as rss, watch:
             service.start()
             recheck.start()
             nemesis.start()
@@ -118,19 +168,12 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
         backend.stop()
     counters = metrics.counters()
     report = audit(cfg, names["posts"], submitted, dlq_topic=names["dlq"], counters=counters)
-    ids = set(submitted)
-    degraded = {pid for pid in ids & set(results) if results[pid][0].get("degraded")}
-    rechecked = {pid for pid in degraded
-                 if any(r.get("source") == "recheck" for r in results[pid])}
+    check = check_results(results, submitted)
     svc = service.stats()
     checks = {
         "topic": names["posts"],
-        "results_missing": len(ids - set(results)),
-        "results_duplicates": sum(len([r for r in v if r.get("source") != "recheck"]) - 1
-                                  for pid, v in results.items() if pid in ids),
-        "degraded": len(degraded),
-        "rechecked": len(rechecked),
-        "rechecked_missing": len(degraded - rechecked),
+        **check.to_dict(),
+        **submit.checks(),
         "breaker_events": [{"t_s": round(e["t"] - (time.time() - metrics.elapsed()), 3),
                             "from": e["from"], "to": e["to"]} for e in service.breaker_events],
         "service": {k: svc.get(k) for k in ("consumed", "results", "degraded", "rechecked",

@@ -369,6 +369,10 @@ class AsyncPostProducer:
         self.healthy = True
         self.spool = None
         self._spooling = False  # True while new posts go to the spool (outage or backlog)
+        # held while a post is appended because the producer is spooling, and while the
+        # replayer switches back to direct sends: no post can be spooled between its "spool
+        # empty" check and the switch (a direct send after it would overtake that post)
+        self._switch_lock = threading.Lock()
         self._probe_interval_s = probe_interval_s
         self._stall_timeout_s = stall_timeout_s
         if spool_path:
@@ -457,12 +461,12 @@ class AsyncPostProducer:
         if self.mode == "sync":
             return self._submit_sync(post, key, value, t0 if intended_at is None else intended_at)
         pf = PostFuture(post, t0 if intended_at is None else intended_at, self)
-        if self._spooling:
-            self._to_spool(pf, key, value)
+        if self._spooling and self._spool_behind_backlog(pf, key, value):
+            pass
         elif len(self._in_flight) < self.max_in_flight:
             self._send(pf, key, value)
         elif self.on_full == "spool":
-            self._to_spool(pf, key, value)
+            self._spool_overflow(pf, key, value)
         elif self.on_full == "block" and self._wait_for_slot(t0 + self.max_block_s):
             self._send(pf, key, value)
         else:
@@ -471,6 +475,22 @@ class AsyncPostProducer:
         now = time.perf_counter()
         self.metrics.observe("submitted", "submit", now - t0, now)
         return pf
+
+    def _spool_behind_backlog(self, pf: PostFuture, key: bytes, value: bytes) -> bool:
+        """While spooling, a post queues behind the backlog, in the spool. False if the
+        replayer switched back to direct sends meanwhile (the spool is empty then)."""
+        with self._switch_lock:
+            if not self._spooling:
+                return False
+            self._to_spool(pf, key, value)
+            return True
+
+    def _spool_overflow(self, pf: PostFuture, key: bytes, value: bytes) -> None:
+        """``on_full="spool"``: the post goes to disk, and newer posts queue behind it there
+        until the replayer has drained the spool, so none of them overtakes it."""
+        with self._switch_lock:
+            self._to_spool(pf, key, value)
+            self._spooling = True
 
     def _wait_for_slot(self, deadline: float) -> bool:
         """The ``block`` policy: poll until a post in flight settles, or the deadline."""
@@ -658,7 +678,8 @@ class AsyncPostProducer:
             log.error("could not spool post %s: %r", post.post_id, sp_exc)
             self._fail(pf, exc)
             return
-        self._spooling = True  # newer posts queue behind this one, in the spool
+        with self._switch_lock:
+            self._spooling = True  # newer posts queue behind this one, in the spool
 
     # --- health probe and replay (only with a spool) ---------------------------------------------
     def _probe(self) -> bool:
@@ -724,8 +745,9 @@ class AsyncPostProducer:
         while len(self.spool) > 0 and not self._stop.is_set() and self.healthy:
             self._replay_batch()
         if self.healthy and self._spooling:
-            # back to direct sends; a post spooled during this switch is replayed next round
-            self._spooling = False
+            with self._switch_lock:  # back to direct sends, unless a post just got spooled
+                if len(self.spool) == 0:
+                    self._spooling = False
 
     def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> int:
         """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go.
@@ -807,19 +829,36 @@ class AsyncPostProducer:
         return True
 
     def drain_spool(self, timeout: float = 60.0) -> int:
-        """Block until the spool is empty (the broker must be up); returns records left."""
+        """Block until the spool is empty (the broker must be up); returns records left.
+
+        Posts the worker thread is about to spool (failed deliveries) are waited for first.
+        Posts still in flight are not: :meth:`flush` first if some may still fail.
+        """
         if self.spool is None:
             return 0
         deadline = time.monotonic() + timeout
+        try:
+            self._worker.submit(lambda: None).result(timeout=timeout)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            pass  # closed, or the worker is busy: count what is there
         while len(self.spool) > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         return len(self.spool)
 
     def close(self, timeout: float = 30.0) -> CloseReport:
-        """Stop accepting posts, deliver what is in flight, and say what became of each one."""
+        """Stop accepting posts, deliver what is in flight, and say what became of each one.
+
+        With a spool and a broker that answers, the spool is replayed first (within
+        ``timeout``); what is still in flight after ``timeout`` is spooled, not dropped, and
+        what stays in the spool is replayed by the next producer on the same file.
+        """
         self._guard_sender_thread("close")
         self._closed = True
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
+        if self.spool is not None and len(self.spool) > 0 and (self.healthy or self._probe()):
+            self.drain_spool(timeout=max(0.0, deadline - time.monotonic()))
+            self.flush(max(0.1, deadline - time.monotonic()))
         self._stop.set()
         if self.spool is not None and getattr(self, "_health_thread", None):
             self._health_thread.join(timeout=timeout)

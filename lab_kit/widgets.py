@@ -8,6 +8,9 @@ Two pieces, both usable without a browser (the tests drive them headlessly):
   latency instead of silently lowering the load. The rate is re-read on every tick, so moving the
   slider changes the load at once. One :class:`~lab_kit.metrics.MetricsRecorder` lives as long as
   the generator: its curves run across producer restarts and carry a mark for every fault.
+  When a run ends, its posts are **read back** from the topic (and the DLQ) from the offsets the
+  run started at (:func:`lab_kit.audit.audit`): ``lost`` comes from that read, never from the
+  producer's counters, and is ``None`` until a run has been checked.
 * :class:`Dashboard` puts sliders, fault buttons, a status line and a three-panel live figure
   (throughput, ack latency, error rate, fault windows shaded) in one ipywidgets layout::
 
@@ -30,6 +33,7 @@ from typing import Any
 import ipywidgets as w
 from matplotlib.figure import Figure
 
+from .audit import AuditReport, audit, end_offsets
 from .metrics import MetricsRecorder
 from .plots import WINDOW_ALPHA, WINDOW_COLOR, _register_notebook_display
 from .posts import Workload
@@ -72,6 +76,7 @@ class LoadGenerator:
         seed: int = 42,
         close_timeout_s: float = 10.0,
         kafka_config: dict[str, Any] | None = None,
+        audit_timeout_s: float = 60.0,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
@@ -86,6 +91,11 @@ class LoadGenerator:
         self.metrics = MetricsRecorder()  # shared by every producer this generator creates
         self.producer: AsyncPostProducer | None = None
         self.last_report: CloseReport | None = None
+        self.last_audit: AuditReport | None = None  # the last run's posts, read back
+        self.audit_error: str | None = None
+        self.audit_timeout_s = audit_timeout_s
+        self._run_ids: list[str] = []  # post ids accepted in the current run
+        self._since: dict[str, dict[int, int]] | None = {}  # end offsets at the run's start
         self.posts_sent = 0  # accepted by submit(), over all runs
         self.skipped = 0  # schedule slots dropped because the generator fell too far behind
         self.ended: str | None = None  # why the last run ended
@@ -121,15 +131,34 @@ class LoadGenerator:
         if self.running:
             return
         self._finish_run()  # a run that ended by itself: collect its report
-        self.producer = self._new_producer()  # raises at once if no broker answers
+        producer = self._new_producer()  # raises at once if no broker answers (no spool)
+        self.last_audit = self.audit_error = None
+        try:  # where this run begins on the (shared) topics: the checker reads from here
+            self._since = end_offsets(self._client_config(),
+                                      [producer.topic, producer.dlq_topic or producer.topic])
+        except Exception as exc:  # noqa: BLE001 - e.g. started during an outage (spool)
+            self._since = None
+            self.audit_error = f"start offsets unknown ({type(exc).__name__}: {exc})"
+        self.producer = producer
+        self._run_ids = []
         self.error = self.ended = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(self.producer, self._stop),
                                         name="lab-load-generator", daemon=True)
         self._thread.start()
 
+    def _client_config(self) -> dict[str, Any]:
+        """Settings for the checker's consumer: the producer's bootstrap and security."""
+        if self.bootstrap_servers is None:
+            from . import broker
+
+            return broker.ensure().client_config()
+        return {**self.kafka_config, "bootstrap_servers": self.bootstrap_servers}
+
     def stop(self) -> CloseReport | None:
-        """Stop submitting, flush and close the producer; returns its :class:`CloseReport`."""
+        """Stop submitting, flush and close the producer (replaying its spool first while the
+        broker answers), then read the run's posts back; returns the :class:`CloseReport`.
+        What was found is in :attr:`last_audit`."""
         self._stop.set()
         self._finish_run()
         return self.last_report
@@ -179,9 +208,11 @@ class LoadGenerator:
                     if self.max_posts is not None and self.posts_sent >= self.max_posts:
                         self.ended = f"max_posts ({self.max_posts}) reached"
                         return
+                    post = next(self._posts)
                     try:
-                        producer.submit(next(self._posts), intended_at=next_at)
+                        producer.submit(post, intended_at=next_at)
                         self.posts_sent += 1
+                        self._run_ids.append(post.post_id)
                     except BackpressureError:
                         pass  # not accepted; the producer counts it as "rejected"
                     next_at += interval
@@ -196,6 +227,39 @@ class LoadGenerator:
                 self.last_report = producer.close(timeout=self.close_timeout_s)
             except Exception as exc:  # noqa: BLE001
                 self.error = f"close failed: {type(exc).__name__}: {exc}"
+            self.check_last_run(producer)
+
+    def check_last_run(self, producer: AsyncPostProducer | None = None) -> AuditReport | None:
+        """Read the last run's posts back (the checker): found on the topic, in the DLQ,
+        still in the spool, or lost; sets and returns :attr:`last_audit`. Runs by itself
+        when a run ends; call it again to re-read. A failed read leaves ``last_audit`` None
+        and says why in :attr:`audit_error`, never "0 lost"."""
+        producer = producer or self.producer
+        report = self.last_report
+        if producer is None or self._since is None:
+            self.last_audit = None  # audit_error says why: no offsets to read from
+            return None
+        try:
+            pending: list[str] = []
+            if self.spool_path and report is not None and report.spooled_pending:
+                from .spool import Spool
+
+                with Spool(self.spool_path) as spool:
+                    pending = spool.post_ids()
+            dlq = producer.dlq_topic
+            if dlq and dlq not in self._since \
+                    and not self.metrics.counters().get("dead_lettered", 0):
+                dlq = None  # no DLQ topic when the run began, and nothing dead-lettered
+            self.last_audit = audit(self._client_config(), producer.topic, self._run_ids,
+                                    dlq_topic=dlq, since=self._since, pending_ids=pending,
+                                    counters=self.metrics.counters(),
+                                    timeout_s=self.audit_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - e.g. the broker is down: say so
+            self.last_audit = None
+            self.audit_error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.audit_error = None
+        return self.last_audit
 
     # -- numbers -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -214,10 +278,16 @@ class LoadGenerator:
             "failed": c["failed"],
             "rejected": c["rejected"],
             "spooled": c["spooled"],
+            "replayed": c["replayed"],
             "skipped": self.skipped,
             "in_flight": producer.in_flight if producer is not None else 0,
             "healthy": producer.healthy if producer is not None else None,
-            "lost": report.lost if report is not None else 0,
+            # from reading the last run's posts back; None until a run was checked
+            "lost": self.last_audit.lost if self.last_audit is not None else None,
+            "audit": self.last_audit.to_dict(max_ids=5) if self.last_audit is not None
+            else None,
+            "audit_error": self.audit_error,
+            "spool_pending": report.spooled_pending if report is not None else None,
             "ended": self.ended,
             "error": self.error,
         }
@@ -387,7 +457,18 @@ class Dashboard:
         if report is None:
             return ""
         return (f"producer closed: {report.acked:,} acked in all, "
-                f"{report.spooled_pending:,} waiting in the spool, {report.lost} lost")
+                f"{report.spooled_pending:,} waiting in the spool; {self._lost_text()}")
+
+    def _lost_text(self) -> str:
+        """``lost N`` from the read-back of the last run, or why there is no number."""
+        g = self.generator
+        if g.last_audit is not None:
+            a = g.last_audit
+            return (f"read back {a.delivered_unique:,}/{a.submitted:,}, lost {a.lost:,}"
+                    + (f", {a.pending:,} still in the spool" if a.pending else ""))
+        if g.audit_error:
+            return f"lost unknown (read-back failed: {g.audit_error})"
+        return "lost not checked yet"
 
     def _sync_toggle(self) -> None:
         """Make the toggle show the generator's real state (without re-triggering it)."""
@@ -501,6 +582,20 @@ class Dashboard:
         snap["windows"] = self.metrics.windows
         return snap
 
+    def wait_for(self, condition: Any, timeout_s: float = 30.0, what: str = "the condition"
+                 ) -> dict[str, Any]:
+        """Poll :meth:`snapshot` until ``condition(snapshot)`` is true; return that snapshot.
+        For a demo script: wait for a fault to take effect (e.g. ``s["spooled"] > 0``)
+        instead of sleeping and hoping. Raises ``TimeoutError`` naming ``what``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            snap = self.snapshot()
+            if condition(snap):
+                return snap
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not happen within {timeout_s:g} s")
+            time.sleep(0.1)
+
     def update_status(self) -> dict[str, Any]:
         s = self.snapshot()
         nodes = ", ".join(f"node {i} {st}" for i, st in s["nodes"].items()) or "n/a"
@@ -517,7 +612,7 @@ class Dashboard:
         if s["rejected"] or s["skipped"]:
             parts.append(f"rejected {s['rejected']:,}, skipped {s['skipped']:,}")
         if s["ended"] and not s["running"]:
-            parts.append(f"last run: {s['ended']}, lost {s['lost']}")
+            parts.append(f"last run: {s['ended']}, {self._lost_text()}")
         if s["error"]:
             parts.append(f"error: {s['error']}")
         self.status_html.value = " · ".join(

@@ -25,17 +25,33 @@ def create_topic(cfg: dict, name: str, partitions: int = 1, rf: int = 1, isr: in
         admin.close()
 
 
-def read_all(cfg: dict, topic: str, timeout_s: float = 30.0) -> list:
-    """Every record of ``topic`` from the beginning up to the end offsets seen at call time."""
+class UnknownTopicError(LookupError):
+    """Reading a topic that does not exist: an error, never an empty list (a test comparing
+    records of a misnamed topic with ``[]`` would pass without checking anything)."""
+
+
+def read_all(cfg: dict, topic: str, timeout_s: float = 30.0, exists_timeout_s: float = 10.0
+             ) -> list:
+    """Every record of ``topic`` from the beginning up to the end offsets seen at call time.
+
+    Raises :class:`UnknownTopicError` if the topic has no partitions within
+    ``exists_timeout_s`` (a topic created a moment ago gets that long to show up).
+    """
     consumer = KafkaConsumer(**cfg, enable_auto_commit=False, consumer_timeout_ms=1000)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
-                                                          or [])]
+        t0 = time.monotonic()
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() - t0 > exists_timeout_s:
+                raise UnknownTopicError(f"topic {topic!r} does not exist (no partitions after "
+                                        f"{exists_timeout_s:g} s)")
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)
         out = []
-        t0 = time.monotonic()
         while any(consumer.position(tp) < end[tp] for tp in parts):
             if time.monotonic() - t0 > timeout_s:
                 raise TimeoutError(f"reading {topic}: positions short of end offsets")

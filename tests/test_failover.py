@@ -9,16 +9,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from lab_kit.audit import audit, post_ids_in
 from lab_kit.broker import local
-from lab_kit.drills import DrillSettings, run_drill
+from lab_kit.drills import DrillSettings, KafkaCallWatch, run_drill
 from lab_kit.posts import Workload
-from lab_kit.producer import AsyncPostProducer, force_close
+from lab_kit.producer import AsyncPostProducer, DeliveryFailed, force_close
 from lab_kit.spool import SpoolError
 from lab_kit.topics import ensure_topics
 
@@ -50,8 +52,11 @@ def test_drill_at_small_scale_loses_nothing(fault_broker, tmp_path, name):
     assert result["spooled"] > 0 and result["replayed"] >= result["spooled"] - result["duplicates"]
     assert result["submitted_during_outage"] > 0
     # The 5 ms target is measured by `python -m lab_kit drill` (README), not in a timed test;
-    # here: the caller never waits for Kafka (that would take request timeouts, 1,000s of ms).
-    assert result["submit_p99_during_outage_ms"] <= 50.0
+    # here, by behaviour: posts were spooled by submit() itself, and none of those submits
+    # made a Kafka client call (nothing on the caller's thread could wait on the broker).
+    assert result["spooled_by_caller"] > 0
+    assert result["kafka_calls_while_spooling"] == 0
+    assert result["spool_left"] == 0 and result["close_report_lost"] == 0
     labels = [w[2] for w in result["outage_windows"]]
     assert any("broker node" in label for label in labels)
     assert result["timeline"] and {"t_s", "submitted", "acked"} <= set(result["timeline"][0])
@@ -85,20 +90,21 @@ def test_outage_sends_posts_to_the_spool_and_replays_them(fault_broker, fresh_to
         while producer.healthy and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not producer.healthy
-        took = []
         outcomes = []
-        for p in posts[500:]:
-            t0 = time.perf_counter()
-            outcomes.append(producer.submit(p).result(timeout=5).outcome)
-            took.append(time.perf_counter() - t0)
-        assert set(outcomes) == {"spooled"} and len(producer.spool) >= 1000
-        assert sorted(took)[int(len(took) * 0.99)] < 0.005  # the user never waits on Kafka
+        with KafkaCallWatch() as watch:  # the user never waits on Kafka: no client call at all
+            for p in posts[500:]:
+                future = producer.submit(p)
+                assert future.done()  # settled inside submit(): on disk
+                outcomes.append(future.result().outcome)
+        assert watch.calls == 0, dict(watch.by_method)
+        assert set(outcomes) == {"spooled"} and len(producer.spool) == 1000
         fault_broker.start()
         assert producer.drain_spool(timeout=60) == 0
         counters = producer.metrics.counters()
+    assert counters["acked"] + counters["spooled"] == counters["submitted"] == 1500
+    assert counters["replayed"] == counters["spooled"] == 1000
     report = audit(cfg, fresh_topic, [p.post_id for p in posts], counters=counters)
     assert report.lost == 0 and report.delivered_unique == 1500
-    assert report.replayed >= 1000
 
 
 CRASHER = textwrap.dedent("""
@@ -191,14 +197,95 @@ def test_our_producer_recovers_from_an_expired_batch_without_a_spool(fault_broke
                            delivery_timeout_ms=2500) as producer:
         producer.submit(Workload(seed=1).posts(1)[0]).result(timeout=10)
         fault_broker.pause()
-        failed = producer.submit({"user_id": "u1", "text": "sent while paused"})
-        time.sleep(4)
-        fault_broker.resume()
-        err = failed.exception(timeout=30)
+        try:
+            failed = producer.submit({"user_id": "u1", "text": "sent while paused"})
+            # the broker stays paused until the post has failed: no timer decides the outcome
+            err = failed.exception(timeout=60)
+        finally:
+            fault_broker.resume()
         later = producer.submit({"user_id": "u1", "text": "after the pause"})
         assert later.result(timeout=30).outcome == "acked"
-    assert err is None or "Timeout" in repr(err) or "Expir" in repr(err)
-    assert producer.metrics.counters()["client_rebuilds"] >= 1
+    assert isinstance(err, DeliveryFailed) and not err.dead_lettered
+    assert isinstance(err.error, KafkaTimeoutError), repr(err.error)
+    assert err.post_id == failed.post_id
+    counters = producer.metrics.counters()
+    assert counters["client_rebuilds"] >= 1
+    assert counters["undeliverable"] == 1 and counters["acked"] == 2
+
+
+def test_close_during_an_outage_spools_what_is_still_in_the_client(fault_broker, fresh_topic,
+                                                                    tmp_path):
+    """close() while the broker is down and posts still sit in the client's batches: they
+    go to the spool (not dropped), and a new producer on that spool delivers them."""
+    cfg = fault_broker.client_config()
+    spool = str(tmp_path / "close.db")
+    posts = Workload(seed=41).posts(300)
+    # linger 10 s: the posts stay in the client's batch, unsent, until close()
+    producer = AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=spool,
+                                 linger_ms=10_000, batch_size=1_000_000, probe_interval_s=0.2)
+    futures = [producer.submit(p) for p in posts]
+    fault_broker.kill()
+    try:
+        assert producer.in_flight == len(posts)  # all inside the client
+        report = producer.close(timeout=2)
+    finally:
+        fault_broker.start()
+    assert report.accepted == 300 and report.acked == 0
+    assert report.spooled_pending == 300
+    assert report.lost == 0 and report.failed_ids == [] and report.undelivered_ids == []
+    assert {f.result(timeout=1).outcome for f in futures} == {"spooled"}
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=spool,
+                           probe_interval_s=0.2) as replacement:
+        assert replacement.drain_spool(timeout=60) == 0
+        assert replacement.metrics.counters()["replayed"] == 300
+    report = audit(cfg, fresh_topic, [p.post_id for p in posts])
+    assert report.lost == 0 and report.delivered_unique == 300
+    assert report.duplicates == 0  # killed before the batch left the client
+
+
+def test_a_stuck_client_is_replaced_and_what_it_held_is_replayed(fault_broker, fresh_topic,
+                                                                 tmp_path):
+    """The broker answers the health probe, yet acks stop: here because a delivery handler
+    blocks the client's sender thread (kafka-python's idempotent producer that stops after
+    an expired batch looks the same from outside). Past twice the stall timeout the producer
+    replaces its client; the posts the old one still held are spooled and replayed."""
+    from lab_kit.callbacks import UserCallback
+
+    cfg = fault_broker.client_config()
+    posts = Workload(seed=43).posts(300)
+    entered, release = threading.Event(), threading.Event()
+
+    def block_once(post, delivery) -> None:
+        if not entered.is_set():
+            entered.set()
+            release.wait(60)  # the sender thread is stuck here until the test lets go
+
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, linger_ms=0,
+                           spool_path=str(tmp_path / "stuck.db"), probe_interval_s=0.2,
+                           stall_timeout_s=1.0,
+                           handlers=[UserCallback(on_success=block_once)]) as producer:
+        try:
+            for p in posts[:200]:
+                producer.submit(p)
+            assert entered.wait(30), "no ack reached the handler"
+            for p in posts[200:]:  # queued in a client whose sender thread cannot move
+                producer.submit(p)
+            deadline = time.monotonic() + 60
+            while (producer.metrics.counters().get("client_rebuilds", 0) == 0
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+        finally:
+            release.set()
+        counters = producer.metrics.counters()
+        assert counters.get("client_rebuilds", 0) >= 1, "the stuck client was never replaced"
+        assert counters.get("stuck_client_rebuilds", 0) >= 1  # ... and for being stuck
+        assert producer.flush(60)  # the old client's posts fail over to the spool
+        assert producer.drain_spool(timeout=60) == 0
+        assert producer.flush(60)
+    counters = producer.metrics.counters()
+    assert counters["spooled"] > 0 and counters["replayed"] == counters["spooled"], dict(counters)
+    report = audit(cfg, fresh_topic, [p.post_id for p in posts])
+    assert report.lost == 0 and report.delivered_unique == 300
 
 
 # --- bad spool paths -------------------------------------------------------------------------

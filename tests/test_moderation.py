@@ -383,6 +383,55 @@ def test_slow_backend_opens_breaker_then_half_open_and_closed(
           f"{len(degraded)}/{len(sent)} degraded")
 
 
+def test_a_failed_half_open_trial_sends_the_breaker_back_to_open(
+        client_config, topics, backend, group, stages) -> None:
+    """Backend down: the breaker opens; after its reset timeout one trial call goes through
+    (half-open), fails, and the breaker is open again — the post behind it gets a fallback
+    result, not lost. Only a trial after the backend is back closes the breaker."""
+    svc = ModerationService(None, backend.url, group_id=group, topics=topics,
+                            client_config=client_config, backend_timeout_s=0.3,
+                            breaker_fail_max=3, breaker_reset_s=1.0, max_poll_records=5)
+    stages.append(svc)
+    svc.start()
+    sent = labeled(seed=51, n=4)
+    produce(client_config, topics["posts"], sent)
+    wait_results(client_config, topics["results"], {p.post_id for p in sent}, 20)
+    backend.kill()
+
+    def pairs() -> list[tuple[str, str]]:
+        return [(e["from"], e["to"]) for e in svc.breaker_events]
+
+    trickle = iter(labeled(seed=52, n=400))
+
+    def trickle_until(done: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            post = next(trickle)
+            produce(client_config, topics["posts"], [post])
+            sent.append(post)
+            time.sleep(0.2)
+
+    trickle_until(lambda: ("half-open", "open") in pairs(), 40)
+    failed_trial = pairs().index(("half-open", "open"))
+    assert pairs()[:failed_trial + 1][-2:] == [("open", "half-open"), ("half-open", "open")]
+    assert pairs()[0] == ("closed", "open")
+    assert svc.breaker_state == "open"
+    assert svc.stats()["breaker_opens"] >= 2  # opened, and opened again by the failed trial
+
+    backend.restart()
+    trickle_until(lambda: svc.breaker_state == "closed", 40)
+    assert svc.breaker_state == "closed"
+    assert pairs()[-2:] == [("open", "half-open"), ("half-open", "closed")]
+    results = wait_results(client_config, topics["results"], {p.post_id for p in sent}, 30)
+    assert svc.stop(timeout=15)
+    degraded = {pid for pid, rs in results.items() if rs[0]["degraded"]}
+    assert degraded, "no post met the open breaker"
+    assert all(rs[0]["fallback_cause"] for pid, rs in results.items() if pid in degraded)
+    assert not results[sent[-1].post_id][0]["degraded"]  # the closing trial: the backend
+    print(f"\nhalf-open trial failed: transitions={pairs()}, {len(degraded)}/{len(sent)} "
+          f"degraded")
+
+
 def test_garbage_backend_counts_failures_and_degrades(
         client_config, topics, backend, group, stages) -> None:
     backend.set_faults(garbage_rate=1.0)

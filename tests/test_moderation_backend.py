@@ -281,12 +281,13 @@ def test_fault_model_roundtrip_and_validation(backend: ModerationBackend) -> Non
 
 
 def test_latency_fault_causes_timeout(backend: ModerationBackend) -> None:
-    backend.set_faults(latency_ms=1000)
+    backend.set_faults(latency_ms=2000)
     client = ModerationClient(backend.url, timeout_s=0.1)
     t0 = time.monotonic()
     with pytest.raises(BackendTimeout):
         client.moderate("slow-1", "u", "hello")
-    assert time.monotonic() - t0 < 0.8  # gave up long before the backend would answer
+    # gave up long before the backend would answer (a margin of 1.5 s for a loaded machine)
+    assert time.monotonic() - t0 < 1.6
     backend.set_faults(latency_ms=50)
     assert client.moderate("slow-2", "u", "hello again").latency_ms >= 50
     client.close()
@@ -401,9 +402,10 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
 def test_stop_while_paused(own_backend: ModerationBackend) -> None:
     pid = own_backend.pid
     own_backend.pause()
-    t0 = time.monotonic()
-    own_backend.stop(timeout_s=3)
-    assert _gone(pid) and time.monotonic() - t0 < 3  # SIGCONT lets SIGTERM through
+    own_backend.stop(timeout_s=30)  # SIGKILL only after 30 s: the margin of a loaded machine
+    assert _gone(pid)
+    # the graceful SIGTERM path ran (not the SIGKILL fallback): SIGCONT let SIGTERM through
+    assert "stopped after" in own_backend.log_tail()
 
 
 def test_never_signals_an_unrelated_process(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -40,15 +41,16 @@ def posts():
 
 def test_submit_returns_before_the_ack_and_the_callback_comes_later(bootstrap, topic, posts):
     seen_threads = []
-    with AsyncPostProducer(bootstrap, topic, linger_ms=200) as producer:
+    # linger 1 s: the margin that keeps the ack out of the next two lines on a loaded machine
+    with AsyncPostProducer(bootstrap, topic, linger_ms=1000) as producer:
         future = producer.submit(posts[0])
-        assert not future.done()  # linger 200 ms: the broker has not even seen it yet
+        assert not future.done()  # the broker has not even seen it yet
         future.add_done_callback(lambda f: seen_threads.append(threading.current_thread()))
         delivery = future.result(timeout=30)
     assert delivery.outcome == "acked" and delivery.offset is not None
-    assert delivery.ack_latency_s >= 0.15
+    assert delivery.ack_latency_s >= 0.9  # a lower bound: a loaded machine only adds
     assert seen_threads and seen_threads[0] is not threading.main_thread()
-    assert producer.metrics.summary_ms("submit")["p50_ms"] < 50
+    assert producer.metrics.counters()["acked"] == producer.metrics.counters()["submitted"] == 1
 
 
 def test_exactly_one_callback_per_post(bootstrap, topic, posts, client_config):
@@ -161,11 +163,134 @@ def test_in_flight_bound_rejects_and_blocks(bootstrap, topic, posts):
 
 
 def test_block_policy_waits_for_a_slot_to_free(bootstrap, topic, posts):
-    with AsyncPostProducer(bootstrap, topic, max_in_flight=5, on_full="block",
-                           max_block_s=5, linger_ms=20) as producer:
-        futures = [producer.submit(p) for p in posts[:50]]  # waits for acks, never raises
+    """``block``: a submit past the bound returns only after an earlier post's ack freed a
+    slot, and in-flight never exceeds the bound. Checked by cause and effect, not by timing:
+    an ack's time is read before its slot is released, so the k-th submit (k >= bound) can
+    only return after at least k - bound + 1 acks were timed."""
+    bound = 5
+    samples: list[int] = []
+    stop = threading.Event()
+    with AsyncPostProducer(bootstrap, topic, max_in_flight=bound, on_full="block",
+                           max_block_s=30, linger_ms=20) as producer:
+        def sample() -> None:  # in-flight as another thread sees it, all along
+            while not stop.wait(0.0005):
+                samples.append(producer.in_flight)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        futures, returned_at = [], []
+        for p in posts[:60]:  # waits for acks, never raises
+            futures.append(producer.submit(p))
+            returned_at.append(time.perf_counter())
+            samples.append(producer.in_flight)
         producer.flush(30)
-    assert all(f.result().outcome == "acked" for f in futures)
+        stop.set()
+        sampler.join(5)
+    deliveries = [f.result() for f in futures]
+    assert all(d.outcome == "acked" for d in deliveries)
+    assert producer.metrics.counters()["acked"] == producer.metrics.counters()["submitted"] == 60
+    assert producer.metrics.counters()["rejected"] == 0
+    assert len(samples) > 60 and max(samples) <= bound
+    acked_at = sorted(f.intended_at + d.ack_latency_s for f, d in zip(futures, deliveries,
+                                                                     strict=True))
+    for k in range(bound, 60):
+        acks_before = sum(1 for t in acked_at if t <= returned_at[k])
+        assert acks_before >= k - bound + 1, f"submit {k} returned after only {acks_before} acks"
+
+
+def _per_user_positions(records, posts) -> dict[str, list[int]]:
+    order = {p.post_id: i for i, p in enumerate(posts)}
+    per_user: dict[str, list[int]] = {}
+    for r in records:  # one key, one partition: read order is log order per user
+        per_user.setdefault(r.key.decode(), []).append(order[json.loads(r.value)["post_id"]])
+    return per_user
+
+
+def test_overflow_spool_delivers_every_post_in_per_user_order(bootstrap, client_config, topic,
+                                                              tmp_path):
+    """``on_full="spool"``: past the in-flight bound posts go to disk, and newer posts queue
+    behind them there, so none overtakes an overflow-spooled post of the same user."""
+    posts = Workload(seed=13, users=8).posts(3000)
+    with AsyncPostProducer(bootstrap, topic, max_in_flight=20, on_full="spool",
+                           spool_path=str(tmp_path / "overflow.db"), probe_interval_s=0.1,
+                           linger_ms=2) as producer:
+        futures = [producer.submit(p) for p in posts]
+        assert producer.in_flight <= 20
+        assert producer.drain_spool(timeout=90) == 0
+        assert producer.flush(60)
+    counters = producer.metrics.counters()
+    assert counters["spooled"] > 0, "the bound was never reached: nothing was tested"
+    assert counters["replayed"] == counters["spooled"]
+    assert counters["acked"] + counters["spooled"] == counters["submitted"] == len(posts)
+    assert {f.result().outcome for f in futures} == {"acked", "spooled"}
+    records = read_all(client_config, topic)
+    landed = sorted(json.loads(r.value)["post_id"] for r in records)
+    assert landed == sorted(p.post_id for p in posts)  # every id, exactly once
+    per_user = _per_user_positions(records, posts)
+    assert max(len(v) for v in per_user.values()) > 100  # users with many posts
+    out_of_order = {u: v for u, v in per_user.items() if v != sorted(v)}
+    assert not out_of_order, f"posts overtook older ones of {sorted(out_of_order)}"
+
+
+def _bytes_on_disk(cfg: dict, topic: str) -> int:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**cfg)
+    try:
+        dirs = admin.describe_log_dirs([topic])
+    finally:
+        admin.close()
+    return sum(p["partition_size"] for broker in dirs for d in broker["log_dirs"]
+               for t in d["topics"] if t["name"] == topic for p in t["partitions"])
+
+
+def test_compression_really_compresses(bootstrap, client_config, topic_name):
+    """Notebook 06's claim, at the broker: the same posts take fewer bytes in the log with
+    each codec, and every post reads back intact (the consumer decompresses them)."""
+    posts = Workload(seed=21).posts(1500)
+    ids = sorted(p.post_id for p in posts)
+    on_disk, rates = {}, {}
+    for codec in ("none", "gzip", "lz4", "zstd"):
+        topic = f"{topic_name}.{codec}"
+        create_topic(client_config, topic, partitions=1)
+        extra = {} if codec == "none" else {"compression_type": codec}
+        with AsyncPostProducer(bootstrap, topic, linger_ms=20, batch_size=65_536,
+                               **extra) as producer:
+            for p in posts:
+                producer.submit(p)
+            assert producer.flush(60)
+            rates[codec] = producer.client_metrics()["producer-metrics"][
+                "compression-rate-avg"]
+        assert producer.metrics.counters()["acked"] == len(posts)
+        assert sorted(json.loads(r.value)["post_id"]
+                      for r in read_all(client_config, topic)) == ids
+        on_disk[codec] = _bytes_on_disk(client_config, topic)
+    plain = on_disk["none"]
+    assert plain > sum(len(p.to_json_bytes()) for p in posts)  # every post is in the log
+    for codec in ("gzip", "lz4", "zstd"):
+        assert on_disk[codec] < 0.8 * plain, (codec, on_disk)
+        assert 0 < rates[codec] < 0.8, (codec, rates)
+    print(f"\nbytes in the log: {on_disk}; client compression-rate-avg: {rates}")
+
+
+def test_kafka_call_watch_counts_client_calls_on_its_thread_only(bootstrap, topic, posts):
+    """The instrument behind "nothing waited on Kafka while spooling" must see a call."""
+    from kafka import KafkaProducer
+
+    from lab_kit.drills import WATCHED_METHODS, KafkaCallWatch
+
+    originals = {name: KafkaProducer.__dict__[name] for name in WATCHED_METHODS}
+    with AsyncPostProducer(bootstrap, topic) as producer:
+        with KafkaCallWatch() as watch:
+            producer.submit(posts[0]).result(timeout=30)  # client.send() on this thread
+            assert watch.calls == 1 and watch.by_method == {"send": 1}
+            other = threading.Thread(target=lambda: producer.submit(posts[1]).result(30))
+            other.start()
+            other.join(60)
+            assert watch.calls == 1  # another thread's send is not this thread's
+            assert producer.flush(30)
+            assert watch.by_method["flush"] == 1
+    assert {name: KafkaProducer.__dict__[name] for name in WATCHED_METHODS} == originals
 
 
 def test_a_raising_user_callback_is_counted_not_lost(bootstrap, topic, posts):

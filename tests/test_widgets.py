@@ -97,7 +97,7 @@ def test_start_run_render_stop(dashboard):
     snap = d.snapshot()
     assert snap["running"] and snap["error"] is None
     assert snap["nodes"] == {n.id: "running" for n in d.broker.nodes()}
-    assert d.image.value  # the refresh thread drew at least once
+    _wait_until(lambda: len(d.image.value) > 0, 30, "the refresh thread's first drawing")
 
     _wait_until(lambda: len(d.metrics.timeseries_frame()) >= 2, 10, "one whole bucket")
     fig = d.render_figure()
@@ -116,9 +116,51 @@ def test_start_run_render_stop(dashboard):
     assert d.generator.producer.in_flight == 0
     snap = d.snapshot()
     assert snap["acked"] == snap["submitted"] >= 300  # every submitted post was acked
+    # "lost" is what reading the topic back found, not the producer's own count
+    audit = snap["audit"]
+    assert snap["lost"] == 0 and audit is not None and audit["lost_ids"] == []
+    assert audit["submitted"] == audit["delivered_unique"] == snap["submitted"]
     d.update_status()
     assert f"acked {snap['acked']:,}" in d.status_html.value
-    assert "lost 0" in d.status_html.value
+    assert f"read back {snap['submitted']:,}/{snap['submitted']:,}, lost 0" in \
+        d.status_html.value
+
+
+def test_lost_is_read_back_from_the_topic_and_never_a_default(kafka_broker, topic_name):
+    """Before any run there is no number; after a run it comes from the topic — records
+    removed from the topic afterwards (delete_records) show up as lost on a re-read."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from lab_kit.audit import end_offsets
+    from lab_kit.topics import ensure_topics
+
+    ensure_topics(kafka_broker.client_config(), names=(topic_name,),
+                  partitions={topic_name: 3})
+    d = Dashboard(broker=kafka_broker, topic=topic_name, refresh_s=0.5, max_seconds=30,
+                  max_posts=200)
+    gen = d.generator
+    try:
+        assert gen.status()["lost"] is None and gen.status()["audit"] is None
+        gen.set_rate(2000)
+        d.on_start_clicked()
+        _wait_until(lambda: not gen.running, 30, "the run to end (max_posts)")
+        d.on_stop_clicked()
+        assert gen.status()["lost"] == 0 and gen.last_audit.delivered_unique == 200
+        admin = KafkaAdminClient(**kafka_broker.client_config())
+        try:  # a "broker" that forgot what it acked: every record of the run removed
+            ends = {TopicPartition(topic_name, p): off for p, off in
+                    end_offsets(kafka_broker.client_config(), [topic_name])[topic_name].items()}
+            admin.delete_records(ends)
+        finally:
+            admin.close()
+        again = gen.check_last_run()
+        assert again is not None and again.lost == 200 and len(again.lost_ids) == 200
+        assert gen.status()["lost"] == 200
+        assert gen.status()["acked"] == 200  # the producer's counters still say all is well
+        d.update_status()
+        assert "lost 200" in d.status_html.value
+    finally:
+        d.close()
 
 
 def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, topic_name):
@@ -140,6 +182,9 @@ def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, topic_name):
         final = gen.stop()
     assert final is not None and final.lost == 0
     assert gen.status()["acked"] == gen.status()["submitted"]
+    # the second run's posts, read back from where that run began
+    assert gen.last_audit is not None and gen.last_audit.lost == 0
+    assert 0 < gen.last_audit.delivered_unique == gen.last_audit.submitted
     assert any("acks=1 linger=20ms" in label for _, label in gen.metrics.events)
 
 
@@ -154,6 +199,7 @@ def test_max_posts_ends_the_run_by_itself(kafka_broker, topic_name):
     assert gen.ended == "max_posts (250) reached"
     assert gen.status()["submitted"] == gen.status()["acked"] == 250
     assert gen.last_report.lost == 0
+    assert gen.status()["lost"] == 0 and gen.last_audit.delivered_unique == 250
 
 
 # --- fault buttons on a private broker --------------------------------------------------------
