@@ -372,9 +372,11 @@ def _cpus() -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the producers (default) or the whole pipeline")
-    p.add_argument("suite", nargs="?", choices=("producer", "pipeline"), default="producer",
+    p.add_argument("suite", nargs="?", choices=("producer", "pipeline", "api"),
+                   default="producer",
                    help="producer: sync / raw / lab_kit / confluent / open loop (default); "
-                        "pipeline: producer -> Kafka -> moderation service -> results")
+                        "pipeline: producer -> Kafka -> moderation service -> results; "
+                        "api: open-loop HTTP load on the post API (async vs blocking)")
     p.add_argument("--quick", action="store_true",
                    help="producer: fewer posts and a 5 s open loop; pipeline: 2000/s for 5 s")
     p.add_argument("--json", dest="json_path", default=None, help="write the report here")
@@ -393,10 +395,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write N posts first, then time the service draining them")
     g.add_argument("--shed-after-ms", type=float, default=None,
                    help="passed to the service (0: never shed; default: the service's)")
+    a = p.add_argument_group("api suite")
+    a.add_argument("--outage", type=float, default=None,
+                   help="seconds the broker is killed in the broker_killed condition")
+    a.add_argument("--no-max-rate", action="store_true",
+                   help="skip the search for the highest rate with p99 <= 100 ms")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.suite == "api":
+        from .api_bench import main_from_bench
+
+        return main_from_bench(args)
     if args.suite == "pipeline":
         from .pipeline_bench import main as pipeline_main
 

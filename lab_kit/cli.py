@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
-    from . import bench, drills
+    from . import api, bench, drills
 
+    api.add_parser(sub)
     bench.add_parser(sub)
     drills.add_parser(sub)
     return p

@@ -38,7 +38,7 @@ from .posts import Workload, run_open_loop
 from .topics import ensure_topics, wait_for_leaders
 
 DRILLS = ("broker-outage", "broker-pause", "leader-failover", "moderation-outage",
-          "moderation-slow", "moderation-overload")
+          "moderation-slow", "moderation-overload", "api-broker-outage")
 
 
 @dataclass
@@ -433,6 +433,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.name == "api-broker-outage":
+        from .api_drill import main_from_drill
+
+        return main_from_drill(args)
     if args.name == "moderation-overload":
         from .moderation_drills import overload_main
 
