@@ -527,15 +527,19 @@ def main(args: argparse.Namespace) -> int:
     return 0 if all(res["targets"].values()) else 1
 
 
-def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_kit.api_bench",
-                                description=__doc__.split("\n")[0])
-    add_arguments(p)
+def run_cli(prog: str, doc: str, add_args: Any, run: Any, argv: list[str] | None) -> int:
+    """A module's own command line: parse, run, a ValueError is one line and exit 2."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    add_args(p)
     try:
-        return main(p.parse_args(argv))
+        return run(p.parse_args(argv))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli("python -m lab_kit.api_bench", __doc__, add_arguments, main, argv)
 
 
 if __name__ == "__main__":

@@ -114,14 +114,9 @@ def main_from_drill(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab_kit.api_drill",
-                                description=__doc__.split("\n")[0])
-    add_arguments(p)
-    try:
-        return main(p.parse_args(argv))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .api_bench import run_cli
+
+    return run_cli("python -m lab_kit.api_drill", __doc__, add_arguments, main, argv)
 
 
 if __name__ == "__main__":

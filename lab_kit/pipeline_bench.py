@@ -47,8 +47,8 @@ import psutil
 from .metrics import percentiles_ms
 from .posts import Post, Workload, run_open_loop
 from .producer import BackpressureError
+from .stage_clients import CLIENTS as CLIENT_CHOICES
 
-CLIENT_CHOICES = ("kafka-python", "confluent")
 FULL = {"rate": 10_000.0, "seconds": 30.0}
 QUICK = {"rate": 2_000.0, "seconds": 5.0}
 MAX_POSTS = 1_000_000  # the workload is built before the clock starts: bound its memory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 
@@ -60,3 +60,13 @@ def read_all(cfg: dict, topic: str, timeout_s: float = 30.0, exists_timeout_s: f
         return out
     finally:
         consumer.close()
+
+
+def produce_values(cfg: dict, topic: str, values: list[bytes]) -> None:
+    """Write ``values`` to ``topic``, each one acked (acks=all) before the next."""
+    producer = KafkaProducer(**cfg, acks="all")
+    try:
+        for v in values:
+            producer.send(topic, v).get(timeout=30)
+    finally:
+        producer.close(timeout=5)

@@ -130,22 +130,13 @@ def test_docker_backend_env_matches_compose_single_node(compose):
         assert ours[key] == env[key], key
 
 
-def _produce(cfg: dict, topic: str, values: list[bytes]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(**cfg, acks="all")
-    try:
-        for v in values:
-            producer.send(topic, v).get(timeout=30)
-    finally:
-        producer.close(timeout=5)
 
 
 @pytest.mark.docker
 @pytest.mark.timeout(600)
 def test_docker_backend_round_trip(tmp_path):
     """Records produced to the container's broker are read back, also after pause/resume."""
-    from .kafka_helpers import create_topic, read_all
+    from .kafka_helpers import create_topic, produce_values, read_all
 
     ok, why = docker_available()
     if not ok:
@@ -157,14 +148,14 @@ def test_docker_backend_round_trip(tmp_path):
         cfg = b.client_config()
         create_topic(cfg, "round-trip", partitions=1)
         before = [f"before-{i}".encode() for i in range(20)]
-        _produce(cfg, "round-trip", before)
+        produce_values(cfg, "round-trip", before)
         assert [r.value for r in read_all(cfg, "round-trip")] == before
         b.pause()
         assert b.nodes()[0].state == "paused"
         b.resume()
         assert b.nodes()[0].state == "running"
         after = [f"after-{i}".encode() for i in range(20)]
-        _produce(cfg, "round-trip", after)
+        produce_values(cfg, "round-trip", after)
         assert [r.value for r in read_all(cfg, "round-trip")] == before + after
     finally:
         b.down(purge=True)

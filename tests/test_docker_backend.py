@@ -24,7 +24,7 @@ from lab_kit.broker import BrokerError, choose_backend, ensure
 from lab_kit.broker.docker import LABEL, DockerBroker, choose_image, docker_available
 from lab_kit.broker.local import free_port
 
-from .kafka_helpers import create_topic, read_all
+from .kafka_helpers import create_topic, produce_values, read_all
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -73,15 +73,6 @@ def _cli(state_dir: Path, *args: str, timeout: float = 300, **extra) -> subproce
                           text=True, timeout=timeout, cwd=ROOT, env=_env(state_dir, **extra))
 
 
-def _produce(cfg: dict, topic: str, values: list[bytes]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(**cfg, acks="all")
-    try:
-        for v in values:
-            producer.send(topic, v).get(timeout=30)
-    finally:
-        producer.close(timeout=5)
 
 
 def test_up_status_and_port_on_loopback_only(dbroker, docker_client, state_dir):
@@ -105,7 +96,7 @@ def test_docker_kill_then_start_keeps_every_acked_record(dbroker, state_dir):
     topic = f"kill-{uuid.uuid4().hex[:8]}"
     create_topic(cfg, topic, partitions=3)
     values = [f"acked-{i}".encode() for i in range(300)]
-    _produce(cfg, topic, values)
+    produce_values(cfg, topic, values)
     out = subprocess.run(["docker", "kill", dbroker.state["container_id"]],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -126,7 +117,7 @@ def test_pause_and_resume(dbroker, state_dir):
     cfg = dbroker.client_config()
     topic = f"pause-{uuid.uuid4().hex[:8]}"
     create_topic(cfg, topic)
-    _produce(cfg, topic, [b"after-resume"])
+    produce_values(cfg, topic, [b"after-resume"])
     assert [r.value for r in read_all(cfg, topic)] == [b"after-resume"]
 
 

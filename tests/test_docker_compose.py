@@ -24,7 +24,7 @@ from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
 from lab_kit.broker.local import free_port
 
-from .kafka_helpers import create_topic, read_all
+from .kafka_helpers import create_topic, produce_values, read_all
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -149,18 +149,12 @@ class ComposeCluster(Broker):
 
 
 def _round_trip(bootstrap: str, rf: int) -> None:
-    from kafka import KafkaProducer
 
     cfg = {"bootstrap_servers": bootstrap}
     topic = f"compose-{uuid.uuid4().hex[:8]}"
     create_topic(cfg, topic, partitions=3, rf=rf, isr=min(rf, 2))
     values = [f"v{i}".encode() for i in range(100)]
-    producer = KafkaProducer(**cfg, acks="all")
-    try:
-        for v in values:
-            producer.send(topic, v).get(timeout=30)
-    finally:
-        producer.close(timeout=5)
+    produce_values(cfg, topic, values)
     assert sorted(r.value for r in read_all(cfg, topic)) == sorted(values)
 
 
