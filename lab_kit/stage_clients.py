@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .offsets import TP
+from .producer import force_close
 
 __all__ = ["CLIENTS", "Rec", "StageClients", "KafkaPythonClients", "ConfluentClients",
            "make_clients"]
@@ -186,10 +187,10 @@ class KafkaPythonClients(StageClients):
 
     def rebuild_producer(self) -> None:
         """Abort what the producer holds and drop it: after an error kafka-python's
-        idempotent producer may never send again (see lab_kit.producer's quirks)."""
+        idempotent producer may never send again (the producer's own ``force_close``)."""
         old, self._producer = self._producer, None
         if old is not None:
-            _force_close_kafka_python(old)
+            force_close(old)
 
     def close_producer(self, timeout_s: float) -> None:
         old, self._producer = self._producer, None
@@ -197,20 +198,11 @@ class KafkaPythonClients(StageClients):
             try:
                 old.close(timeout=timeout_s)
             except Exception:  # noqa: BLE001
-                _force_close_kafka_python(old)
+                force_close(old)
 
 
 def _settle(chunk: Any, result: Any) -> None:
     chunk.output_done(result if isinstance(result, BaseException) else None)
-
-
-def _force_close_kafka_python(producer: Any) -> None:
-    """kafka-python 3.0.12's ``close(timeout=0)`` raises *before* it force-closes, leaving
-    the sender thread alive: ask for the force close, then close again quietly."""
-    with contextlib.suppress(Exception):
-        producer.close(timeout=0)
-    with contextlib.suppress(Exception):
-        producer.close(timeout=0.1)
 
 
 # =========================================================================================
