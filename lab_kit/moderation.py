@@ -78,6 +78,7 @@ import pybreaker
 
 from . import topics as lab_topics
 from .audit import dlq_record
+from .kafka_settings import check_bootstrap_servers, check_topic_name
 from .metrics import MetricsRecorder
 from .moderation_backend import (
     BackendBadRequest,
@@ -88,7 +89,7 @@ from .moderation_backend import (
 from .offsets import TP, Chunk, OffsetTracker
 from .posts import Post, PostValidationError
 from .rules import Verdict, fallback_verdict
-from .stage_clients import CLIENTS, StageClients, make_clients
+from .stage_clients import CLIENTS, StageClients, check_settings, make_clients
 
 __all__ = [
     "TOPIC_KEYS",
@@ -152,16 +153,36 @@ def topic_names(prefix: str = "", **overrides: str) -> dict[str, str]:
     return {k: overrides.get(k, f"{prefix}{v}") for k, v in DEFAULT_TOPICS.items()}
 
 
-def _kafka_config(bootstrap_servers: str | list[str] | None,
-                  client_config: Mapping[str, Any] | None) -> dict[str, Any]:
+def _user_kafka_config(bootstrap_servers: str | list[str] | None,
+                       client_config: Mapping[str, Any] | None) -> dict[str, Any]:
     cfg = dict(client_config or {})
     if bootstrap_servers is not None:
         cfg["bootstrap_servers"] = bootstrap_servers
-    if not cfg.get("bootstrap_servers"):
+    return cfg
+
+
+def _kafka_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg``, with the lab broker's settings under it when it names no bootstrap servers
+    (that starts the lab's broker if none runs)."""
+    if "bootstrap_servers" not in cfg:
         from . import broker
 
         cfg = {**broker.ensure().client_config(), **cfg}
     return cfg
+
+
+def _check_kafka_settings(client: str, kafka_config: Mapping[str, Any], *, group_id: str,
+                          topics: Mapping[str, str], max_poll_records: int) -> None:
+    """Every Kafka setting a stage will build its clients with (see :meth:`_Stage._new_clients`)
+    and every topic name, checked before anything starts: ``ValueError`` naming the first bad
+    one. kafka-python would refuse most of them only after connecting, or not at all (then
+    posts are consumed and never settle)."""
+    for key, name in topics.items():
+        check_topic_name(name, f"topics[{key!r}]")
+    check_settings(client, kafka_config, group_id=group_id, max_poll_records=max_poll_records,
+                   session_timeout_ms=SESSION_TIMEOUT_MS,
+                   heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+                   producer_settings=PRODUCER_DEFAULTS)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per call
@@ -257,8 +278,16 @@ class _Stage:
         self.topics = topic_names(**dict(topics or {}))
         self.source_topic = self.topics[source_key]
         self.group_id = group_id
+        # Kafka settings: checked as given (before the lab's broker may be started for
+        # them), and again with the broker's own settings added
+        user_cfg = _user_kafka_config(bootstrap_servers, client_config)
+        _check_kafka_settings(client, user_cfg, group_id=group_id, topics=self.topics,
+                              max_poll_records=self.max_poll_records)
+        self._kafka_cfg = _kafka_config(user_cfg)
+        if self._kafka_cfg is not user_cfg:
+            _check_kafka_settings(client, self._kafka_cfg, group_id=group_id,
+                                  topics=self.topics, max_poll_records=self.max_poll_records)
         self.metrics = metrics if metrics is not None else MetricsRecorder()
-        self._kafka_cfg = _kafka_config(bootstrap_servers, client_config)
         self._lock = threading.Lock()
         base = ("consumed", "results", "degraded", "rechecked", "dlq", "sent", "acked",
                 "failed", "chunks", "commits", "commit_failures", "batch_retries",
@@ -1225,6 +1254,21 @@ def _check_args(a: argparse.Namespace) -> None:
     _check_float("--breaker-reset", a.breaker_reset, 0, 3600)
     if a.max_seconds is not None:
         _check_float("--max-seconds", a.max_seconds, 0.001, 7 * 86400)
+    # the Kafka settings too, before any member process starts
+    topics = topic_names(a.topic_prefix)
+    for flag, check in (("--bootstrap", lambda: check_bootstrap_servers(a.bootstrap)),
+                        ("--topic-prefix", lambda: [check_topic_name(t, f"topics[{k!r}]")
+                                                    for k, t in topics.items()])):
+        try:
+            check()
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    for flag, group in (("--group", a.group),
+                        ("--recheck-group", a.recheck_group or f"{a.group}-recheck")):
+        if not group.strip():
+            raise ValueError(f"{flag}: must be a non-empty consumer group name, got {group!r}")
+        _check_kafka_settings(a.client, {"bootstrap_servers": a.bootstrap}, group_id=group,
+                              topics=topics, max_poll_records=a.max_poll_records)
 
 
 def _supervise(argv: list[str], n: int) -> int:

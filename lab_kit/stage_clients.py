@@ -25,17 +25,71 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from kafka import KafkaConsumer, KafkaProducer
+
+from .kafka_settings import check_consumer_settings, check_producer_settings
 from .offsets import TP
 from .producer import force_close
 
 __all__ = ["CLIENTS", "Rec", "StageClients", "KafkaPythonClients", "ConfluentClients",
-           "make_clients"]
+           "make_clients", "consumer_settings", "producer_config", "check_settings"]
 
 CLIENTS = ("kafka-python", "confluent")
 #: Fewer, fuller fetches: each fetch request costs the broker CPU of its own; waiting 50 ms
 #: at most for 64 KiB is well inside the 2 s end-to-end budget.
 FETCH_MIN_BYTES = 65536
 FETCH_MAX_WAIT_MS = 50
+BOOTSTRAP_TIMEOUT_MS = 3000  # no broker: the consumer's constructor fails within 3 s
+
+
+def consumer_settings(kafka_config: Mapping[str, Any], *, group_id: str,
+                      max_poll_records: int, session_timeout_ms: int,
+                      heartbeat_interval_ms: int) -> dict[str, Any]:
+    """The stage consumer's settings in kafka-python names: ``kafka_config`` (bootstrap,
+    security) plus what the stage sets itself. :class:`ConfluentClients` translates the same
+    values. A setting the stage sets itself may not come in ``kafka_config`` as well."""
+    own = {"group_id": group_id, "enable_auto_commit": False, "auto_offset_reset": "earliest",
+           "max_poll_records": max_poll_records, "session_timeout_ms": session_timeout_ms,
+           "heartbeat_interval_ms": heartbeat_interval_ms, "fetch_min_bytes": FETCH_MIN_BYTES,
+           "fetch_max_wait_ms": FETCH_MAX_WAIT_MS}
+    for name in own:
+        if name in kafka_config:
+            raise ValueError(f"{name}: set by the moderation stage itself, not in the client "
+                             f"settings (got {name}={kafka_config[name]!r} there)")
+    return {"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **kafka_config, **own}
+
+
+def producer_config(kafka_config: Mapping[str, Any],
+                    producer_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage producer's settings in kafka-python names (``kafka_config`` wins)."""
+    return {**producer_settings, **kafka_config}
+
+
+def check_settings(name: str, kafka_config: Mapping[str, Any], *, group_id: str,
+                   max_poll_records: int, session_timeout_ms: int, heartbeat_interval_ms: int,
+                   producer_settings: Mapping[str, Any]) -> None:
+    """Every setting the ``name`` clients would be built with, checked now (no network, no
+    thread): ``ValueError`` naming the first bad one. The checks use kafka-python's names
+    and rules (:mod:`lab_kit.kafka_settings`) for both flavours; for ``"confluent"`` the
+    translation to librdkafka properties is tried too."""
+    if name not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {name!r}")
+    if not isinstance(group_id, str) or not group_id.strip():
+        raise ValueError(f"group_id: must be a non-empty string, got {group_id!r}")
+    consumer = consumer_settings(
+        kafka_config, group_id=group_id, max_poll_records=max_poll_records,
+        session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms)
+    for key in kafka_config:
+        in_consumer, in_producer = (key in KafkaConsumer.DEFAULT_CONFIG,
+                                    key in KafkaProducer.DEFAULT_CONFIG)
+        if in_consumer != in_producer:
+            raise ValueError(f"{key}: a kafka-python {'producer' if in_producer else 'consumer'}"
+                             f"-only setting; the stage's client settings go to both its "
+                             f"consumer and its producer")
+    check_consumer_settings(consumer)
+    check_producer_settings(producer_config(kafka_config, producer_settings))
+    if name == "confluent":
+        confluent_config(kafka_config)
 
 
 class Rec(NamedTuple):
@@ -98,7 +152,7 @@ class KafkaPythonClients(StageClients):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        from kafka import ConsumerRebalanceListener
 
         outer = self
 
@@ -109,13 +163,10 @@ class KafkaPythonClients(StageClients):
             def on_partitions_assigned(self, assigned: Any) -> None:
                 outer.on_assign([(tp.topic, tp.partition) for tp in assigned])
 
-        cfg = {"bootstrap_timeout_ms": 3000, **self.kafka_config}
-        self.consumer = KafkaConsumer(
-            **cfg, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=self.max_poll_records,
+        self.consumer = KafkaConsumer(**consumer_settings(
+            self.kafka_config, group_id=self.group_id, max_poll_records=self.max_poll_records,
             session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=self.heartbeat_interval_ms,
-            fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+            heartbeat_interval_ms=self.heartbeat_interval_ms))
         try:
             self.consumer.subscribe([self.topic], listener=_Listener())
             # learn the topic's partitions BEFORE the first poll joins the group: a leader
@@ -158,9 +209,8 @@ class KafkaPythonClients(StageClients):
 
     def _producer_client(self) -> Any:
         if self._producer is None:
-            from kafka import KafkaProducer
-
-            self._producer = KafkaProducer(**{**self.producer_settings, **self.kafka_config})
+            self._producer = KafkaProducer(**producer_config(self.kafka_config,
+                                                             self.producer_settings))
         return self._producer
 
     def send(self, topic: str, key: bytes | None, value: bytes,
@@ -237,8 +287,8 @@ def confluent_config(kafka_config: Mapping[str, Any]) -> dict[str, Any]:
         if key in _IGNORED:
             continue
         if key not in _CONFLUENT_KEYS:
-            raise ValueError(f"client setting {key!r} has no confluent-kafka equivalent in "
-                             f"the lab (known: {sorted(_CONFLUENT_KEYS)}); use "
+            raise ValueError(f"{key}: no confluent-kafka equivalent in the lab (known: "
+                             f"{', '.join(sorted(_CONFLUENT_KEYS))}); use "
                              f"client='kafka-python'")
         if key == "bootstrap_servers" and not isinstance(value, str):
             value = ",".join(value)

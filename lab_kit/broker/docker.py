@@ -343,7 +343,10 @@ class DockerBroker(Broker):
     def wait_ready(self, timeout_s: float = 60.0, expect_brokers: int | None = None) -> float:
         return self._wait_up(timeout_s)
 
-    def start(self, node: int | None = None, wait: bool = True, timeout_s: float = 90) -> None:
+    def start(self, node: int | None = None, wait: bool = True, timeout_s: float = 240) -> None:
+        """Start (or unpause) the container. After a kill -9 the broker recovers every
+        partition's log before it answers; on a loaded 2-core machine that took 133 s once,
+        so the wait is generous (still bounded)."""
         c = self._container()
         c.reload()
         if c.status == "paused":

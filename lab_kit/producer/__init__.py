@@ -1,0 +1,26 @@
+"""The asynchronous post producer, as a folder a reader opens one file at a time.
+
+Start with :mod:`.async_producer`: ``AsyncPostProducer.submit`` hands a post to kafka-python's
+``send`` and returns a future; two callbacks settle it. Then, as the lesson needs them:
+
+* :mod:`.future`: ``PostFuture`` (what ``submit`` returns), ``Delivery`` (what it settles
+  into), the set of posts in flight;
+* :mod:`.failover`: the state machine ``SENDING → SPOOLING → REPLAYING → SENDING``, the health
+  probe, spool and replay, the stuck-client check;
+* :mod:`.dead_letters`: posts Kafka refuses for good go to ``posts.dlq``;
+* :mod:`.kafka_quirks`: kafka-python 3.0 behaviours worked around (used by moderation too);
+* :mod:`.encoding`: post → record, with its validation fast path;
+* :mod:`.errors`: what ``submit`` and the futures raise.
+"""
+
+from .async_producer import LAB_DEFAULTS, MODES, ON_FULL_POLICIES, AsyncPostProducer, CloseReport
+from .errors import BackpressureError, BrokerUnavailableError, DeliveryFailed, ProducerClosedError
+from .failover import State, api_versions_probe
+from .future import Delivery, PostFuture
+from .kafka_quirks import force_close
+
+__all__ = [
+    "LAB_DEFAULTS", "MODES", "ON_FULL_POLICIES", "AsyncPostProducer", "BackpressureError",
+    "BrokerUnavailableError", "CloseReport", "Delivery", "DeliveryFailed", "PostFuture",
+    "ProducerClosedError", "State", "api_versions_probe", "force_close",
+]

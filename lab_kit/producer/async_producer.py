@@ -1,0 +1,543 @@
+"""``AsyncPostProducer``: hand a StreamSocial post to Kafka without making the user wait.
+
+The lesson, in :meth:`AsyncPostProducer.submit` and :meth:`~AsyncPostProducer._send`::
+
+    kf = client.send(topic, key=key, value=value)  # appends to a batch in memory, returns
+    kf.add_callback(pf)                            # later, on the sender thread: the ack
+    kf.add_errback(pf)                             # ... or the error
+
+and ``submit`` returns the :class:`~lab_kit.producer.future.PostFuture` at once. What the
+producer adds to the plain client, each in its own module of this folder:
+
+* :mod:`.future`: the future and the :class:`Delivery` it settles into; the in-flight set.
+* :mod:`.failover`: the state machine ``SENDING → SPOOLING → REPLAYING → SENDING``, the health
+  probe, the durable spool and its replay, the stuck-client check.
+* :mod:`.dead_letters`: a post Kafka refuses for good goes to ``posts.dlq`` with the reason.
+* :mod:`.kafka_quirks`: the kafka-python 3.0 behaviours worked around (also used by the
+  moderation stage).
+* :mod:`.encoding`: the post → record encoding and its validation fast path.
+
+Threads: the caller runs ``submit`` (validation, ``client.send``, or a spool append while not
+``SENDING``). kafka-python's sender thread runs the delivery callbacks (:meth:`on_ack`,
+:meth:`on_send_error`): they only count, settle the future, call the handlers and queue work.
+One worker thread does what blocks (client replacement, lone re-sends, dead letters, spooling a
+failed post). With a spool, the health thread probes the broker and replays.
+
+Kafka settings pass through as keyword arguments (``acks``, ``linger_ms``, ``batch_size``,
+``compression_type``, ...), checked when the producer is built. Lab defaults differ from
+kafka-python's in two places (:data:`LAB_DEFAULTS`): ``linger_ms=5`` (fuller batches for a few
+ms) and ``bootstrap_timeout_ms=3000`` (fail fast when no broker answers).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
+
+from ..kafka_settings import check_producer_settings
+from ..metrics import MetricsRecorder
+from ..posts import Post
+from ..topics import POSTS, POSTS_DLQ
+from .dead_letters import DeadLetters
+from .encoding import encode
+from .errors import BackpressureError, BrokerUnavailableError, DeliveryFailed, ProducerClosedError
+from .failover import Action, Failover, State, bootstrap_probe, decide_on_error
+from .future import Delivery, InFlight, PostFuture
+from .kafka_quirks import force_close, is_sender_thread
+
+log = logging.getLogger(__name__)
+
+#: kafka-python settings this lab changes (everything else is kafka-python 3's default:
+#: acks="all", enable_idempotence=True, retries=inf, delivery_timeout_ms=120000, ...).
+LAB_DEFAULTS: dict[str, Any] = {"linger_ms": 5, "bootstrap_timeout_ms": 3000}
+
+ON_FULL_POLICIES = ("spool", "block", "reject")
+MODES = ("async", "sync")
+
+
+@dataclass
+class CloseReport:
+    accepted: int
+    acked: int
+    spooled_pending: int
+    dead_lettered: int
+    failed_ids: list[str] = field(default_factory=list)
+    undelivered_ids: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        """Accepted posts that are neither on Kafka, nor in the DLQ, nor in the spool."""
+        return len(self.failed_ids) + len(self.undelivered_ids)
+
+
+class ClientSlot:
+    """The current ``KafkaProducer`` and its generation, read and replaced as one value.
+
+    ``submit`` reads :attr:`current` without a lock (one attribute read). A replacement (worker
+    or health thread, one at a time) builds the new client, then swaps the pair; the old
+    client is force-closed on the worker, and its errbacks send what it held again.
+    """
+
+    def __init__(self, new_client: Callable[[], KafkaProducer], worker: Any, metrics: Any):
+        self._new_client = new_client
+        self._worker = worker
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self.closed = False
+        self.connect_error: KafkaTimeoutError | None = None  # why the first client is missing
+        try:
+            client = new_client()
+        except KafkaTimeoutError as exc:
+            client, self.connect_error = None, exc
+        self.current: tuple[int, KafkaProducer | None] = (1, client)
+
+    def replace(self, generation: int) -> None:
+        """Replace the client of that generation, unless it was replaced already (one bad
+        client's errors arrive many times, from the worker and the health thread)."""
+        with self._lock:
+            current_generation, old = self.current
+            if generation != current_generation or self.closed:
+                return
+            try:
+                client = self._new_client()
+            except KafkaTimeoutError:
+                client = None
+            self.current = (current_generation + 1, client)
+            self._metrics.incr("client_rebuilds")
+        if old is not None:
+            self._worker.submit(force_close, old)
+
+
+def _check_options(mode: str, max_in_flight: Any, on_full: str, spool_path: str | None,
+                   max_block_s: Any, probe_interval_s: Any, stall_timeout_s: Any) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+    if type(max_in_flight) is not int or max_in_flight < 1:
+        raise ValueError(f"max_in_flight: must be an integer >= 1, got {max_in_flight!r}")
+    if on_full not in ON_FULL_POLICIES:
+        raise ValueError(f"on_full: {on_full!r} is not one of {ON_FULL_POLICIES}")
+    if on_full == "spool" and not spool_path:
+        raise ValueError("on_full: 'spool' needs spool_path=...")
+    for name, value in (("max_block_s", max_block_s), ("probe_interval_s", probe_interval_s),
+                        ("stall_timeout_s", stall_timeout_s)):
+        if type(value) not in (int, float) or not value > 0:
+            raise ValueError(f"{name}: must be a number of seconds > 0, got {value!r}")
+
+
+class AsyncPostProducer:
+    """Non-blocking post producer with callbacks, metrics, backpressure and failover.
+
+    * **A bound on posts in flight** (``max_in_flight``). kafka-python 3 has no cap on its send
+      buffer, so an outage would grow memory without limit. At the bound, ``on_full`` decides:
+      ``"spool"`` (default with a spool: the post goes to disk, the caller does not wait),
+      ``"block"`` (wait up to ``max_block_s``, then raise :class:`BackpressureError`) or
+      ``"reject"`` (raise at once). A raised post was never accepted (counted as ``rejected``).
+    * **Per-post timing**: ``submit`` duration, and ack latency measured from the post's
+      *intended* send time (an open-loop load test cannot hide queueing delay).
+    * **Failover** (``spool_path=``): see :mod:`lab_kit.producer.failover`. A new producer on
+      the same spool replays what a crashed one left. Replays can duplicate a post whose ack
+      was lost; the audit counts duplicates by ``post_id``.
+    * ``close()`` never silently drops an accepted post: what could not be delivered is spooled
+      (with a spool) or reported by id in the :class:`CloseReport`.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str] | None = None,
+        topic: str = POSTS,
+        *,
+        mode: str = "async",
+        max_in_flight: int = 10_000,
+        on_full: str | None = None,
+        max_block_s: float = 0.05,
+        handlers: Iterable[Any] = (),
+        metrics: MetricsRecorder | None = None,
+        dlq_topic: str | None = POSTS_DLQ,
+        spool_path: str | None = None,
+        probe_interval_s: float = 0.5,
+        stall_timeout_s: float = 3.0,
+        health_probe: Callable[[], bool] | None = None,
+        **kafka_config: Any,
+    ):
+        on_full = on_full or ("spool" if spool_path else "block")
+        _check_options(mode, max_in_flight, on_full, spool_path, max_block_s, probe_interval_s,
+                       stall_timeout_s)
+        if bootstrap_servers is None:
+            from .. import broker
+
+            cfg = broker.ensure().client_config()
+            bootstrap_servers = cfg.pop("bootstrap_servers")
+            kafka_config = {**cfg, **kafka_config}
+        self._kafka_config = check_producer_settings(
+            {**LAB_DEFAULTS, **kafka_config, "bootstrap_servers": bootstrap_servers})
+        self.topic = topic
+        self.mode = mode
+        self.max_in_flight = max_in_flight
+        self.on_full = on_full
+        self.max_block_s = max_block_s
+        self.dlq_topic = dlq_topic
+        self.handlers = list(handlers)
+        self.metrics = metrics or MetricsRecorder()
+        self.callback_errors: deque[tuple[str, str, str]] = deque(maxlen=100)
+        self.max_request_size = self._kafka_config.get(
+            "max_request_size", KafkaProducer.DEFAULT_CONFIG["max_request_size"])
+        self._in_flight = InFlight()
+        self._failed_lock = threading.Lock()
+        self._failed_ids: list[str] = []
+        self._closed = False
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lab-worker")
+        self._dead_letters = DeadLetters(self._kafka_config, topic, dlq_topic)
+        self.spool = None
+        if spool_path:
+            from ..spool import Spool
+
+            self.spool = Spool(spool_path)
+        self._clients = ClientSlot(self._new_client, self._worker, self.metrics)
+        if self._clients.connect_error is not None and self.spool is None:
+            self._worker.shutdown(wait=False)
+            raise BrokerUnavailableError(
+                f"no Kafka broker answered at {bootstrap_servers} within "
+                f"{self._kafka_config['bootstrap_timeout_ms']} ms; start one with "
+                f"`python -m lab_kit broker up`, or pass spool_path= to accept posts "
+                f"while it is down") from self._clients.connect_error
+        self._failover: Failover | None = None
+        if self.spool is not None:
+            if self._clients.current[1] is None:
+                state = State.SPOOLING
+            elif len(self.spool) > 0:
+                state = State.REPLAYING  # replay what an earlier (crashed) producer left first
+            else:
+                state = State.SENDING
+            self._failover = Failover(
+                spool=self.spool, topic=topic, clients=self._clients, in_flight=self._in_flight,
+                metrics=self.metrics, dead_letter_spooled=self._dead_letter_spooled,
+                probe=health_probe or bootstrap_probe(self._kafka_config, lambda: self.client),
+                probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state)
+            self._failover.start()
+
+    def _new_client(self) -> KafkaProducer:
+        client = KafkaProducer(**self._kafka_config)
+        client.partitions_for(self.topic)  # warm the metadata so send() never waits for it
+        return client
+
+    # --- the lesson: submit, send, and the two callbacks --------------------------------------
+    def submit(self, post: Post | dict, *, intended_at: float | None = None) -> PostFuture:
+        """Accept a post and return a future at once; the ack arrives later in a callback.
+
+        Raises :class:`PostValidationError` for bad input and :class:`BackpressureError` when
+        the in-flight bound is reached under the ``block``/``reject`` policies: in both cases
+        the post was not accepted.
+        """
+        t0 = time.perf_counter()
+        if self._closed:
+            raise ProducerClosedError("submit() after close()")
+        post, key, value = encode(post, self.max_request_size)
+        intended_at = t0 if intended_at is None else intended_at
+        if self.mode == "sync":
+            return self._submit_sync(post, key, value, intended_at)
+        pf = PostFuture(post, intended_at, self)
+        failover = self._failover
+        if (failover is not None and failover.state is not State.SENDING
+                and failover.spool_behind_backlog(pf, key, value)):
+            pass  # queued behind the spooled backlog, on disk
+        elif len(self._in_flight) < self.max_in_flight:
+            self._send(pf, key, value)
+        elif self.on_full == "spool":
+            failover.spool_overflow(pf, key, value)
+        elif self.on_full == "block" and self._wait_for_slot(t0 + self.max_block_s):
+            self._send(pf, key, value)
+        else:
+            self.metrics.incr("rejected")
+            raise BackpressureError(self.max_in_flight, time.perf_counter() - t0)
+        now = time.perf_counter()
+        self.metrics.observe("submitted", "submit", now - t0, now)
+        return pf
+
+    def _send(self, pf: PostFuture, key: bytes, value: bytes) -> None:
+        """Hand one post to the client: ``send`` returns at once, the answer comes later."""
+        generation, client = self._clients.current
+        if client is None:  # no client (the broker never answered): straight to the spool
+            self._failover.spool_post(pf, key, value)
+            return
+        pf.generation = generation
+        self._in_flight.add(pf)
+        try:
+            kf = client.send(self.topic, value=value, key=key)
+        except Exception as exc:  # noqa: BLE001 - e.g. too large, or no metadata in max_block_ms
+            self.on_send_error(pf, exc)
+            return
+        kf.add_callback(pf)  # pf(metadata) -> self.on_ack
+        kf.add_errback(pf)  # pf(exception) -> self.on_send_error
+
+    def on_ack(self, pf: PostFuture, metadata: Any, now: float) -> None:
+        """The ack (sender thread; worker for a lone re-send): count it, settle the future,
+        tell the handlers. Keep it short: every other delivery waits behind it."""
+        self._in_flight.discard(pf)
+        latency = now - pf.intended_at
+        delivery = Delivery(pf.post_id, "acked", metadata.topic, metadata.partition,
+                            metadata.offset, latency)
+        if not pf.set_result(delivery):
+            return  # settled already (spooled by close()): the spool's replay counts it
+        self.metrics.observe("acked", "ack", latency, now)
+        for h in self.handlers:
+            try:
+                h.on_delivery(pf.post, delivery)
+            except Exception as exc:  # noqa: BLE001 - a user callback must not break delivery
+                self._callback_failed(h, pf, exc)
+
+    def on_send_error(self, pf: PostFuture, exc: BaseException) -> None:
+        """A delivery error (sender thread, or the caller for an error raised by ``send``).
+        :func:`~lab_kit.producer.failover.decide_on_error` says what happens next; the work
+        itself is queued on the worker, never done here."""
+        self._in_flight.discard(pf)
+        if pf.done():  # settled already (e.g. spooled by close()): nothing more to do
+            return
+        self.metrics.record_error(type(exc).__name__)
+        decision = decide_on_error(
+            retriable=bool(getattr(exc, "retriable", False)),
+            timed_out=isinstance(exc, KafkaTimeoutError),
+            from_current_client=pf.generation == self._clients.current[0],
+            has_spool=self._failover is not None)
+        if decision.replace_client:
+            self._worker.submit(self._clients.replace, pf.generation)
+        if decision.action is Action.SPOOL:
+            self._worker.submit(self._spool_failed, pf, exc, decision.outage)
+        elif decision.action is Action.RESEND_ALONE:
+            self._worker.submit(self._resend_alone, pf, exc)
+        else:
+            self._fail(pf, exc)
+
+    # --- backpressure and the blocking way, for comparison ------------------------------------
+    def _wait_for_slot(self, deadline: float) -> bool:
+        """The ``block`` policy: poll until a post in flight settles, or the deadline."""
+        while len(self._in_flight) >= self.max_in_flight:
+            if time.perf_counter() >= deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def submit_sync(self, post: Post | dict, timeout: float = 30.0) -> Delivery:
+        """The blocking way, for comparison: ``send().get()`` waits for the broker's ack."""
+        t0 = time.perf_counter()
+        post, key, value = encode(post, self.max_request_size)
+        return self._submit_sync(post, key, value, t0, timeout).result()
+
+    def _submit_sync(self, post: Post, key: bytes, value: bytes, t0: float,
+                     timeout: float = 30.0) -> PostFuture:
+        pf = PostFuture(post, t0)
+        self.metrics.incr("submitted")
+        try:
+            md = self._clients.current[1].send(self.topic, value=value, key=key).get(
+                timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted and re-raised
+            self.metrics.record_error(type(exc).__name__)
+            with self._failed_lock:
+                self._failed_ids.append(post.post_id)
+            pf.set_exception(DeliveryFailed(post.post_id, exc))
+            raise pf.exception() from exc
+        now = time.perf_counter()
+        self.metrics.record_latency("submit", now - t0, now)
+        self.metrics.record_latency("ack", now - t0, now)
+        self.metrics.incr("acked", 1, now)
+        pf.set_result(Delivery(post.post_id, "acked", md.topic, md.partition, md.offset,
+                               now - t0))
+        return pf
+
+    # --- worker thread: what blocks -----------------------------------------------------------
+    def _resend_alone(self, pf: PostFuture, first_error: BaseException) -> None:
+        """Send the post on its own; a non-retriable failure now is its own fault (→ DLQ)."""
+        self.metrics.incr("retried")
+        try:
+            md = self._dead_letters.resend_alone(pf.post)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if getattr(exc, "retriable", False) and self._failover is not None:
+                self._spool_failed(pf, exc, outage=False)
+            elif getattr(exc, "retriable", False) or not self.dlq_topic:
+                self._fail(pf, exc)
+            else:
+                self._dead_letter(pf, exc)
+            return
+        self.on_ack(pf, md, time.perf_counter())
+
+    def _spool_failed(self, pf: PostFuture, exc: BaseException, outage: bool) -> None:
+        if pf.done():
+            return
+        try:
+            self._failover.spool_failed(pf, outage)
+        except Exception as sp_exc:  # noqa: BLE001
+            log.error("could not spool post %s: %r", pf.post_id, sp_exc)
+            self._fail(pf, exc)
+
+    def _dead_letter(self, pf: PostFuture, exc: BaseException) -> None:
+        try:
+            self._dead_letters.write(pf.post, exc)
+        except Exception as dlq_exc:  # noqa: BLE001
+            log.error("could not dead-letter post %s: %r", pf.post_id, dlq_exc)
+            self.metrics.incr("dlq_failed")
+            self._fail(pf, exc)
+            return
+        self.metrics.incr("dead_lettered")
+        self._fail(pf, exc, dead_lettered=True)
+
+    def _dead_letter_spooled(self, record: Any, exc: BaseException) -> None:
+        """Health thread: a spooled record the broker refused for good."""
+        self._dead_letters.write_spooled(record, exc)
+        self.metrics.incr("dead_lettered")
+
+    def _fail(self, pf: PostFuture, exc: BaseException, dead_lettered: bool = False) -> None:
+        if not dead_lettered:
+            self.metrics.incr("undeliverable")
+            with self._failed_lock:
+                self._failed_ids.append(pf.post_id)
+        for h in self.handlers:
+            try:
+                h.on_failure(pf.post, exc)
+            except Exception as cb_exc:  # noqa: BLE001
+                self._callback_failed(h, pf, cb_exc)
+        pf.set_exception(DeliveryFailed(pf.post_id, exc, dead_lettered))
+
+    def _callback_failed(self, handler: Any, pf: PostFuture, exc: BaseException) -> None:
+        self.metrics.incr("callback_errors")
+        name = getattr(handler, "name", type(handler).__name__)
+        self.callback_errors.append((pf.post_id, name, repr(exc)))
+        n = self.metrics.counters_fast("callback_errors")
+        if n <= 3 or n % 1000 == 0:  # log a few, count them all
+            log.warning("delivery handler %s raised for post %s: %r (%d so far; see "
+                        "producer.callback_errors)", name, pf.post_id, exc, n)
+
+    # --- what callers read --------------------------------------------------------------------
+    @property
+    def client(self) -> KafkaProducer | None:
+        """The underlying kafka-python producer (for ``metrics()`` and experiments)."""
+        return self._clients.current[1]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def state(self) -> State:
+        """``SENDING`` without a spool; with one, the failover state."""
+        return State.SENDING if self._failover is None else self._failover.state
+
+    @property
+    def healthy(self) -> bool:
+        """False while posts go to the spool because the broker is unreachable."""
+        return self.state is not State.SPOOLING
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def client_metrics(self) -> dict:
+        """kafka-python's own metrics (no percentiles there: see ``self.metrics``)."""
+        client = self.client
+        return client.metrics() if client is not None else {}
+
+    # --- flush / close ------------------------------------------------------------------------
+    def _refuse_on_sender_thread(self, what: str) -> None:
+        if is_sender_thread(self.client, self._dead_letters.client):
+            raise RuntimeError(
+                f"{what}() inside a delivery callback would deadlock: callbacks run on the "
+                f"client's sender thread, which {what}() waits for. Hand the work to a worker.")
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every accepted post is acked, spooled or failed. True if all were."""
+        self._refuse_on_sender_thread("flush")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        client = self.client
+        if client is not None and self.state is State.SENDING:
+            try:
+                client.flush(timeout=timeout)
+            except KafkaTimeoutError:
+                pass
+        while len(self._in_flight):
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        self._worker.submit(lambda: None).result(
+            timeout=None if deadline is None else max(0.1, deadline - time.monotonic()))
+        return True
+
+    def drain_spool(self, timeout: float = 60.0) -> int:
+        """Block until the spool is empty (the broker must be up); returns records left.
+
+        Posts the worker thread is about to spool (failed deliveries) are waited for first.
+        Posts still in flight are not: :meth:`flush` first if some may still fail.
+        """
+        if self.spool is None:
+            return 0
+        deadline = time.monotonic() + timeout
+        try:
+            self._worker.submit(lambda: None).result(timeout=timeout)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            pass  # closed, or the worker is busy: count what is there
+        while len(self.spool) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.spool)
+
+    def close(self, timeout: float = 30.0) -> CloseReport:
+        """Stop accepting posts, deliver what is in flight, and say what became of each one.
+
+        With a spool and a broker that answers, the spool is replayed first (within
+        ``timeout``); what is still in flight after ``timeout`` is spooled, not dropped, and
+        what stays in the spool is replayed by the next producer on the same file.
+        """
+        self._refuse_on_sender_thread("close")
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        failover = self._failover
+        if (failover is not None and len(self.spool) > 0
+                and (self.healthy or failover.broker_answers())):
+            self.drain_spool(timeout=max(0.0, deadline - time.monotonic()))
+            self.flush(max(0.1, deadline - time.monotonic()))
+        if failover is not None:
+            failover.stop(timeout)
+        undelivered = self._in_flight.snapshot()
+        for pf in undelivered:  # still not acked after the timeout: keep them on disk
+            if failover is not None:
+                self._in_flight.discard(pf)
+                self._spool_failed(pf, KafkaTimeoutError("not acked before close()"), False)
+        self._clients.closed = True
+        client = self.client
+        if client is not None:
+            if undelivered:
+                force_close(client)
+            else:
+                client.close(timeout=5)
+        self._worker.shutdown(wait=True)
+        self._dead_letters.close()
+        return self._close_report(undelivered)
+
+    def _close_report(self, undelivered: list[PostFuture]) -> CloseReport:
+        counters = self.metrics.counters()
+        with self._failed_lock:
+            failed = list(dict.fromkeys(self._failed_ids))
+        report = CloseReport(
+            accepted=counters.get("submitted", 0),
+            acked=counters.get("acked", 0),
+            spooled_pending=len(self.spool) if self.spool is not None else 0,
+            dead_lettered=counters.get("dead_lettered", 0),
+            failed_ids=failed,
+            undelivered_ids=[pf.post_id for pf in undelivered
+                             if not pf.done() and pf.post_id not in set(failed)])
+        if self.spool is not None:
+            self.spool.close()
+        return report
+
+    def __enter__(self) -> AsyncPostProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._closed:
+            self.close()

@@ -1,0 +1,62 @@
+"""Dead letters: a post Kafka refuses for good goes to ``posts.dlq`` with the reason.
+
+Both calls here block until the broker answers, so they run on the producer's worker thread,
+never on the caller's thread or the client's sender thread. They use a second, plain client
+(no idempotence, no linger, a few retries): the main client may be the one that failed (see
+:mod:`.kafka_quirks`, quirk 2), and a post re-sent alone there would fail again with its
+batch-mates' error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaProducer
+
+from ..audit import dlq_record
+from ..posts import Post, PostValidationError
+from ..topics import POSTS_DLQ
+
+
+class DeadLetters:
+    """Owns the side client. Not thread-safe: call it from one thread (the worker)."""
+
+    def __init__(self, kafka_config: dict[str, Any], topic: str, dlq_topic: str | None):
+        self._config = {**kafka_config, "enable_idempotence": False, "linger_ms": 0,
+                        "retries": 3, "max_in_flight_requests_per_connection": 1}
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.client: KafkaProducer | None = None  # created on first use
+
+    def _client(self) -> KafkaProducer:
+        if self.client is None:
+            self.client = KafkaProducer(**self._config)
+        return self.client
+
+    def resend_alone(self, post: Post, timeout_s: float = 30.0) -> Any:
+        """Send one post on its own and wait: its record metadata, or the error it gets when
+        it is the only record in its batch (then the error is its own fault)."""
+        return self._client().send(self.topic, key=post.key_bytes(),
+                                   value=post.to_json_bytes()).get(timeout=timeout_s)
+
+    def write(self, post: Post, exc: BaseException) -> None:
+        """Write an accepted post and the reason it was refused to the DLQ, and wait."""
+        self._send(dlq_record(post, exc, source_topic=self.topic))
+
+    def write_spooled(self, record: Any, exc: BaseException) -> None:
+        """Same for a spooled record (its raw bytes are kept even if they no longer parse)."""
+        try:
+            post = Post.from_json_bytes(record.value)
+        except PostValidationError:
+            post = None
+        self._send(dlq_record(post, exc, source_topic=record.topic, raw=record.value,
+                              post_id=record.post_id))
+
+    def _send(self, record: tuple) -> None:
+        key, value, headers = record
+        self._client().send(self.dlq_topic or POSTS_DLQ, key=key, value=value,
+                            headers=headers).get(timeout=30)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close(timeout=5)

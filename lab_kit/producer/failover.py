@@ -1,0 +1,345 @@
+"""Failover: when Kafka cannot take posts, they go to a durable spool, and come back in order.
+
+One state value says where a new post goes::
+
+    SENDING ──(probe fails, acks stall, or a retriable delivery error)──► SPOOLING
+    SPOOLING ──(the broker answers again)──► REPLAYING
+    REPLAYING ──(spool empty)──► SENDING
+    REPLAYING ──(probe fails, or a replayed post fails)──► SPOOLING
+    SENDING ──(overflow spooled under on_full="spool")──► REPLAYING
+
+* ``SENDING``: posts go straight to the Kafka client.
+* ``SPOOLING``: the broker is unreachable; posts go to the spool (SQLite, on disk).
+* ``REPLAYING``: the broker answers; the health thread re-sends the spool oldest first, and new
+  posts still queue *behind* it, in the spool, so no post overtakes an older one of its user.
+
+The decisions are pure functions (:func:`decide_on_error`, :func:`after_probe`,
+:func:`after_replay`), unit-tested branch by branch without a broker. :class:`Failover` applies
+them: every change of state goes through :meth:`Failover._enter`, under one lock.
+
+Threads: the caller's thread spools a post while the state is not ``SENDING``; the worker
+thread spools posts whose delivery failed; the health thread (one per producer, only with a
+spool) probes the broker, notices stuck clients and replays.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.errors import KafkaTimeoutError
+
+from .future import Delivery, InFlight, PostFuture
+
+log = logging.getLogger(__name__)
+
+OUTAGE_WINDOW = "broker unreachable"  # the label of outage windows in the metrics/plots
+
+
+class State(enum.Enum):
+    SENDING = "sending"
+    SPOOLING = "spooling"
+    REPLAYING = "replaying"
+
+
+#: Every change of state that may happen; anything else is a bug (``_enter`` raises).
+TRANSITIONS = {
+    (State.SENDING, State.SPOOLING),
+    (State.SENDING, State.REPLAYING),
+    (State.SPOOLING, State.REPLAYING),
+    (State.REPLAYING, State.SPOOLING),
+    (State.REPLAYING, State.SENDING),
+}
+
+
+class Action(enum.Enum):
+    SPOOL = "spool"  # keep it on disk; the replay sends it again
+    RESEND_ALONE = "resend_alone"  # send it on its own: a refusal then is its own fault (→ DLQ)
+    FAIL = "fail"  # no spool to fall back on: the future fails, the post is counted as failed
+
+
+@dataclass(frozen=True)
+class ErrorDecision:
+    action: Action
+    replace_client: bool  # the client that failed will not send again (kafka_quirks, quirk 2)
+    outage: bool  # the broker looks unreachable: new posts go to the spool (→ SPOOLING)
+
+
+def decide_on_error(*, retriable: bool, timed_out: bool, from_current_client: bool,
+                    has_spool: bool) -> ErrorDecision:
+    """What to do with a post whose delivery failed.
+
+    ``from_current_client`` is False when the post was carried by a client that has been
+    replaced since: its error says nothing about the broker, only that the post must go again.
+    """
+    replace = from_current_client and (timed_out or not retriable)
+    if not from_current_client:
+        return ErrorDecision(Action.SPOOL if has_spool else Action.RESEND_ALONE, replace, False)
+    if not retriable:
+        return ErrorDecision(Action.RESEND_ALONE, replace, False)
+    if has_spool:
+        return ErrorDecision(Action.SPOOL, replace, True)
+    return ErrorDecision(Action.FAIL, replace, False)
+
+
+def after_probe(state: State, *, answers: bool, stalled: bool) -> State:
+    """The health thread's view: does the broker take posts (answers, and acks keep coming)?"""
+    if not answers or stalled:
+        return State.SPOOLING
+    if state is State.SPOOLING:
+        return State.REPLAYING
+    return state
+
+
+def after_replay(state: State, *, spool_empty: bool, failed: bool) -> State:
+    """After a replay round: a failed re-send means the broker went away again."""
+    if failed:
+        return State.SPOOLING
+    if state is State.REPLAYING and spool_empty:
+        return State.SENDING
+    return state
+
+
+def api_versions_probe(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True if a Kafka broker answers an ApiVersions request within ``timeout_s``.
+
+    A TCP connect is not enough: a paused (SIGSTOP) broker still accepts connections in the
+    kernel, but answers nothing. So the probe sends a real (tiny) Kafka request.
+    """
+    client_id = b"lab-kit-probe"
+    body = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id  # api 18 = ApiVersions
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            s.sendall(struct.pack(">i", len(body)) + body)
+            header = _recv_exact(s, 8)
+            _size, correlation_id = struct.unpack(">ii", header)
+            return correlation_id == 7
+    except OSError:
+        return False
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return buf
+
+
+def bootstrap_probe(kafka_config: dict[str, Any], client: Callable[[], Any]) -> Callable[[], bool]:
+    """The default health probe: ApiVersions to each bootstrap server (plaintext), or the
+    client's own connection state when the connection is secured (TLS/SASL)."""
+    if kafka_config.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
+        return lambda: client() is not None and client().bootstrap_connected()
+    servers = kafka_config["bootstrap_servers"]
+    if isinstance(servers, str):
+        servers = servers.split(",")
+    addresses = [(h, int(p)) for h, _, p in (s.strip().rpartition(":") for s in servers)]
+    return lambda: any(api_versions_probe(h, p, timeout_s=1.0) for h, p in addresses)
+
+
+class Failover:
+    """Owns the state, the spool side of the producer and the health thread.
+
+    ``clients`` is the producer's :class:`~lab_kit.producer.async_producer.ClientSlot`;
+    ``dead_letter_spooled(record, exc)`` writes a spooled record Kafka refused for good.
+    """
+
+    def __init__(self, *, spool: Any, topic: str, clients: Any, in_flight: InFlight,
+                 metrics: Any, dead_letter_spooled: Callable[[Any, BaseException], None],
+                 probe: Callable[[], bool], probe_interval_s: float, stall_timeout_s: float,
+                 state: State):
+        self.spool = spool
+        self.topic = topic
+        self._clients = clients
+        self._in_flight = in_flight
+        self._metrics = metrics
+        self._dead_letter_spooled = dead_letter_spooled
+        self._probe = probe
+        self._probe_interval_s = probe_interval_s
+        self._stall_timeout_s = stall_timeout_s
+        # The state lock is held while a post is appended because the state is not SENDING,
+        # and while the replayer switches back to SENDING: no post can be spooled between
+        # the "spool empty" check and the switch (a direct send after it would overtake it).
+        self._lock = threading.Lock()
+        self._state = State.SENDING
+        self._enter(state, "start")
+        # owned by the health thread
+        self._stalled_since: float | None = None
+        self._stale_generation: int | None = None  # replace that client once the broker answers
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="lab-health-replay")
+
+    # --- the state ------------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """Read without the lock (one attribute read): a post that reads SENDING just as the
+        state changes is sent to the client, which keeps it until it is acked or fails."""
+        return self._state
+
+    def _enter(self, new: State, reason: str) -> None:
+        with self._lock:
+            self._enter_locked(new, reason)
+
+    def _enter_locked(self, new: State, reason: str) -> None:
+        old = self._state
+        if new is old:
+            return
+        if (old, new) not in TRANSITIONS and reason != "start":
+            raise RuntimeError(f"failover: no transition {old.name} -> {new.name} ({reason})")
+        self._state = new
+        log.info("failover: %s -> %s (%s)", old.name, new.name, reason)
+        if new is State.SPOOLING:
+            self._metrics.open_window(OUTAGE_WINDOW)
+            self._metrics.incr("outages")
+        elif old is State.SPOOLING:
+            self._metrics.close_window(OUTAGE_WINDOW)
+
+    # --- spooling (caller and worker threads) --------------------------------------------------
+    def spool_post(self, pf: PostFuture, key: bytes, value: bytes) -> None:
+        """Write an accepted post to the spool. It returns only after SQLite committed, so the
+        post survives a crash of this process; the future settles as ``spooled``."""
+        self.spool.append(self.topic, key, value, pf.post_id)
+        self._metrics.incr("spooled")
+        pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
+
+    def spool_behind_backlog(self, pf: PostFuture, key: bytes, value: bytes) -> bool:
+        """While not SENDING, a new post queues behind the backlog, in the spool. False if the
+        replayer switched back to SENDING meanwhile (then the caller sends it directly)."""
+        with self._lock:
+            if self._state is State.SENDING:
+                return False
+            self.spool_post(pf, key, value)
+            return True
+
+    def spool_overflow(self, pf: PostFuture, key: bytes, value: bytes) -> None:
+        """``on_full="spool"``: the post goes to disk, and newer posts queue behind it there
+        until the replayer has drained the spool, so none of them overtakes it."""
+        with self._lock:
+            self.spool_post(pf, key, value)
+            if self._state is State.SENDING:
+                self._enter_locked(State.REPLAYING, "in-flight bound reached")
+
+    def spool_failed(self, pf: PostFuture, outage: bool) -> None:
+        """Worker thread: a post whose delivery failed goes to the spool (raises if the
+        spool cannot take it). Newer posts queue behind it from now on."""
+        post = pf.post
+        self.spool_post(pf, post.key_bytes(), post.to_json_bytes())
+        with self._lock:
+            if outage and self._state is not State.SPOOLING:
+                self._enter_locked(State.SPOOLING, "delivery failed")
+            elif self._state is State.SENDING:
+                self._enter_locked(State.REPLAYING, "post re-spooled")
+
+    # --- the health thread ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+
+    def broker_answers(self) -> bool:
+        return self._probe()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._probe_interval_s):
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - the loop must survive; log and go on
+                log.exception("health/replay step failed")
+
+    def step(self) -> None:
+        """One round: probe, notice a stuck client, change state, replay what is spooled."""
+        answers = self._probe()
+        stalled = self._in_flight.oldest_age() >= self._stall_timeout_s
+        if answers and stalled:
+            self._replace_if_stuck()
+        else:
+            self._stalled_since = None
+        self._enter(after_probe(self._state, answers=answers, stalled=stalled),
+                    "probe" if not answers else "acks stalled" if stalled else "broker answers")
+        if self._state is State.SPOOLING:
+            return
+        generation, client = self._clients.current
+        if client is None or generation == self._stale_generation:
+            self._clients.replace(generation)
+            self._stale_generation = None
+            if self._clients.current[1] is None:
+                self._enter(State.SPOOLING, "no client could connect")
+                return
+        failed = False
+        while (len(self.spool) > 0 and not failed and not self._stop.is_set()
+               and self._stale_generation is None):  # a refused record poisons the client
+            failed = self._replay_batch()
+        with self._lock:  # the switch back to SENDING, unless a post was spooled just now
+            self._enter_locked(after_replay(self._state, spool_empty=len(self.spool) == 0,
+                                            failed=failed), "replay")
+
+    def _replace_if_stuck(self) -> None:
+        """The broker answers, yet posts stay stuck in the client: after an outage kafka-python's
+        idempotent producer can stop making progress. Past twice the stall timeout, replace
+        the client; what it held fails over to the spool and is replayed."""
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since > 2 * self._stall_timeout_s:
+            log.warning("broker answers but %d posts are stuck in the client: replacing it",
+                        len(self._in_flight))
+            self._stalled_since = None
+            self._metrics.incr("stuck_client_rebuilds")
+            self._clients.replace(self._clients.current[0])
+
+    def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> bool:
+        """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go.
+        True if some could not be sent (they stay in the spool for the next round).
+
+        A record the broker refuses for good (non-retriable, e.g. too large) leaves the spool
+        for the dead-letter topic; one that failed retriably stays for the next round.
+        """
+        records = self.spool.lease(limit, lease_s=timeout_s * 2)
+        if not records:
+            return False
+        generation, client = self._clients.current
+        futures = []
+        for rec in records:
+            try:
+                kf = client.send(rec.topic, key=rec.key, value=rec.value)
+            except Exception as exc:  # noqa: BLE001 - e.g. no metadata yet: retry next round
+                log.warning("replay: could not send spooled post %s: %r", rec.post_id, exc)
+                break
+            futures.append((rec, kf))
+        try:
+            client.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            pass
+        acked, retry, refused = [], [], []
+        for rec, kf in futures:
+            if kf.succeeded():
+                acked.append(rec.seq)
+            elif kf.is_done and not getattr(kf.exception, "retriable", True):
+                refused.append((rec, kf.exception))
+            else:
+                retry.append(rec.seq)
+        retry += [rec.seq for rec in records[len(futures):]]
+        for rec, exc in refused:
+            self._dead_letter_spooled(rec, exc)
+        self.spool.ack(acked + [rec.seq for rec, _ in refused])
+        if retry or refused:  # kafka-python fails every later send after such an error
+            self._stale_generation = generation
+        if retry:
+            self.spool.nack(retry)
+            self._metrics.incr("replay_failed", len(retry))
+        self._metrics.incr("replayed", len(acked))
+        return bool(retry)

@@ -1,0 +1,176 @@
+"""What ``submit()`` hands back: a :class:`PostFuture`, which settles into a :class:`Delivery`
+(acked or spooled) or raises :class:`~lab_kit.producer.errors.DeliveryFailed`.
+
+The future is also the callback kafka-python calls when the broker answers: one object per
+post serves as both callback and errback (see :meth:`PostFuture.__call__`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..posts import Post
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """How a post ended: ``acked`` (on the topic) or ``spooled`` (on disk, replayed later).
+
+    Read it, don't change it. (Not a frozen dataclass: one is built per ack, on the sender
+    thread, and a frozen one costs four times as much to build.)
+    """
+
+    post_id: str
+    outcome: str
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    ack_latency_s: float | None = None
+
+
+class DeliveryListener(Protocol):
+    """Who hears about a post's answer from Kafka: the producer facade."""
+
+    def on_ack(self, pf: PostFuture, metadata: Any, now: float) -> None: ...
+
+    def on_send_error(self, pf: PostFuture, exc: BaseException) -> None: ...
+
+
+# One lock for all futures, taken only to complete one or to wait on it. A lock (or an
+# Event) per post would cost more than the rest of submit(): most futures are never waited on.
+_FUTURE_LOCK = threading.Lock()
+_PENDING, _DONE = 0, 1
+
+
+class PostFuture:
+    """``result()``, ``exception()``, ``done()``, ``add_done_callback()``: the interface of
+    ``concurrent.futures.Future``, cheaper to create and to complete (no lock or condition per
+    post unless someone actually waits on it).
+
+    Done-callbacks run in the thread that completes the future: for an ack that is the
+    client's sender thread, so keep them short.
+    """
+
+    __slots__ = ("post", "post_id", "intended_at", "generation", "_listener", "_state",
+                 "_value", "_exc", "_event", "_callbacks")
+
+    def __init__(self, post: Post, intended_at: float, listener: DeliveryListener | None = None):
+        self.post = post
+        self.post_id = post.post_id
+        self.intended_at = intended_at
+        self.generation = 0  # which KafkaProducer instance carries it
+        self._listener = listener
+        self._state = _PENDING
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._event: threading.Event | None = None
+        self._callbacks: list | None = None
+
+    def __call__(self, outcome: Any) -> None:
+        """kafka-python's future calls this with the record metadata on success and with the
+        exception on failure: the future is its own callback *and* errback (one object per
+        post instead of two ``functools.partial``, less work for the garbage collector)."""
+        if isinstance(outcome, BaseException):
+            self._listener.on_send_error(self, outcome)
+        else:
+            self._listener.on_ack(self, outcome, time.perf_counter())
+
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def set_result(self, value: Any) -> bool:
+        """Settle with a value; False if the future was settled already (nothing changes)."""
+        return self._complete(value, None)
+
+    def set_exception(self, exc: BaseException) -> bool:
+        """Settle with an error; False if the future was settled already (nothing changes)."""
+        return self._complete(None, exc)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The :class:`Delivery`; raises :class:`DeliveryFailed` if the post failed."""
+        self._wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._exc
+
+    def add_done_callback(self, fn: Any) -> None:
+        with _FUTURE_LOCK:
+            if self._state != _DONE:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _complete(self, value: Any, exc: BaseException | None) -> bool:
+        with _FUTURE_LOCK:
+            if self._state == _DONE:
+                return False
+            self._value, self._exc, self._state = value, exc, _DONE
+            event, callbacks = self._event, self._callbacks
+        if event is not None:
+            event.set()
+        if callbacks:
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:  # noqa: BLE001 - same contract as concurrent.futures
+                    log.exception("done-callback of post %s raised", self.post_id)
+        return True
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._state == _DONE:
+            return
+        with _FUTURE_LOCK:
+            if self._state == _DONE:
+                return
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if not event.wait(timeout):
+            raise TimeoutError(f"post {self.post_id} not settled within {timeout} s")
+
+
+class InFlight:
+    """The futures handed to the Kafka client and not settled yet, oldest first.
+
+    Touched by the callers' threads (add), the sender thread (discard on an answer), the
+    worker and the health thread (oldest age, snapshot), so every access holds the lock.
+    """
+
+    __slots__ = ("_lock", "_futures")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: dict[PostFuture, None] = {}  # insertion order = oldest first
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def add(self, pf: PostFuture) -> None:
+        with self._lock:
+            self._futures[pf] = None
+
+    def discard(self, pf: PostFuture) -> None:
+        with self._lock:
+            self._futures.pop(pf, None)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest post in flight was meant to be sent (0 if none)."""
+        with self._lock:
+            oldest = next(iter(self._futures), None)
+        return 0.0 if oldest is None else time.perf_counter() - oldest.intended_at
+
+    def snapshot(self) -> list[PostFuture]:
+        with self._lock:
+            return list(self._futures)
