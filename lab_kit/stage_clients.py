@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from .kafka_settings import check_consumer_settings, check_producer_settings
 from .offsets import TP
-from .producer import force_close
+from .producer.kafka_quirks import force_close
 
 __all__ = ["CLIENTS", "Rec", "StageClients", "KafkaPythonClients", "ConfluentClients",
            "make_clients", "consumer_settings", "producer_config", "check_settings"]
@@ -237,7 +237,8 @@ class KafkaPythonClients(StageClients):
 
     def rebuild_producer(self) -> None:
         """Abort what the producer holds and drop it: after an error kafka-python's
-        idempotent producer may never send again (the producer's own ``force_close``)."""
+        idempotent producer may never send again (the workaround shared with the producer:
+        :func:`lab_kit.producer.kafka_quirks.force_close`)."""
         old, self._producer = self._producer, None
         if old is not None:
             force_close(old)
