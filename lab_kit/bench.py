@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from . import config
+from .cli_paths import check_output_path
 from .metrics import CpuMeter, percentiles_ms
 from .posts import Post, Workload, run_open_loop
 
@@ -404,6 +405,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output_path(args.json_path, "--json")  # every suite: before any work
     if args.suite == "api":
         from .api_bench import main_from_bench
 

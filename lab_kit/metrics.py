@@ -7,15 +7,22 @@ An asynchronous producer touches its metrics from two threads:
 * kafka-python's sender thread, inside the delivery callbacks (was the post
   acknowledged? how long after we intended to send it?).
 
-:class:`MetricsRecorder` is therefore guarded by a single ``threading.Lock``
-whose critical sections are a handful of dict updates and one HdrHistogram
-increment - no pandas, no allocation-heavy work on the hot path. Everything
-that builds DataFrames (``*_frame()``) or summaries is meant to be called off
-the hot path (after a run, or from a UI refresh timer).
+:class:`MetricsRecorder` keeps counters, error counts, latency histograms and a
+per-interval time series. Its hot path, :meth:`MetricsRecorder.observe`, is one
+list append with no lock; observations are folded into the counters, histograms
+and time series in numpy batches (every ``FOLD_EVERY`` observations, or when a
+reader asks). The other writers (:meth:`~MetricsRecorder.incr`,
+:meth:`~MetricsRecorder.record_error`, :meth:`~MetricsRecorder.record_latency`)
+take one ``threading.Lock`` for a few dict updates. Everything that builds
+DataFrames (``*_frame()``) or summaries is meant to be called off the hot path
+(after a run, or from a UI refresh timer).
 
-Latencies are kept in `HdrHistogram <https://hdrhistogram.github.io/HdrHistogram/>`_
-instances covering 1 us .. 60 s with 3 significant digits (0.1 % relative
-precision). Values outside that range are clamped to it and counted.
+Latencies live in :class:`LatencyHistogram`, this module's own log-linear
+histogram (one numpy array of counts; layout described above the class): 1 us ..
+60 s with 3 significant digits (buckets at most 0.1 % wide). Values outside that
+range are clamped into it and counted; mean and max are exact.
+:func:`percentiles_ms` gives the same summary keys exactly, from a list of values,
+and :class:`CpuMeter` measures the CPU time of a timed region (benchmarks).
 
 Times passed as ``now=`` (and to :meth:`MetricsRecorder.add_window`) are
 readings of the recorder's clock (``time.perf_counter`` by default); frames and
@@ -32,23 +39,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hdrh.histogram import HdrHistogram
 
 __all__ = [
-    "HDR_LOWEST_US",
-    "HDR_HIGHEST_US",
-    "HDR_SIGNIFICANT_DIGITS",
+    "HIST_LOWEST_US",
+    "HIST_HIGHEST_US",
+    "HIST_SIGNIFICANT_DIGITS",
     "STANDARD_COUNTERS",
     "SUMMARY_KEYS",
+    "CpuMeter",
     "LatencyHistogram",
     "MetricsRecorder",
     "percentiles_ms",
 ]
 
 #: Histogram range in microseconds: 1 us .. 60 s, 3 significant digits.
-HDR_LOWEST_US = 1
-HDR_HIGHEST_US = 60_000_000
-HDR_SIGNIFICANT_DIGITS = 3
+HIST_LOWEST_US = 1
+HIST_HIGHEST_US = 60_000_000
+HIST_SIGNIFICANT_DIGITS = 3
 
 #: Counter names the producer uses (any other name is allowed too).
 STANDARD_COUNTERS: tuple[str, ...] = (
@@ -113,98 +120,112 @@ def percentiles_ms(values_seconds: Sequence[float]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # LatencyHistogram
 # ---------------------------------------------------------------------------
+#
+# Bucket layout (log-linear, the idea popularised by HdrHistogram; our own code and arrays):
+# latencies are recorded as whole microseconds ``v`` in HIST_LOWEST_US .. HIST_HIGHEST_US.
+#
+# * ``v < 2048``: one bucket per microsecond (index ``v``), i.e. exact;
+# * ``v >= 2048``: with ``k = floor(log2(v))``, the octave ``[2**k, 2**(k+1))`` is cut into
+#   1024 equal sub-buckets of width ``2**(k-10)``: index ``2048 + (k-11)*1024 + (v >> (k-10))
+#   - 1024``.
+#
+# Every bucket is therefore at most 1/1024 (< 0.1 %) of its values wide: 3 significant
+# digits. 60 s needs octaves up to k = 25, so the counts are one int64 array of
+# 2048 + 15 * 1024 = 17,408 slots (136 kB per histogram). A bucket reports its highest
+# value (the upper edge), so percentiles err upwards by less than 0.1 %.
 
-_bucket_values_cache: np.ndarray | None = None
+_EXACT_SLOTS = 2048                     # v < 2048 us: one slot per microsecond
+_SUB_BUCKETS = 1024                     # slots per octave above that
+_SUB_BITS = 10                          # log2(_SUB_BUCKETS)
+_FIRST_OCTAVE = 11                      # log2(_EXACT_SLOTS)
+_N_SLOTS = _EXACT_SLOTS + (HIST_HIGHEST_US.bit_length() - _FIRST_OCTAVE) * _SUB_BUCKETS
 
 
-def _bucket_values_us(hist: HdrHistogram) -> np.ndarray:
-    """Highest equivalent value (us) of every counts-array slot (cached; same layout always)."""
-    global _bucket_values_cache
-    if _bucket_values_cache is None or len(_bucket_values_cache) != hist.counts_len:
-        _bucket_values_cache = np.array(
-            [
-                hist.get_highest_equivalent_value(hist.get_value_from_index(i))
-                for i in range(hist.counts_len)
-            ],
-            dtype=np.float64,
-        )
-    return _bucket_values_cache
+def _slot_of_us(us: np.ndarray) -> np.ndarray:
+    """Slot index of every value (int64 microseconds, already clamped into range)."""
+    octave = np.floor(np.log2(np.maximum(us, 1).astype(np.float64))).astype(np.int64)
+    octave = np.maximum(octave, _FIRST_OCTAVE)  # values below 2048 us: the exact slots
+    shift = octave - _SUB_BITS
+    slot = _EXACT_SLOTS + (octave - _FIRST_OCTAVE) * _SUB_BUCKETS + (us >> shift) - _SUB_BUCKETS
+    return np.where(us < _EXACT_SLOTS, us, slot)
 
 
-def _new_hdr() -> HdrHistogram:
-    return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_SIGNIFICANT_DIGITS)
+def _slot_upper_edges_us() -> np.ndarray:
+    """The highest microsecond value of every slot (float64, for percentile lookups)."""
+    exact = np.arange(_EXACT_SLOTS, dtype=np.int64)
+    j = np.arange(_N_SLOTS - _EXACT_SLOTS, dtype=np.int64)
+    octave = _FIRST_OCTAVE + j // _SUB_BUCKETS
+    width = np.left_shift(1, octave - _SUB_BITS)
+    lowest = (_SUB_BUCKETS + j % _SUB_BUCKETS) * width
+    return np.concatenate([exact, lowest + width - 1]).astype(np.float64)
+
+
+_SLOT_UPPER_US = _slot_upper_edges_us()
+
+
+def _empty_cdf() -> pd.DataFrame:
+    return pd.DataFrame({"latency_ms": pd.Series(dtype=float), "fraction": pd.Series(dtype=float)})
 
 
 class LatencyHistogram:
-    """An HdrHistogram of latencies (recorded in seconds, reported in milliseconds).
+    """A histogram of latencies (recorded in seconds, reported in milliseconds).
 
-    * 1 us .. 60 s at 3 significant digits; out-of-range values are clamped and
-      counted in :attr:`clamped`.
-    * ``mean_ms`` and ``max_ms`` are exact (tracked beside the histogram);
-      percentiles are HDR bucket values, capped at the exact max.
-    * Every public method is thread-safe (one lock per histogram).
+    * 1 us .. 60 s at 3 significant digits (the bucket layout above); out-of-range values
+      are clamped into range and counted in :attr:`clamped`.
+    * ``mean_ms``, ``max_ms`` (and the 0th percentile) are exact, tracked beside the
+      buckets; other percentiles are bucket upper edges, capped at the exact max.
+    * Every public method is thread-safe (one lock per histogram). :meth:`record` costs a
+      list append; values are folded into the buckets ``FOLD_EVERY`` at a time by numpy, or
+      when a reader needs them. :meth:`record_many` records an array in one vectorised step.
     """
 
-    __slots__ = ("_lock", "_hdr", "_count", "_sum_s", "_max_s", "_min_s", "_clamped", "_pending")
+    __slots__ = ("_lock", "_counts", "_count", "_sum_s", "_max_s", "_min_s", "_clamped",
+                 "_pending")
 
-    #: values are buffered and folded into the histogram in vectorised batches of this size:
-    #: a list append is ~50x cheaper than HdrHistogram.record_value in pure Python
+    #: values are buffered and folded into the buckets in vectorised batches of this size:
+    #: a list append is far cheaper than bucketing one value at a time in Python
     FOLD_EVERY = 4096
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._hdr = _new_hdr()
-        self._count = 0
-        self._sum_s = 0.0
-        self._max_s = -math.inf
-        self._min_s = math.inf
-        self._clamped = 0
-        self._pending: list[float] = []
+        self._reset_unlocked()
 
-    # -- hot path ----------------------------------------------------------
-    def _record_unlocked(self, seconds: float) -> None:
-        pending = self._pending
-        pending.append(seconds)
-        if len(pending) >= self.FOLD_EVERY:
-            self._fold_unlocked()
+    # -- recording ---------------------------------------------------------
+    def record(self, seconds: float) -> None:
+        """Record one latency in seconds (negative values count as 0 and as a clamp)."""
+        with self._lock:
+            pending = self._pending
+            pending.append(seconds)
+            if len(pending) >= self.FOLD_EVERY:
+                self._fold_unlocked()
+
+    def record_many(self, seconds: np.ndarray | Sequence[float]) -> None:
+        """Record many latencies (seconds) at once: one numpy pass, no per-value Python."""
+        secs = np.asarray(seconds, dtype=np.float64).ravel()
+        with self._lock:
+            self._add_unlocked(secs)
 
     def _fold_unlocked(self) -> None:
-        """Move buffered values into the HdrHistogram (numpy does the bucket arithmetic)."""
-        if not self._pending:
-            return
-        secs = np.asarray(self._pending, dtype=np.float64)
-        self._pending = []
-        self._fold_array(secs)
+        """Move values buffered by :meth:`record` into the buckets."""
+        if self._pending:
+            secs = np.asarray(self._pending, dtype=np.float64)
+            self._pending = []
+            self._add_unlocked(secs)
 
-    def _fold_array(self, secs: np.ndarray) -> None:
+    def _add_unlocked(self, secs: np.ndarray) -> None:
+        if secs.size == 0:
+            return
         negative = secs < 0.0
         secs = np.where(negative, 0.0, secs)
         us = np.floor(secs * _US_PER_S + 0.5).astype(np.int64)
-        low, high = us < HDR_LOWEST_US, us > HDR_HIGHEST_US
-        self._clamped += int(np.count_nonzero(low | high | negative))
-        us = np.clip(us, HDR_LOWEST_US, HDR_HIGHEST_US)
-        h = self._hdr
-        # HdrHistogram's counts index, vectorised (see hdrh.histogram._counts_index_for)
-        masked = us | h.sub_bucket_mask
-        pow2ceiling = np.floor(np.log2(masked.astype(np.float64))).astype(np.int64) + 1
-        bucket = pow2ceiling - h.unit_magnitude - (h.sub_bucket_half_count_magnitude + 1)
-        sub_bucket = us >> (bucket + h.unit_magnitude)
-        index = ((bucket + 1) << h.sub_bucket_half_count_magnitude) + sub_bucket \
-            - h.sub_bucket_half_count
-        counts = np.ctypeslib.as_array(h.counts)
-        np.add.at(counts, index, 1)
-        h.total_count += len(us)
-        h.min_value = min(h.min_value, int(us.min()))
-        h.max_value = max(h.max_value, int(us.max()))
+        out_of_range = negative | (us < HIST_LOWEST_US) | (us > HIST_HIGHEST_US)
+        self._clamped += int(np.count_nonzero(out_of_range))
+        us = np.clip(us, HIST_LOWEST_US, HIST_HIGHEST_US)
+        self._counts += np.bincount(_slot_of_us(us), minlength=_N_SLOTS)
         self._count += len(secs)
         self._sum_s += float(secs.sum())
         self._max_s = max(self._max_s, float(secs.max()))
         self._min_s = min(self._min_s, float(secs.min()))
-
-    def record(self, seconds: float) -> None:
-        """Record one latency in seconds (negative values count as 0 and as a clamp)."""
-        with self._lock:
-            self._record_unlocked(seconds)
 
     # -- readers -----------------------------------------------------------
     @property
@@ -222,15 +243,13 @@ class LatencyHistogram:
             return self._clamped
 
     def _percentiles_us_unlocked(self, ps: Iterable[float]) -> list[float]:
-        """Percentile values in microseconds (HDR semantics, capped to the exact min/max)."""
+        """Percentile values in microseconds (bucket upper edges, capped to the exact min/max)."""
         ps = list(ps)
         self._fold_unlocked()
         if self._count == 0:
             return [math.nan] * len(ps)
-        counts = np.ctypeslib.as_array(self._hdr.counts)
-        cum = np.cumsum(counts, dtype=np.int64)
+        cum = np.cumsum(self._counts)
         total = int(cum[-1])
-        values = _bucket_values_us(self._hdr)
         max_us = self._max_s * _US_PER_S
         min_us = self._min_s * _US_PER_S
         out: list[float] = []
@@ -243,7 +262,7 @@ class LatencyHistogram:
                 continue
             target = max(1, int(p * total / 100.0 + 0.5))
             idx = int(np.searchsorted(cum, target, side="left"))
-            out.append(min(max(float(values[idx]), min_us), max_us))
+            out.append(min(max(float(_SLOT_UPPER_US[idx]), min_us), max_us))
         return out
 
     def percentile_ms(self, p: float) -> float:
@@ -251,42 +270,19 @@ class LatencyHistogram:
         with self._lock:
             return self._percentiles_us_unlocked([p])[0] / 1000.0
 
-    def _summary_unlocked(self) -> dict[str, Any]:
-        self._fold_unlocked()
-        if self._count == 0:
-            return _empty_summary()
-        pct = self._percentiles_us_unlocked(p for _, p in _SUMMARY_PERCENTILES)
-        out: dict[str, Any] = {
-            "count": self._count,
-            "mean_ms": self._sum_s / self._count * 1000.0,
-        }
-        for (key, _), us in zip(_SUMMARY_PERCENTILES, pct, strict=True):
-            out[key] = us / 1000.0
-        out["max_ms"] = self._max_s * 1000.0
-        return out
-
     def summary_ms(self) -> dict[str, Any]:
         """``count, mean_ms, p50_ms, p90_ms, p99_ms, p999_ms, max_ms`` (None when empty)."""
         with self._lock:
-            return self._summary_unlocked()
-
-    def _cdf_unlocked(self, points: int) -> pd.DataFrame:
-        self._fold_unlocked()
-        if self._count == 0:
-            return pd.DataFrame({"latency_ms": pd.Series(dtype=float),
-                                 "fraction": pd.Series(dtype=float)})
-        counts = np.ctypeslib.as_array(self._hdr.counts).astype(np.float64)
-        nz = np.nonzero(counts)[0]
-        values_us = np.minimum(_bucket_values_us(self._hdr)[nz], self._max_s * _US_PER_S)
-        frac = np.cumsum(counts[nz]) / counts[nz].sum()
-        lo = max(self._min_s * _US_PER_S, float(HDR_LOWEST_US))
-        hi = max(self._max_s * _US_PER_S, lo)
-        grid = np.unique(np.geomspace(lo, hi, num=max(2, int(points))))
-        # fraction of values <= x, read off the bucket CDF (a step function)
-        idx = np.searchsorted(values_us, grid, side="right") - 1
-        fraction = np.where(idx >= 0, frac[np.clip(idx, 0, None)], 0.0)
-        fraction[-1] = 1.0
-        return pd.DataFrame({"latency_ms": grid / 1000.0, "fraction": fraction})
+            self._fold_unlocked()
+            if self._count == 0:
+                return _empty_summary()
+            pct = self._percentiles_us_unlocked(p for _, p in _SUMMARY_PERCENTILES)
+            out: dict[str, Any] = {"count": self._count,
+                                   "mean_ms": self._sum_s / self._count * 1000.0}
+            for (key, _), us in zip(_SUMMARY_PERCENTILES, pct, strict=True):
+                out[key] = us / 1000.0
+            out["max_ms"] = self._max_s * 1000.0
+            return out
 
     def cdf(self, points: int = 200) -> pd.DataFrame:
         """Empirical CDF sampled at ``points`` log-spaced latencies between min and max.
@@ -295,12 +291,26 @@ class LatencyHistogram:
         empty frame when nothing was recorded.
         """
         with self._lock:
-            return self._cdf_unlocked(points)
+            self._fold_unlocked()
+            if self._count == 0:
+                return _empty_cdf()
+            nz = np.nonzero(self._counts)[0]
+            counts = self._counts[nz].astype(np.float64)
+            values_us = np.minimum(_SLOT_UPPER_US[nz], self._max_s * _US_PER_S)
+            lo = max(self._min_s * _US_PER_S, float(HIST_LOWEST_US))
+            hi = max(self._max_s * _US_PER_S, lo)
+        frac = np.cumsum(counts) / counts.sum()
+        grid = np.unique(np.geomspace(lo, hi, num=max(2, int(points))))
+        # fraction of values <= x, read off the bucket CDF (a step function)
+        idx = np.searchsorted(values_us, grid, side="right") - 1
+        fraction = np.where(idx >= 0, frac[np.clip(idx, 0, None)], 0.0)
+        fraction[-1] = 1.0
+        return pd.DataFrame({"latency_ms": grid / 1000.0, "fraction": fraction})
 
     # -- maintenance -------------------------------------------------------
     def _reset_unlocked(self) -> None:
-        self._pending = []
-        self._hdr = _new_hdr()
+        self._pending: list[float] = []
+        self._counts = np.zeros(_N_SLOTS, dtype=np.int64)
         self._count = 0
         self._sum_s = 0.0
         self._max_s = -math.inf
@@ -312,30 +322,22 @@ class LatencyHistogram:
         with self._lock:
             self._reset_unlocked()
 
-    def _state(self) -> tuple[HdrHistogram, int, float, float, float, int]:
-        self._fold_unlocked()
-        hdr = _new_hdr()
-        hdr.add(self._hdr)
-        return hdr, self._count, self._sum_s, self._max_s, self._min_s, self._clamped
-
-    def _merge_state(self, state: tuple[HdrHistogram, int, float, float, float, int]) -> None:
-        hdr, count, sum_s, max_s, min_s, clamped = state
-        self._fold_unlocked()
-        if count == 0:
-            return
-        self._hdr.add(hdr)
-        self._count += count
-        self._sum_s += sum_s
-        self._max_s = max(self._max_s, max_s)
-        self._min_s = min(self._min_s, min_s)
-        self._clamped += clamped
-
     def merge(self, other: LatencyHistogram) -> LatencyHistogram:
         """Add every value of ``other`` into this histogram; returns ``self``."""
         with other._lock:  # copy first, so the two locks are never held together
-            state = other._state()
+            other._fold_unlocked()
+            counts = other._counts.copy()
+            count, sum_s, max_s, min_s = other._count, other._sum_s, other._max_s, other._min_s
+            clamped = other._clamped
+        if count == 0:
+            return self
         with self._lock:
-            self._merge_state(state)
+            self._counts += counts
+            self._count += count
+            self._sum_s += sum_s
+            self._max_s = max(self._max_s, max_s)
+            self._min_s = min(self._min_s, min_s)
+            self._clamped += clamped
         return self
 
     def copy(self) -> LatencyHistogram:
@@ -395,7 +397,8 @@ class MetricsRecorder:
         Latency names whose per-bucket mean/max are kept (columns
         ``<name>_mean_ms`` / ``<name>_max_ms``); ``("ack",)`` by default.
 
-    Hot-path methods: :meth:`record_latency`, :meth:`incr`, :meth:`record_error`.
+    Hot path: :meth:`observe` (one list append, no lock). :meth:`record_latency`,
+    :meth:`incr` and :meth:`record_error` are cheap too (one short locked section).
     """
 
     SUBMIT = "submit"
@@ -472,7 +475,7 @@ class MetricsRecorder:
             hist = self._hists.get(name)
             if hist is None:
                 hist = self._hists[name] = LatencyHistogram()
-            hist._record_unlocked(seconds)
+            hist.record(seconds)
             if track:
                 bucket = self._bucket_unlocked(now)  # type: ignore[arg-type]
                 if bucket is not None:
@@ -515,8 +518,7 @@ class MetricsRecorder:
             hist = self._hists.get(latency)
             if hist is None:
                 hist = self._hists[latency] = LatencyHistogram()
-            with hist._lock:
-                hist._fold_array(secs)
+            hist.record_many(secs)
             self._counters[counter] = self._counters.get(counter, 0) + n
             idx = np.maximum(((nows - self.start) / self.interval_s).astype(np.int64), 0)
             track = latency in self._ts_latencies
@@ -632,11 +634,7 @@ class MetricsRecorder:
         self.fold()
         with self._lock:
             hist = self._hists.get(name)
-            if hist is None:
-                return LatencyHistogram()
-            copy = LatencyHistogram()
-            copy._merge_state(hist._state())
-            return copy
+        return LatencyHistogram() if hist is None else hist.copy()
 
     def latency_names(self) -> list[str]:
         self.fold()
@@ -648,14 +646,14 @@ class MetricsRecorder:
         self.fold()
         with self._lock:
             hist = self._hists.get(name)
-            return hist._summary_unlocked() if hist is not None else _empty_summary()
+        return hist.summary_ms() if hist is not None else _empty_summary()
 
     def latency_frame(self) -> pd.DataFrame:
         """One row per histogram: ``name`` + the summary keys (+ ``clamped``)."""
         self.fold()
         with self._lock:
-            rows = [{"name": name, **h._summary_unlocked(), "clamped": h._clamped}
-                    for name, h in self._hists.items()]
+            hists = list(self._hists.items())
+        rows = [{"name": name, **h.summary_ms(), "clamped": h.clamped} for name, h in hists]
         df = pd.DataFrame(rows, columns=["name", *SUMMARY_KEYS, "clamped"])
         float_cols = [k for k in SUMMARY_KEYS if k != "count"]
         df[float_cols] = df[float_cols].astype(float)
@@ -668,9 +666,7 @@ class MetricsRecorder:
         self.fold()
         with self._lock:
             hist = self._hists.get(name)
-            if hist is None:
-                return LatencyHistogram().cdf(points)
-            return hist._cdf_unlocked(points)
+        return (hist if hist is not None else LatencyHistogram()).cdf(points)
 
     def timeseries_frame(self) -> pd.DataFrame:
         """Per-interval series indexed by ``t_s`` (bucket start, seconds since start).
@@ -758,10 +754,11 @@ class MetricsRecorder:
         with self._lock:
             counters = dict.fromkeys(STANDARD_COUNTERS, 0)
             counters.update(self._counters)
-            latency = {name: h._summary_unlocked() for name, h in self._hists.items()}
-            clamped = {name: h._clamped for name, h in self._hists.items()}
+            hists = list(self._hists.items())
             errors = dict(self._errors)
             events = sorted(self._events)
+        latency = {name: h.summary_ms() for name, h in hists}
+        clamped = {name: h.clamped for name, h in hists}
         return {
             "interval_s": self.interval_s,
             "elapsed_s": elapsed,

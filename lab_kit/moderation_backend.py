@@ -98,7 +98,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from lab_kit.rules import LABELS, RepeatTracker, Verdict, _score_post, score_post
+from lab_kit.rules import LABELS, RepeatTracker, Verdict, score_post, score_post_fields
 
 __all__ = [
     "ModerationBackendError",
@@ -849,7 +849,7 @@ class _Handler(BaseHTTPRequestHandler):
                     post_id, user_id, text = get("post_id"), get("user_id"), get("text")
                     tp = type(post_id)
                     if (tp is str or tp is int) and type(user_id) is str and type(text) is str:
-                        label, score, reasons = _score_post(user_id, text, tracker, post_id)
+                        label, score, reasons = score_post_fields(user_id, text, tracker, post_id)
                         append({"post_id": post_id, "label": label, "score": score,
                                 "reasons": reasons})
                         continue

@@ -44,6 +44,7 @@ from typing import Any
 
 import psutil
 
+from .cli_paths import check_output_path
 from .metrics import percentiles_ms
 from .posts import Post, Workload, run_open_loop
 from .producer import BackpressureError
@@ -68,18 +69,9 @@ STAGES = ("producer", "moderation", "backend", "broker")
 
 
 def check_writable(path: str | None, flag: str = "--json") -> None:
-    """Raise ValueError (naming ``flag``) unless ``path`` can be written as a file."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{flag}: {path} is a directory, not a file to write")
-    parent = p.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag}: cannot write {path}: directory {parent} does not exist")
-    writable = os.access(p, os.W_OK) if p.exists() else os.access(parent, os.W_OK | os.X_OK)
-    if not writable:
-        raise ValueError(f"{flag}: cannot write {path}: permission denied")
+    """Raise ValueError (naming ``flag``) unless ``path`` can be written as a file
+    (:func:`lab_kit.cli_paths.check_output_path`; kept for the drills that import it)."""
+    check_output_path(path, flag)
 
 
 @dataclass
@@ -135,7 +127,7 @@ class PipelineSettings:
                                                or not 0 <= self.shed_after_ms <= 3_600_000):
             raise ValueError(f"--shed-after-ms must be in [0, 3600000] (0: never shed), "
                              f"got {self.shed_after_ms:g}")
-        check_writable(self.json_path)
+        check_output_path(self.json_path, "--json")
 
 
 # =========================================================================================

@@ -1,14 +1,21 @@
 """Matplotlib figures for the async-producer lab.
 
-Every function returns a :class:`matplotlib.figure.Figure` built with the
-object-oriented API (``Figure()``, not ``pyplot``): nothing is shown, nothing
+Every plotting function returns a :class:`matplotlib.figure.Figure` built with
+the object-oriented API (``Figure()``, not ``pyplot``): nothing is shown, nothing
 global is left open, and a notebook displays the figure when it is the cell's
 result (or with ``display(fig)``); scripts call ``fig.savefig(...)``.
+:func:`register_notebook_display` is what lets Jupyter show such a figure; every
+plotting function here calls it, and so should any other code building a ``Figure``
+for a notebook (the dashboard in :mod:`lab_kit.widgets` does).
 
 Inputs are the frames/dicts produced by :mod:`lab_kit.metrics`:
 ``MetricsRecorder.timeseries_frame()`` (indexed by ``t_s``),
 ``latency_frame()`` rows or ``summary_ms()`` dicts, ``cdf_frame()`` and
-``MetricsRecorder.windows`` (``(start_s, end_s, label)`` fault windows).
+``MetricsRecorder.windows`` (``(start_s, end_s, label)`` fault windows); the
+benchmark, experiment and drill results of :mod:`lab_kit.bench`,
+:mod:`lab_kit.experiments` and ``lab_kit.drills`` (:func:`sync_vs_async`,
+:func:`cpu_per_post`, :func:`event_timeline`, :func:`moderation_modes`,
+:func:`scale_out`, :func:`overload_timeline`).
 """
 
 from __future__ import annotations
@@ -23,13 +30,20 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 __all__ = [
+    "register_notebook_display",
     "latency_percentiles",
     "latency_cdf",
     "throughput_over_time",
     "error_rate_over_time",
     "sync_vs_async",
+    "cpu_per_post",
     "timeline",
     "tuning_sweep",
+    "event_timeline",
+    "bars",
+    "moderation_modes",
+    "scale_out",
+    "overload_timeline",
 ]
 
 FIGSIZE = (8.0, 4.0)
@@ -60,8 +74,13 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _register_notebook_display() -> None:
-    """Let Jupyter show a returned Figure as a PNG even when pyplot was never imported."""
+def register_notebook_display() -> None:
+    """Let Jupyter show a returned ``Figure`` as a PNG even when pyplot was never imported.
+
+    Registers a PNG formatter for :class:`~matplotlib.figure.Figure` with the running
+    IPython shell; a no-op outside IPython. Idempotent, so call it before building any
+    figure meant for a notebook.
+    """
     try:
         from IPython import get_ipython
     except ImportError:
@@ -72,7 +91,7 @@ def _register_notebook_display() -> None:
 
 
 def _figure(ncols: int = 1, figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, list[Axes]]:
-    _register_notebook_display()
+    register_notebook_display()
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
@@ -614,7 +633,7 @@ def overload_timeline(result: Mapping[str, Any], *,
     ``recheck_lag``, ``rechecked``), ``overload_window`` ``[start_s, end_s]``, optional
     ``capacity_per_s``.
     """
-    _register_notebook_display()
+    register_notebook_display()
     fig = Figure(figsize=(8.0, 7.0), layout="constrained")
     ax_rate, ax_lag, ax_deg = fig.subplots(3, 1, sharex=True)
     ts = pd.DataFrame(list(result.get("timeline") or []))

@@ -55,6 +55,7 @@ __all__ = [
     "Verdict",
     "RepeatTracker",
     "score_post",
+    "score_post_fields",
     "fallback_verdict",
     "DEGRADED",
 ]
@@ -286,15 +287,20 @@ def score_post(
     post_id: object = None,
 ) -> Verdict:
     """Full moderation rules (see module docstring). Repeat detection needs a tracker."""
-    label, score, reasons = _score_post(user_id, text, repeat_tracker, post_id)
+    label, score, reasons = score_post_fields(user_id, text, repeat_tracker, post_id)
     return Verdict(label, score, tuple(reasons))
 
 
-def _score_post(
-    user_id: str, text: str, repeat_tracker: RepeatTracker | None, post_id: object
+def score_post_fields(
+    user_id: str, text: str, repeat_tracker: RepeatTracker | None = None,
+    post_id: object = None,
 ) -> tuple[str, float, list[str]]:
-    """:func:`score_post` as a plain ``(label, score, reasons)`` tuple, without building (and
-    validating) a :class:`Verdict`: for the backend's per-post loop."""
+    """:func:`score_post`'s answer as a plain ``(label, score, reasons)`` tuple.
+
+    The same rules, without building (and validating) a :class:`Verdict`: for per-post hot
+    loops such as the moderation backend's batch endpoint, which serialises the fields
+    straight to JSON. ``reasons`` is a new list the caller may keep.
+    """
     reasons: list[str] = []
     score = 0.0
     low = _lowered(text)

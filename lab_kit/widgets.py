@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from .audit import AuditReport, audit, end_offsets
 from .metrics import MetricsRecorder
-from .plots import WINDOW_ALPHA, WINDOW_COLOR, _register_notebook_display
+from .plots import WINDOW_ALPHA, WINDOW_COLOR, register_notebook_display
 from .posts import Workload
 from .producer import AsyncPostProducer, BackpressureError, CloseReport
 
@@ -625,7 +625,7 @@ class Dashboard:
         interval = ts.attrs.get("interval_s", 1.0)
         now = self.metrics.elapsed()
         ts = ts[(ts.index + interval <= now) & (ts.index >= now - self.history_s)]  # whole buckets
-        _register_notebook_display()
+        register_notebook_display()
         fig = Figure(figsize=(9, 7), layout="constrained")
         ax_tp, ax_lat, ax_err = fig.subplots(3, 1, sharex=True)
         t = ts.index.to_numpy(dtype=float)

@@ -8,8 +8,10 @@ measured numbers, and that bad arguments are refused with a message naming the o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,3 +81,27 @@ def test_bad_arguments_name_the_option(args, needle):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert needle in proc.stderr
+
+
+@pytest.mark.parametrize("cmd", [
+    ["-m", "lab_kit", "bench"],
+    ["-m", "lab_kit", "bench", "pipeline"],
+    ["-m", "lab_kit", "bench", "api"],
+    ["-m", "lab_kit.api_bench"],
+])
+@pytest.mark.parametrize("where", ["/nonexistent/dir/x.json", "{tmp}"])
+def test_an_unwritable_json_path_exits_2_before_any_work(cmd, where, tmp_path):
+    # no broker can be reached and the state dir is fresh: any work would show
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+               LAB_STATE_DIR=str(tmp_path / "state"))
+    path = where.replace("{tmp}", str(tmp_path))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, *cmd, "--json", path], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith(f"error: --json: {path}" if where == "{tmp}" else
+                                  f"error: --json: cannot write {path}: directory "
+                                  f"/nonexistent/dir does not exist"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+    assert not (tmp_path / "state").exists()
+    assert time.monotonic() - t0 < 30

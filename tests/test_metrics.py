@@ -140,6 +140,31 @@ def test_histogram_merge_and_reset():
     assert c.count == 2001
 
 
+def test_histogram_buckets_are_under_0_1_percent_wide():
+    # p50 of {v, 60 s} is v's bucket (its upper edge): never below v, at most 0.1 % above
+    rng = random.Random(3)
+    values_us = [1, 2, 999, 2047, 2048, 2049, 4095, 4096, 65_535, 1_000_001, 59_999_999]
+    values_us += [rng.randint(1, 60_000_000) for _ in range(200)]
+    for us in values_us:
+        h = LatencyHistogram()
+        h.record_many([us / 1_000_000, 60.0])
+        p50_us = h.percentile_ms(50) * 1000.0
+        assert us - 1e-6 <= p50_us <= us * (1 + 1 / 1024) + 1e-6, us
+
+
+def test_histogram_record_many_matches_record():
+    rng = random.Random(11)
+    values = [rng.lognormvariate(math.log(0.003), 1.2) for _ in range(10_000)] + [-1.0, 99.0]
+    one, many = LatencyHistogram(), LatencyHistogram()
+    for v in values:
+        one.record(v)
+    many.record_many(values[:5000])
+    many.record_many(values[5000:])
+    assert many.summary_ms() == pytest.approx(one.summary_ms())
+    assert many.clamped == one.clamped == 2
+    pd.testing.assert_frame_equal(many.cdf(50), one.cdf(50))
+
+
 # ---------------------------------------------------------------------------
 # thread safety
 # ---------------------------------------------------------------------------

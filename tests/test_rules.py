@@ -292,6 +292,14 @@ def test_normalize_unchanged_including_every_unicode_whitespace() -> None:
         assert rules._normalize(text) == _old_normalize(text), repr(text)
 
 
+def test_score_post_fields_is_score_post_as_a_tuple() -> None:
+    t_fields, t_verdict = RepeatTracker(), RepeatTracker()
+    for i, (_, user, text) in enumerate(WORKLOAD[:3000] + [(None, "u", t) for t in FUZZ]):
+        label, score, reasons = rules.score_post_fields(user, text, t_fields, i % 2500)
+        v = score_post(user, text, repeat_tracker=t_verdict, post_id=i % 2500)
+        assert (label, score, tuple(reasons)) == (v.label, v.score, v.reasons), text
+
+
 def test_repeat_detection_still_ignores_case_and_whitespace() -> None:
     tracker = RepeatTracker()
     assert score_post("u", "Check out my new song", repeat_tracker=tracker, post_id=1).label \

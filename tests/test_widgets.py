@@ -112,7 +112,7 @@ def test_start_run_render_stop(dashboard):
     assert d.start_toggle.description == "Start"
     report = d.generator.last_report
     assert report is not None and report.lost == 0
-    assert d.generator.producer._closed
+    assert d.generator.producer.closed
     assert d.generator.producer.in_flight == 0
     snap = d.snapshot()
     assert snap["acked"] == snap["submitted"] >= 300  # every submitted post was acked
@@ -172,7 +172,7 @@ def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, topic_name):
         first = gen.producer
         report = gen.reconfigure(acks=1, linger_ms=20)
         assert report is not None and report.lost == 0
-        assert first._closed and gen.producer is not first and gen.running
+        assert first.closed and gen.producer is not first and gen.running
         assert gen.producer.metrics is gen.metrics
         before = gen.metrics.counters()["acked"]
         _wait_until(lambda: gen.metrics.counters()["acked"] >= before + 200, 30, "more acks")
