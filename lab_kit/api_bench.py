@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cli_paths import check_output_path
 from .metrics import MetricsRecorder, percentiles_ms
 from .posts import Workload
 
@@ -235,7 +236,7 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
     from . import broker as lab_broker
     from .api import ApiServer
     from .audit import audit
-    from .drills import Nemesis
+    from .drills.nemesis import Nemesis
     from .topics import ensure_topics
 
     if condition not in CONDITIONS:
@@ -508,9 +509,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).touch()
+    check_output_path(args.json_path, "--json")
     if not 1 <= args.rounds <= 10:
         raise ValueError(f"--rounds must be between 1 and 10, got {args.rounds}")
     if args.quick:

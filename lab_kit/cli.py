@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
-    from . import api, bench, drills
+    from . import api, bench
+    from .drills import runner as drills
 
     api.add_parser(sub)
     bench.add_parser(sub)

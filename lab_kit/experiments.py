@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -333,18 +333,24 @@ def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float =
 
 
 # --- 05: drills as data ----------------------------------------------------------------------
-def drill_timeline(result: dict) -> tuple[pd.DataFrame, list]:
-    """A drill's JSON → (per-second frame indexed by ``t_s``, fault windows) for plots."""
-    ts = pd.DataFrame(result["timeline"]).set_index("t_s")
+if TYPE_CHECKING:
+    from .drills.report import DrillReport
+
+
+def drill_timeline(report: DrillReport) -> tuple[pd.DataFrame, list]:
+    """A drill's report (:class:`lab_kit.drills.DrillReport`) → (per-second frame indexed
+    by ``t_s``, fault windows as ``(start_s, end_s, label)``) for plots."""
+    ts = pd.DataFrame(report.timeline).set_index("t_s")
     ts.attrs["interval_s"] = 1.0
-    windows = [tuple(w) for w in result["outage_windows"]]
+    windows = [(w.start_s, w.end_s, w.label) for w in report.outage_windows]
     return ts, windows
 
 
-def audit_table(result: dict) -> pd.DataFrame:
-    keys = ["submitted", "acked", "spooled", "replayed", "delivered_unique", "duplicates",
-            "lost", "dead_lettered"]
-    return pd.DataFrame({"count": {k: result.get(k) for k in keys}})
+def audit_table(report: DrillReport) -> pd.DataFrame:
+    """The checker's counts of a drill's report, one row each."""
+    from .drills.report import AUDIT_KEYS
+
+    return pd.DataFrame({"count": {k: getattr(report.audit, k) for k in AUDIT_KEYS}})
 
 
 # --- 08: moderation at scale -----------------------------------------------------------------

@@ -68,12 +68,6 @@ STAGES = ("producer", "moderation", "backend", "broker")
 # =========================================================================================
 
 
-def check_writable(path: str | None, flag: str = "--json") -> None:
-    """Raise ValueError (naming ``flag``) unless ``path`` can be written as a file
-    (:func:`lab_kit.cli_paths.check_output_path`; kept for the drills that import it)."""
-    check_output_path(path, flag)
-
-
 @dataclass
 class PipelineSettings:
     rate: float = FULL["rate"]

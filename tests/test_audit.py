@@ -1,7 +1,7 @@
 """The checkers, tested the way Jepsen tests its checkers: a known history, exact answers.
 
 Every "lost 0" in the lab comes from :func:`lab_kit.audit.audit` (posts, DLQ) or from
-:func:`lab_kit.moderation_drills.check_results` (moderation results). Here real topics are
+:func:`lab_kit.drills.checker.check_results` (moderation results). Here real topics are
 seeded with a history whose answer is known — one post missing, one duplicated, one
 dead-lettered, one delivered by a spool replay, plus records that must be ignored — and the
 checkers must report exactly that, ids included. A checker that cannot see a loss would pass
@@ -16,8 +16,8 @@ import pytest
 from kafka import KafkaProducer
 
 from lab_kit.audit import audit, dlq_record, end_offsets, post_ids_in, read_topic
+from lab_kit.drills.checker import check_results
 from lab_kit.moderation import moderation_results
-from lab_kit.moderation_drills import check_results
 from lab_kit.pipeline_bench import first_verdicts
 from lab_kit.posts import Workload
 from lab_kit.producer import AsyncPostProducer

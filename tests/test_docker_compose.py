@@ -10,7 +10,6 @@ daemon, no compose or no image is there.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -171,7 +170,8 @@ def test_compose_single_node_round_trip():
 
 
 def test_compose_cluster_is_three_nodes_round_trip_and_outage_drill(tmp_path):
-    from lab_kit.drills import DrillSettings, run_drill
+    from lab_kit.drills import DrillSettings
+    from lab_kit.drills.runner import run_drill
 
     project = ComposeProject("cluster", nodes=3)
     with project:
@@ -182,10 +182,8 @@ def test_compose_cluster_is_three_nodes_round_trip_and_outage_drill(tmp_path):
         cluster.wait_ready(timeout_s=120, expect_brokers=3)
         _round_trip(project.bootstrap, rf=3)
         settings = DrillSettings(posts=2000, rate=500, outage_s=4, lead_s=1)
-        result = run_drill("broker-outage", settings, broker=cluster, workdir=tmp_path)
-        print("broker-outage on the compose cluster:", json.dumps(
-            {k: result.get(k) for k in ("submitted", "acked", "spooled", "replayed",
-                                        "duplicates", "lost", "recovery_s")}))
-        assert result["lost"] == 0 and result["submitted"] == 2000, result
-        assert result["delivered_unique"] == 2000
-        assert result["outage_windows"], "node 1 must have been killed"
+        report = run_drill("broker-outage", settings, broker=cluster, workdir=tmp_path)
+        print("broker-outage on the compose cluster:", report.summary())
+        assert report.audit.lost == 0 and report.audit.submitted == 2000, report.summary()
+        assert report.audit.delivered_unique == 2000
+        assert report.outage_windows, "node 1 must have been killed"

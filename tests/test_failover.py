@@ -18,7 +18,8 @@ from kafka.errors import KafkaTimeoutError
 
 from lab_kit.audit import audit, post_ids_in
 from lab_kit.broker import local
-from lab_kit.drills import DrillSettings, KafkaCallWatch, run_drill
+from lab_kit.drills import DrillSettings, KafkaCallWatch
+from lab_kit.drills.runner import run_drill
 from lab_kit.posts import Workload
 from lab_kit.producer import AsyncPostProducer, DeliveryFailed, force_close
 from lab_kit.spool import SpoolError
@@ -45,22 +46,24 @@ def fresh_topic(fault_broker, topic_name):
 @pytest.mark.parametrize("name", ["broker-outage", "broker-pause"])
 def test_drill_at_small_scale_loses_nothing(fault_broker, tmp_path, name):
     settings = DrillSettings(posts=3000, rate=1000, outage_s=1.5, lead_s=0.8)
-    result = run_drill(name, settings, broker=fault_broker, workdir=tmp_path)
-    assert result["ok"] and result["nemesis_error"] is None
-    assert result["submitted"] == 3000
-    assert result["lost"] == 0 and result["delivered_unique"] == 3000
-    assert result["spooled"] > 0 and result["replayed"] >= result["spooled"] - result["duplicates"]
-    assert result["submitted_during_outage"] > 0
+    report = run_drill(name, settings, broker=fault_broker, workdir=tmp_path)
+    assert report.ok and report.nemesis_error is None
+    audit = report.audit
+    assert audit.submitted == 3000
+    assert audit.lost == 0 and audit.delivered_unique == 3000
+    assert audit.spooled > 0 and audit.replayed >= audit.spooled - audit.duplicates
+    assert report.during_outage.n > 0
     # The 5 ms target is measured by `python -m lab_kit drill` (README), not in a timed test;
     # here, by behaviour: posts were spooled by submit() itself, and none of those submits
     # made a Kafka client call (nothing on the caller's thread could wait on the broker).
-    assert result["spooled_by_caller"] > 0
-    assert result["kafka_calls_while_spooling"] == 0
-    assert result["spool_left"] == 0 and result["close_report_lost"] == 0
-    labels = [w[2] for w in result["outage_windows"]]
-    assert any("broker node" in label for label in labels)
-    assert result["timeline"] and {"t_s", "submitted", "acked"} <= set(result["timeline"][0])
-    assert sum(row["submitted"] for row in result["timeline"]) == 3000
+    assert report.caller.spooled_by_caller > 0
+    assert report.caller.kafka_calls_while_spooling == 0
+    assert report.producer.spool_left == 0 and report.producer.close_report_lost == 0
+    assert any("broker node" in w.label for w in report.outage_windows)
+    assert report.timeline and {"t_s", "submitted", "acked"} <= set(report.timeline[0])
+    assert sum(row["submitted"] for row in report.timeline) == 3000
+    # the JSON the CLI writes loads back into the same report
+    assert type(report).from_json(report.to_json()).to_dict() == report.to_dict()
     assert fault_broker.nodes()[0].state == "running"
 
 
@@ -68,12 +71,12 @@ def test_leader_failover_drill_on_three_nodes(tmp_path_factory, tmp_path):
     cluster = local.up(nodes=3, state_dir=tmp_path_factory.mktemp("drill-cluster"))
     try:
         settings = DrillSettings(posts=3000, rate=1000, outage_s=1.5, lead_s=0.8)
-        result = run_drill("leader-failover", settings, broker=cluster, workdir=tmp_path)
+        report = run_drill("leader-failover", settings, broker=cluster, workdir=tmp_path)
     finally:
         cluster.down(purge=True)
-    assert result["ok"] and result["nodes"] == 3
-    assert result["lost"] == 0 and result["delivered_unique"] == 3000
-    assert any("leader node" in w[2] for w in result["outage_windows"])
+    assert report.ok and report.nodes == 3
+    assert report.audit.lost == 0 and report.audit.delivered_unique == 3000
+    assert any("leader node" in w.label for w in report.outage_windows)
 
 
 def test_outage_sends_posts_to_the_spool_and_replays_them(fault_broker, fresh_topic, tmp_path):

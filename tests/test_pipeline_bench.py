@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from lab_kit.drills.report import OverloadReport
 from lab_kit.pipeline_bench import PipelineSettings, build_timeline, steady_rate
 
 from .conftest import delete_topics_with_prefix
@@ -180,6 +181,7 @@ def test_overload_drill_degrades_then_rechecks_everything(kafka_broker, tmp_path
         assert rep["rechecked"] == rep["degraded"]
         assert rep["recheck_drained_s"] is not None and rep["e2e_p99_ms"] > 0
         assert rep["ok"] is True
+        assert OverloadReport.from_dict(rep).to_dict() == rep  # the JSON loads as a report
         rows = rep["timeline"]
         assert sum(r["offered"] for r in rows) == rep["submitted"]
         assert sum(r["degraded"] for r in rows) == rep["degraded"]

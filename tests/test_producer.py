@@ -277,7 +277,7 @@ def test_kafka_call_watch_counts_client_calls_on_its_thread_only(bootstrap, topi
     """The instrument behind "nothing waited on Kafka while spooling" must see a call."""
     from kafka import KafkaProducer
 
-    from lab_kit.drills import WATCHED_METHODS, KafkaCallWatch
+    from lab_kit.drills.checker import WATCHED_METHODS, KafkaCallWatch
 
     originals = {name: KafkaProducer.__dict__[name] for name in WATCHED_METHODS}
     with AsyncPostProducer(bootstrap, topic) as producer:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from lab_kit.cli_paths import check_output_path
-from lab_kit.pipeline_bench import check_writable
 
 
 def test_a_new_or_existing_file_in_a_writable_directory_passes(tmp_path):
@@ -23,7 +22,6 @@ def test_a_new_or_existing_file_in_a_writable_directory_passes(tmp_path):
 
 def test_no_path_given_is_fine():
     assert check_output_path(None) is None
-    assert check_writable(None) is None
 
 
 @pytest.mark.parametrize("make, message", [
@@ -33,11 +31,10 @@ def test_no_path_given_is_fine():
 ])
 def test_bad_paths_are_refused_naming_the_option(tmp_path, make, message):
     path = make(tmp_path)
-    for check in (check_output_path, check_writable):
-        with pytest.raises(ValueError) as info:
-            check(str(path), "--json")
-        assert str(info.value).startswith("--json: "), str(info.value)
-        assert message.format(t=tmp_path) in str(info.value)
+    with pytest.raises(ValueError) as info:
+        check_output_path(str(path), "--json")
+    assert str(info.value).startswith("--json: "), str(info.value)
+    assert message.format(t=tmp_path) in str(info.value)
     with pytest.raises(ValueError, match=r"^--out: "):
         check_output_path(path, "--out")
 

@@ -5,36 +5,37 @@ Jepsen's shape, with the workload on the user's side of the API:
 * **workload**: open-loop ``POST /posts`` at a fixed rate through ``python -m lab_kit.api``
   (its producer has a spool), each request timed from its intended send time;
 * **nemesis**: ``kill -9`` of the broker ``lead_s`` into the load, restarted ``outage_s`` later
-  (:class:`lab_kit.drills.Nemesis`);
+  (:class:`lab_kit.drills.nemesis.Nemesis`, run by :func:`lab_kit.api_bench.run_condition`);
 * **checker**: after the spool has drained and the API was stopped with SIGTERM, the topic is
   read back (:func:`lab_kit.audit.audit`): every post answered ``202`` is counted by id —
   delivered once, duplicated, lost. ``ok`` means lost 0 and every request accepted.
 
-``python -m lab_kit.api_drill [--posts N] [--rate R] [--outage S] [--lead S] [--json PATH]``
+The result is an :class:`~lab_kit.drills.report.ApiDrillReport`.
+``python -m lab_kit.drills.api [--posts N] [--rate R] [--outage S] [--lead S] [--json PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-NAME = "api-broker-outage"
+from ..api_bench import own_broker as start_own_broker
+from ..api_bench import run_cli, run_condition
+from ..cli_paths import check_output_path
+from .report import API_DRILL, ApiDrillReport, ApiDrillSettings
+
+NAME = API_DRILL
 
 
 def run_api_drill(posts: int = 20_000, rate: float = 2_000, outage_s: float = 10.0,
                   lead_s: float = 3.0, workers: int = 1, broker=None,
-                  own_broker: bool = False) -> dict[str, Any]:
-    """Run the drill; returns its report (the LoadRun of the workload under ``load``).
+                  own_broker: bool = False) -> ApiDrillReport:
+    """Run the drill; returns its report (the LoadRun of the workload as ``report.load``).
 
     ``own_broker=True`` starts a one-node broker for the drill alone (and purges it after):
     on a machine where others use the lab's broker, their restarts cannot race the nemesis.
     """
-    from .api_bench import own_broker as start_own_broker
-    from .api_bench import run_condition
-
     if own_broker:
         b = start_own_broker()
         try:
@@ -55,27 +56,9 @@ def run_api_drill(posts: int = 20_000, rate: float = 2_000, outage_s: float = 10
     r = run_condition("async", "broker_killed", rate, seconds, workers=workers, lead_s=lead_s,
                       outage_s=outage_s, broker=broker, topic_prefix="drill.api",
                       keep_topic=True, warmup_s=0)
-    load = r.pop("load")
-    report = {"drill": NAME, "settings": {"posts": posts, "rate": rate, "outage_s": outage_s,
-                                          "lead_s": lead_s, "workers": workers}, **r}
-    report["ok"] = (r.get("lost") == 0 and r["accepted"] == r["sent"]
-                    and (r.get("outage") or {}).get("error") is None)
-    report["load"] = load
-    return report
-
-
-def summary(r: dict) -> str:
-    s = r.get("server", {})
-    return "\n".join([
-        f"drill {r['drill']}: {'OK' if r['ok'] else 'FAILED'}",
-        f"  sent {r['sent']}, accepted {r['accepted']}, delivered_unique "
-        f"{r.get('delivered_unique')}, duplicates {r.get('duplicates')}, lost {r.get('lost')}",
-        f"  HTTP p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms; during "
-        f"the outage p99 {r.get('p99_during_outage_ms')} ms (n={r.get('sent_during_outage')})",
-        f"  server: spooled {s.get('posts_spooled_total')}, replayed "
-        f"{s.get('spool_replayed')}, acked {s.get('posts_acked_total')}, failed "
-        f"{s.get('posts_failed_total')}",
-    ])
+    settings = ApiDrillSettings(posts=posts, rate=rate, outage_s=outage_s, lead_s=lead_s,
+                                workers=workers)
+    return ApiDrillReport.from_dict({"settings": vars(settings), **r})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,17 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output_path(args.json_path, "--json")
+    report = run_api_drill(args.posts, args.rate, args.outage, args.lead, args.workers,
+                           own_broker=getattr(args, "own_broker", False))
+    print(report.summary())
     if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).touch()
-    r = run_api_drill(args.posts, args.rate, args.outage, args.lead, args.workers,
-                      own_broker=getattr(args, "own_broker", False))
-    r.pop("load")
-    print(summary(r))
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(r, indent=2))
+        Path(args.json_path).write_text(report.to_json())
         print(f"wrote {args.json_path}")
-    return 0 if r["ok"] else 1
+    return 0 if report.ok else 1
 
 
 def main_from_drill(args: argparse.Namespace) -> int:
@@ -114,9 +94,7 @@ def main_from_drill(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    from .api_bench import run_cli
-
-    return run_cli("python -m lab_kit.api_drill", __doc__, add_arguments, main, argv)
+    return run_cli("python -m lab_kit.drills.api", __doc__, add_arguments, main, argv)
 
 
 if __name__ == "__main__":

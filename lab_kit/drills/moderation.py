@@ -12,6 +12,10 @@ posts/s; past it, HTTP 429); the service runs as its own process (the launcher o
 pipeline``); posts come at 0.5C, then 2C for the overload window, then 0.5C. Checker: every
 post has a result, nothing is lost, every post degraded by the overload is re-checked, and how
 long after the overload the last recheck landed.
+
+The results are a :class:`~lab_kit.drills.report.DrillReport` (with
+:class:`~lab_kit.drills.report.ModerationChecks`) and an
+:class:`~lab_kit.drills.report.OverloadReport`.
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .audit import audit
-from .metrics import MetricsRecorder
-from .posts import Workload, run_open_loop
+from ..cli_paths import check_output_path
+from ..metrics import MetricsRecorder
+from ..posts import Workload, run_open_loop
+from .checker import KafkaCallWatch, audit, check_results
+from .nemesis import Nemesis
+from .report import DrillReport, ModerationChecks, OverloadReport, Phase
+from .workload import DrillSettings, RssSampler, TimedSubmit
 
 BACKEND_TIMEOUT_S = 0.2
 SLOW_LATENCY_MS = 800.0
 
 
 def _create_topics(cfg: dict, names: dict[str, str]) -> None:
-    from .topics import ensure_topics
+    from ..topics import ensure_topics
 
     parts = {name: (3 if key in ("posts", "results", "recheck") else 1)
              for key, name in names.items()}
@@ -46,7 +53,7 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
                       ) -> dict[str, list[dict]]:
     """Poll the results topic until every id has a result and every degraded one a recheck
     (by :func:`check_results`, the drill's checker)."""
-    from .moderation import moderation_results
+    from ..moderation import moderation_results
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -58,62 +65,12 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
         time.sleep(1.0)
 
 
-@dataclass
-class ResultsCheck:
-    """The moderation checker's verdict, from the results topic read back, by post_id.
-
-    A post's *first verdict* is its earliest result that is not a recheck
-    (:func:`lab_kit.pipeline_bench.first_verdicts`): a post with only a recheck result has no
-    verdict of its own and counts as missing. ``results_duplicates`` are extra first-verdict
-    results (at-least-once re-processing); ``degraded`` posts had a fallback verdict and each
-    needs a recheck result (``rechecked_missing`` lists those without one).
-    """
-
-    results_missing: int
-    results_duplicates: int
-    degraded: int
-    rechecked: int
-    rechecked_missing: int
-    missing_ids: list[str]
-    duplicate_ids: list[str]
-    unrechecked_ids: list[str]
-
-    def to_dict(self, max_ids: int = 20) -> dict[str, Any]:
-        return {"results_missing": self.results_missing,
-                "results_duplicates": self.results_duplicates,
-                "degraded": self.degraded, "rechecked": self.rechecked,
-                "rechecked_missing": self.rechecked_missing,
-                "results_missing_ids": self.missing_ids[:max_ids],
-                "results_duplicate_ids": self.duplicate_ids[:max_ids],
-                "unrechecked_ids": self.unrechecked_ids[:max_ids]}
-
-
-def check_results(results: dict[str, list[dict]], submitted_ids: list[str] | set[str]
-                  ) -> ResultsCheck:
-    """Check ``results`` (:func:`lab_kit.moderation.moderation_results` of the results topic)
-    against the submitted post ids; ids not submitted are ignored."""
-    from .pipeline_bench import first_verdicts
-
-    ids = list(dict.fromkeys(submitted_ids))
-    firsts, duplicates, missing = first_verdicts(results, ids)
-    degraded = {pid for pid, r in firsts.items() if r.get("degraded")}
-    rechecked = {pid for pid in degraded
-                 if any(r.get("source") == "recheck" for r in results.get(pid, ()))}
-    dup_ids = sorted(pid for pid in firsts
-                     if sum(r.get("source") != "recheck" for r in results[pid]) > 1)
-    return ResultsCheck(
-        results_missing=missing, results_duplicates=duplicates, degraded=len(degraded),
-        rechecked=len(rechecked), rechecked_missing=len(degraded - rechecked),
-        missing_ids=sorted(pid for pid in ids if pid not in firsts), duplicate_ids=dup_ids,
-        unrechecked_ids=sorted(degraded - rechecked))
-
-
-def moderation_drill(name: str, broker, settings, *, workdir: Path,
-                     progress: bool = False) -> dict[str, Any]:
-    from .drills import KafkaCallWatch, Nemesis, RssSampler, TimedSubmit, _result
-    from .moderation import ModerationService, RecheckWorker, topic_names
-    from .moderation_backend import ModerationBackend
-    from .producer import AsyncPostProducer
+def moderation_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
+                     progress: bool = False) -> DrillReport:
+    """moderation-outage / moderation-slow: the backend process killed or slowed."""
+    from ..moderation import ModerationService, RecheckWorker, topic_names
+    from ..moderation_backend import ModerationBackend
+    from ..producer import AsyncPostProducer
 
     cfg = broker.client_config()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -167,24 +124,18 @@ def moderation_drill(name: str, broker, settings, *, workdir: Path,
         producer.close(timeout=30)
         backend.stop()
     counters = metrics.counters()
-    report = audit(cfg, names["posts"], submitted, dlq_topic=names["dlq"], counters=counters)
-    check = check_results(results, submitted)
+    landed = audit(cfg, names["posts"], submitted, dlq_topic=names["dlq"], counters=counters)
     svc = service.stats()
-    checks = {
-        "topic": names["posts"],
-        **check.to_dict(),
-        **submit.checks(),
-        "breaker_events": [{"t_s": round(e["t"] - (time.time() - metrics.elapsed()), 3),
-                            "from": e["from"], "to": e["to"]} for e in service.breaker_events],
-        "service": {k: svc.get(k) for k in ("consumed", "results", "degraded", "rechecked",
-                                            "backend_calls", "backend_failures", "dlq",
-                                            "breaker_opens", "batch_retries")},
-    }
-    out = _result(name, broker, settings, run, report, metrics, nemesis, submit.during, rss,
-                  extra=checks, consumer_metrics=svc_metrics)
-    out["ok"] = bool(out["ok"] and out["results_missing"] == 0
-                     and out["rechecked_missing"] == 0)
-    return out
+    checks = ModerationChecks(
+        results=check_results(results, submitted),
+        breaker_events=[{"t_s": round(e["t"] - (time.time() - metrics.elapsed()), 3),
+                         "from": e["from"], "to": e["to"]} for e in service.breaker_events],
+        service={k: svc.get(k) for k in ("consumed", "results", "degraded", "rechecked",
+                                         "backend_calls", "backend_failures", "dlq",
+                                         "breaker_opens", "batch_retries")})
+    return DrillReport.build(name, broker, settings, run, landed, metrics, nemesis, submit, rss,
+                             topic=names["posts"], moderation=checks,
+                             consumer_metrics=svc_metrics)
 
 
 # =========================================================================================
@@ -220,7 +171,7 @@ class OverloadSettings:
     @classmethod
     def from_env(cls, lead_s: float | None = None, overload_s: float | None = None
                  ) -> OverloadSettings:
-        from .config import lab_scale
+        from ..config import lab_scale
 
         scale = lab_scale()
         raw = os.environ.get(CAPACITY_ENV)
@@ -260,15 +211,15 @@ class OverloadSettings:
 
 
 def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
-                   workdir: Path | None = None, progress: bool = False) -> dict[str, Any]:
+                   workdir: Path | None = None, progress: bool = False) -> OverloadReport:
     """Backend capacity C; posts at 0.5C, 2C (the overload), 0.5C; the service as its own
     process (the bench's launcher). Then wait until every post has a result and every
     degraded one a recheck. Checker: results missing, lost (posts topic audit), rechecked."""
     import tempfile
 
-    from .metrics import percentiles_ms
-    from .moderation import moderation_results
-    from .pipeline_bench import (
+    from ..metrics import percentiles_ms
+    from ..moderation import moderation_results
+    from ..pipeline_bench import (
         Pipeline,
         Sampler,
         StampedSubmit,
@@ -281,7 +232,7 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
     settings = settings or OverloadSettings.from_env()
     settings.validate()
     if broker is None:
-        from . import broker as lab_broker
+        from .. import broker as lab_broker
 
         broker = lab_broker.ensure()
 
@@ -298,7 +249,7 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="lab-drill-")
         workdir = Path(tmp.name)
-    windows: list[dict[str, Any]] = []
+    windows: list[Phase] = []
     try:
         with Pipeline(broker, prefix=prefix, workdir=workdir, processes=1,
                       service_args=OVERLOAD_SERVICE_ARGS,
@@ -323,9 +274,9 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
                     say(f"  {name}: {rate:,.0f} posts/s for {seconds:g} s")
                     before, start = submit.count(), time.time()
                     run_open_loop(submit, posts, rate, seconds)
-                    windows.append({"phase": name, "rate": rate, "start_s": round(start - t0, 3),
-                                    "end_s": round(time.time() - t0, 3),
-                                    "submitted": submit.count() - before})
+                    windows.append(Phase(name, rate, start_s=round(start - t0, 3),
+                                         end_s=round(time.time() - t0, 3),
+                                         submitted=submit.count() - before))
                 producer.flush(timeout=60)
                 say(f"submitted {submit.count():,}; waiting for every result and recheck ...")
                 drained = pipe.wait_drained(probes, timeout_s=60 + 3 * load_s)
@@ -343,13 +294,13 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
             ids = submit.ids
             results = moderation_results(pipe.cfg, pipe.names["results"],
                                          timeout_s=max(60.0, len(ids) / 2000))
-            report = audit(pipe.cfg, pipe.names["posts"], ids, dlq_topic=pipe.names["dlq"])
+            landed = audit(pipe.cfg, pipe.names["posts"], ids, dlq_topic=pipe.names["dlq"])
     finally:
         if tmp is not None:
             tmp.cleanup()
 
-    over = next(w for w in windows if w["phase"] == "overload")
-    o_start, o_end = t0 + over["start_s"], t0 + over["end_s"]
+    over = next(w for w in windows if w.phase == "overload")
+    o_start, o_end = t0 + over.start_s, t0 + over.end_s
     firsts, duplicates, missing = first_verdicts(results, ids)
     degraded = {pid for pid, r in firsts.items() if r.get("degraded")}
     recheck_times: dict[str, float] = {}
@@ -359,64 +310,32 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
         if times:
             recheck_times[pid] = min(times)
     rechecked = degraded & set(recheck_times)
-    lost = len({pid for pid in ids if pid not in firsts} | set(report.lost_ids))
+    lost = len({pid for pid in ids if pid not in firsts} | set(landed.lost_ids))
     e2e = [r["moderated_at"] - r["created_at"] for r in firsts.values()
            if o_start <= r.get("created_at", 0.0) < o_end]
     p = percentiles_ms(e2e)
     last_recheck = max(recheck_times.values(), default=None)
     causes = Counter(str(firsts[pid].get("fallback_cause")) for pid in degraded)
-    out: dict[str, Any] = {
-        "drill": "moderation-overload",
-        "capacity_per_s": capacity,
-        "offered_rate_overload": round(over["submitted"] / max(over["end_s"] - over["start_s"],
-                                                               1e-9), 1),
-        "phases": windows,
-        "overload_window": [over["start_s"], over["end_s"]],
-        "submitted": len(ids),
-        "e2e_p50_ms": None if p["p50_ms"] is None else round(p["p50_ms"], 1),
-        "e2e_p99_ms": None if p["p99_ms"] is None else round(p["p99_ms"], 1),
-        "degraded": len(degraded),
-        "fallback_causes": dict(causes.most_common()),
-        "rechecked": len(rechecked),
-        "rechecked_missing": len(degraded - rechecked),
-        "results_missing": missing,
-        "duplicates": duplicates,
-        "lost": lost,
-        "posts_lost": report.lost,
-        "recheck_drained_s": None if last_recheck is None else round(last_recheck - o_end, 2),
-        "drained": drained,
-        "backend": {k: health.get(k) for k in ("requests", "posts", "rejected_429",
-                                               "rejected_503")},
-        "service_stop": service_stop,
-        "service_events": service_events,
-        "topic_prefix": prefix,
-        "timeline": build_timeline(samples, firsts, t0, lag_keys=("lag", "recheck_lag"),
-                                   events={"rechecked": list(recheck_times.values())}),
-    }
-    out["ok"] = bool(lost == 0 and missing == 0 and len(rechecked) == len(degraded)
-                     and drained)
-    return out
-
-
-def overload_summary(r: dict) -> str:
-    lines = [f"drill moderation-overload: {'OK' if r['ok'] else 'FAILED'}; backend capacity "
-             f"{r['capacity_per_s']:g} posts/s, {r['offered_rate_overload']:,.0f} posts/s "
-             f"offered in the overload window {r['overload_window'][0]:.1f}s.."
-             f"{r['overload_window'][1]:.1f}s",
-             f"  submitted={r['submitted']}, lost={r['lost']}, results_missing="
-             f"{r['results_missing']}, duplicates={r['duplicates']}",
-             f"  e2e p99 of posts submitted in the overload: {r['e2e_p99_ms']} ms",
-             f"  degraded={r['degraded']} {r['fallback_causes']}, rechecked={r['rechecked']}, "
-             f"recheck drained {r['recheck_drained_s']} s after the overload"]
-    return "\n".join(lines)
+    return OverloadReport(
+        capacity_per_s=capacity,
+        offered_rate_overload=round(over.submitted / max(over.end_s - over.start_s, 1e-9), 1),
+        phases=windows, overload_window=(over.start_s, over.end_s), submitted=len(ids),
+        e2e_p50_ms=None if p["p50_ms"] is None else round(p["p50_ms"], 1),
+        e2e_p99_ms=None if p["p99_ms"] is None else round(p["p99_ms"], 1),
+        degraded=len(degraded), fallback_causes=dict(causes.most_common()),
+        rechecked=len(rechecked), rechecked_missing=len(degraded - rechecked),
+        results_missing=missing, duplicates=duplicates, lost=lost, posts_lost=landed.lost,
+        recheck_drained_s=None if last_recheck is None else round(last_recheck - o_end, 2),
+        drained=drained,
+        backend={k: health.get(k) for k in ("requests", "posts", "rejected_429",
+                                            "rejected_503")},
+        service_stop=service_stop, service_events=service_events, topic_prefix=prefix,
+        timeline=build_timeline(samples, firsts, t0, lag_keys=("lag", "recheck_lag"),
+                                events={"rechecked": list(recheck_times.values())}))
 
 
 def overload_main(args) -> int:
     """``python -m lab_kit drill moderation-overload``: settings checked before any work."""
-    import json
-
-    from .pipeline_bench import check_writable
-
     for flag, value in (("--posts", args.posts), ("--rate", args.rate)):
         if value is not None:
             raise ValueError(f"{flag} does not apply to moderation-overload: its rates follow "
@@ -424,10 +343,10 @@ def overload_main(args) -> int:
                              f"{OVERLOAD_CAPACITY:g} x LAB_SCALE)")
     settings = OverloadSettings.from_env(lead_s=args.lead, overload_s=args.outage)
     settings.validate()
-    check_writable(args.json_path)
-    result = overload_drill(settings=settings, progress=True)
-    print(overload_summary(result))
+    check_output_path(args.json_path, "--json")
+    report = overload_drill(settings=settings, progress=True)
+    print(report.summary())
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(result, indent=2))
+        Path(args.json_path).write_text(report.to_json())
         print(f"wrote {args.json_path}")
-    return 0 if result["ok"] else 1
+    return 0 if report.ok else 1

@@ -1,0 +1,45 @@
+"""Failover drills: workload + nemesis + checker, composed by a runner (Jepsen's shape).
+
+Open next, in this order:
+
+* :mod:`lab_kit.drills.workload` — posts submitted open-loop through ``AsyncPostProducer``
+  (durable spool); :class:`TimedSubmit` records each ``submit()`` and the accepted ids;
+* :mod:`lab_kit.drills.nemesis` — :class:`Nemesis` breaks a real process on a schedule (kill -9
+  or SIGSTOP a broker node, kill the partition leader, kill or slow the moderation backend)
+  and heals it after ``outage_s``;
+* :mod:`lab_kit.drills.checker` — reads the topics back and counts every post by id
+  (:func:`lab_kit.audit.audit`), checks the moderation results (:func:`check_results`), and
+  :class:`KafkaCallWatch` checks that no spooled post cost the caller a Kafka client call;
+* :mod:`lab_kit.drills.report` — the typed results (:class:`DrillReport`,
+  :class:`OverloadReport`, :class:`ApiDrillReport`): ``ok``, ``summary()``, ``to_json()``;
+* the drills themselves: :mod:`lab_kit.drills.producer_drills` (broker-outage, broker-pause,
+  leader-failover), :mod:`lab_kit.drills.moderation` (moderation-outage, moderation-slow,
+  moderation-overload), :mod:`lab_kit.drills.api` (api-broker-outage, through HTTP);
+* :mod:`lab_kit.drills.runner` — ``run_drill(name)`` and ``python -m lab_kit drill NAME``
+  (imported from there, not from this package: the runner also reaches the API drill, which
+  needs ``lab_kit.api_bench``, which needs :mod:`.nemesis`; importing it here would close a
+  cycle).
+
+``python -m lab_kit drill broker-outage --json out.json`` prints a summary and writes the
+JSON (audit counts, outage windows, submit p99 during the outage, a per-second timeline).
+"""
+
+from .checker import WATCHED_METHODS, KafkaCallWatch, ResultsCheck, check_results
+from .moderation import OverloadSettings, moderation_drill, overload_drill
+from .nemesis import Nemesis
+from .producer_drills import leader_of, producer_drill
+from .report import (
+    ApiDrillReport,
+    DrillReport,
+    OverloadReport,
+    load_report,
+    report_from_dict,
+)
+from .workload import DrillSettings, RssSampler, TimedSubmit
+
+__all__ = [
+    "WATCHED_METHODS", "ApiDrillReport", "DrillReport", "DrillSettings",
+    "KafkaCallWatch", "Nemesis", "OverloadReport", "OverloadSettings", "ResultsCheck",
+    "RssSampler", "TimedSubmit", "check_results", "leader_of", "load_report",
+    "moderation_drill", "overload_drill", "producer_drill", "report_from_dict",
+]

@@ -1,0 +1,96 @@
+"""The producer drills: broker-outage, broker-pause, leader-failover.
+
+Workload (:mod:`.workload`): posts submitted open-loop through ``AsyncPostProducer`` with a
+durable spool. Nemesis (:mod:`.nemesis`): kill -9 or SIGSTOP a broker node, or kill the
+leader of partition 0 on a 3-node cluster, healed after ``outage_s``. Checker
+(:mod:`.checker`): the topic and its DLQ read back by post id, and no spooled post cost the
+caller a Kafka client call. The result is a :class:`~lab_kit.drills.report.DrillReport`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+
+from ..metrics import MetricsRecorder
+from ..posts import Workload, run_open_loop
+from ..topics import ensure_topics, wait_for_leaders
+from .checker import KafkaCallWatch, audit
+from .nemesis import Nemesis, broker_kill, broker_pause
+from .report import DrillReport, ProducerChecks
+from .workload import DrillSettings, RssSampler, TimedSubmit
+
+PRODUCER_DRILLS = ("broker-outage", "broker-pause", "leader-failover")
+
+
+def fresh_topics(cfg: dict, name: str) -> tuple[str, str]:
+    """A new posts topic (6 partitions) and its DLQ for one run of drill ``name``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    topic, dlq = f"drill.{name}.{stamp}", f"drill.{name}.{stamp}.dlq"
+    ensure_topics(cfg, names=(topic, dlq), partitions={topic: 6, dlq: 1})
+    return topic, dlq
+
+
+def leader_of(cfg: dict, topic: str, partition: int = 0, timeout_s: float = 15) -> int:
+    """The node id leading ``topic``/``partition`` (waits, like the topics module, until the
+    answering broker knows it)."""
+    admin = KafkaAdminClient(**cfg)
+    try:
+        meta = wait_for_leaders(admin, [topic], timeout_s)[0]
+        return next(p["leader_id"] for p in meta["partitions"]
+                    if p["partition_index"] == partition)
+    finally:
+        admin.close()
+
+
+def nemesis_for(name: str, broker, cfg: dict, topic: str, settings: DrillSettings,
+                metrics: MetricsRecorder) -> Nemesis:
+    """The fault of drill ``name`` on ``broker``."""
+    if name == "broker-outage":
+        return broker_kill(broker, broker.node_ids()[0], settings.lead_s, settings.outage_s,
+                           metrics)
+    if name == "broker-pause":
+        return broker_pause(broker, broker.node_ids()[0], settings.lead_s, settings.outage_s,
+                            metrics)
+    if name == "leader-failover":
+        return broker_kill(broker, leader_of(cfg, topic), settings.lead_s, settings.outage_s,
+                           metrics, what="leader")
+    raise ValueError(f"not a producer drill: {name!r} (one of {', '.join(PRODUCER_DRILLS)})")
+
+
+def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
+                   progress: bool = False) -> DrillReport:
+    """broker-outage / broker-pause / leader-failover: the producer side under a broker fault."""
+    from ..producer import AsyncPostProducer
+
+    cfg = broker.client_config()
+    topic, dlq = fresh_topics(cfg, name)
+    metrics = MetricsRecorder()
+    spool_path = workdir / f"{name}.spool.db"
+    extra = broker.extra_config()
+    producer = AsyncPostProducer(cfg["bootstrap_servers"], topic, dlq_topic=dlq,
+                                 spool_path=str(spool_path), metrics=metrics,
+                                 probe_interval_s=0.25, stall_timeout_s=2.0,
+                                 max_in_flight=5_000, **extra)
+    nemesis = nemesis_for(name, broker, cfg, topic, settings, metrics)
+    with RssSampler() as rss, KafkaCallWatch() as watch:
+        submit = TimedSubmit(producer, nemesis, watch)
+        nemesis.start()
+        run = run_open_loop(submit, Workload(seed=17).iter_posts(), settings.rate,
+                            settings.duration_s, max_posts=settings.posts, progress=progress)
+        nemesis.join(timeout=settings.lead_s + settings.outage_s + 120)
+        producer.flush(timeout=60)
+        left = producer.drain_spool(timeout=120)
+        drained_at = metrics.clock()
+        closed = producer.close(timeout=60)
+    counters = metrics.counters()
+    landed = audit(cfg, topic, submit.submitted, dlq_topic=dlq, counters=counters)
+    checks = ProducerChecks(
+        spool_left=left, close_report_lost=closed.lost,
+        recovery_s=None if nemesis.healed_at is None else round(
+            drained_at - nemesis.healed_at, 2),
+        client_rebuilds=counters.get("client_rebuilds", 0))
+    return DrillReport.build(name, broker, settings, run, landed, metrics, nemesis, submit, rss,
+                             topic=topic, producer=checks)
