@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup lab test lint notebooks bench broker-up broker-down doctor clean kafka-image
+.PHONY: setup lab test test-unit lint notebooks bench broker-up broker-down doctor clean kafka-image
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+## the unit tests alone: no broker, no network (a socket connect fails them), ~15 s
+test-unit: setup
+	$(PY) -m pytest tests/unit -p no:cacheprovider
 
 ## re-execute every notebook and store its outputs (figures included)
 notebooks: setup

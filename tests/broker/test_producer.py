@@ -23,7 +23,7 @@ from lab_kit.producer import (
     DeliveryFailed,
 )
 
-from .kafka_helpers import create_topic, read_all
+from ..kafka_helpers import create_topic, read_all
 
 pytestmark = pytest.mark.timeout(180)
 

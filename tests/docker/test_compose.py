@@ -14,7 +14,7 @@ import yaml
 from lab_kit import config
 from lab_kit.broker.docker import DockerBroker, docker_available, kafka_env
 
-COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
 def _defaults(value):
@@ -136,7 +136,7 @@ def test_docker_backend_env_matches_compose_single_node(compose):
 @pytest.mark.timeout(600)
 def test_docker_backend_round_trip(tmp_path):
     """Records produced to the container's broker are read back, also after pause/resume."""
-    from .kafka_helpers import create_topic, produce_values, read_all
+    from ..kafka_helpers import create_topic, produce_values, read_all
 
     ok, why = docker_available()
     if not ok:

@@ -30,7 +30,7 @@ from lab_kit.moderation_backend import ModerationBackend
 from lab_kit.posts import POST_FIELDS, Post, Workload, malformed_records
 from lab_kit.rules import RepeatTracker, score_post
 
-from .kafka_helpers import read_all
+from ..kafka_helpers import read_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 

@@ -23,9 +23,9 @@ from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
 from lab_kit.broker.local import free_port
 
-from .kafka_helpers import create_topic, produce_values, read_all
+from ..kafka_helpers import create_topic, produce_values, read_all
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 

@@ -48,7 +48,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_NOTEBOOK = REPO / "notebooks" / "00_start_here.ipynb"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 DEFAULT_TIMEOUT = 300.0

@@ -15,7 +15,7 @@ import pytest
 from lab_kit.moderation import ModerationService, moderation_results
 from lab_kit.posts import Post, Workload, malformed_records
 
-from .kafka_helpers import read_all
+from ..kafka_helpers import read_all
 from .test_moderation import expected_labels, produce, wait_results, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]

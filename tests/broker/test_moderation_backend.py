@@ -704,7 +704,7 @@ def test_settings_at_start_at_run_time_and_reset(tmp_path: Path) -> None:
     ],
 )
 def test_cli_rejects_bad_settings_with_one_line(args: list[str], expected: str) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, "-m", "lab_kit.moderation_backend", *args],
                           capture_output=True, text=True, timeout=30, env=env, cwd=root)

@@ -25,9 +25,9 @@ from lab_kit.broker.docker import LABEL, DockerBroker, choose_image, docker_avai
 from lab_kit.broker.local import free_port
 from lab_kit.drills.report import load_report
 
-from .kafka_helpers import create_topic, produce_values, read_all
+from ..kafka_helpers import create_topic, produce_values, read_all
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9]*.ipynb"))
 
 #: a latency or rate compared with a number literal (not 0: "> 0" only says it ran; not a
 #: literal times another measurement: "> 3 * sync" is relative, measured side by side)
