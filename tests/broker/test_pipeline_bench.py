@@ -20,7 +20,7 @@ import pytest
 from lab_kit.drills.report import OverloadReport
 from lab_kit.pipeline_bench import PipelineSettings, build_timeline, steady_rate
 
-from .conftest import delete_topics_with_prefix
+from ..conftest import delete_topics_with_prefix
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 

@@ -79,7 +79,7 @@ def test_the_same_service_with_good_settings_does_create_them(client_config, bac
         assert f"{prefix}posts" in _groups_and_topics(client_config)[1]
     finally:
         assert svc.stop(timeout=20)
-        from .conftest import delete_topics_with_prefix
+        from ..conftest import delete_topics_with_prefix
 
         delete_topics_with_prefix(prefix)
 
