@@ -64,75 +64,6 @@ ON_FULL_POLICIES = ("spool", "block", "reject")
 MODES = ("async", "sync")
 
 
-@dataclass
-class CloseReport:
-    accepted: int
-    acked: int
-    spooled_pending: int
-    dead_lettered: int
-    failed_ids: list[str] = field(default_factory=list)
-    undelivered_ids: list[str] = field(default_factory=list)
-
-    @property
-    def lost(self) -> int:
-        """Accepted posts that are neither on Kafka, nor in the DLQ, nor in the spool."""
-        return len(self.failed_ids) + len(self.undelivered_ids)
-
-
-class ClientSlot:
-    """The current ``KafkaProducer`` and its generation, read and replaced as one value.
-
-    ``submit`` reads :attr:`current` without a lock (one attribute read). A replacement (worker
-    or health thread, one at a time) builds the new client, then swaps the pair; the old
-    client is force-closed on the worker, and its errbacks send what it held again.
-    """
-
-    def __init__(self, new_client: Callable[[], KafkaProducer], worker: Any, metrics: Any):
-        self._new_client = new_client
-        self._worker = worker
-        self._metrics = metrics
-        self._lock = threading.Lock()
-        self.closed = False
-        self.connect_error: KafkaTimeoutError | None = None  # why the first client is missing
-        try:
-            client = new_client()
-        except KafkaTimeoutError as exc:
-            client, self.connect_error = None, exc
-        self.current: tuple[int, KafkaProducer | None] = (1, client)
-
-    def replace(self, generation: int) -> None:
-        """Replace the client of that generation, unless it was replaced already (one bad
-        client's errors arrive many times, from the worker and the health thread)."""
-        with self._lock:
-            current_generation, old = self.current
-            if generation != current_generation or self.closed:
-                return
-            try:
-                client = self._new_client()
-            except KafkaTimeoutError:
-                client = None
-            self.current = (current_generation + 1, client)
-            self._metrics.incr("client_rebuilds")
-        if old is not None:
-            self._worker.submit(force_close, old)
-
-
-def _check_options(mode: str, max_in_flight: Any, on_full: str, spool_path: str | None,
-                   max_block_s: Any, probe_interval_s: Any, stall_timeout_s: Any) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode: {mode!r} is not one of {MODES}")
-    if type(max_in_flight) is not int or max_in_flight < 1:
-        raise ValueError(f"max_in_flight: must be an integer >= 1, got {max_in_flight!r}")
-    if on_full not in ON_FULL_POLICIES:
-        raise ValueError(f"on_full: {on_full!r} is not one of {ON_FULL_POLICIES}")
-    if on_full == "spool" and not spool_path:
-        raise ValueError("on_full: 'spool' needs spool_path=...")
-    for name, value in (("max_block_s", max_block_s), ("probe_interval_s", probe_interval_s),
-                        ("stall_timeout_s", stall_timeout_s)):
-        if type(value) not in (int, float) or not value > 0:
-            raise ValueError(f"{name}: must be a number of seconds > 0, got {value!r}")
-
-
 class AsyncPostProducer:
     """Non-blocking post producer with callbacks, metrics, backpressure and failover.
 
@@ -211,18 +142,25 @@ class AsyncPostProducer:
                 f"while it is down") from self._clients.connect_error
         self._failover: Failover | None = None
         if self.spool is not None:
-            if self._clients.current[1] is None:
-                state = State.SPOOLING
-            elif len(self.spool) > 0:
-                state = State.REPLAYING  # replay what an earlier (crashed) producer left first
-            else:
-                state = State.SENDING
-            self._failover = Failover(
-                spool=self.spool, topic=topic, clients=self._clients, in_flight=self._in_flight,
-                metrics=self.metrics, dead_letter_spooled=self._dead_letter_spooled,
-                probe=health_probe or bootstrap_probe(self._kafka_config, lambda: self.client),
-                probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state)
-            self._failover.start()
+            self._failover = self._start_failover(health_probe, probe_interval_s,
+                                                  stall_timeout_s)
+
+    def _start_failover(self, health_probe: Callable[[], bool] | None, probe_interval_s: float,
+                        stall_timeout_s: float) -> Failover:
+        if self._clients.current[1] is None:
+            state = State.SPOOLING  # no broker answered: accept posts on disk from the start
+        elif len(self.spool) > 0:
+            state = State.REPLAYING  # replay what an earlier (crashed) producer left first
+        else:
+            state = State.SENDING
+        failover = Failover(
+            spool=self.spool, topic=self.topic, clients=self._clients,
+            in_flight=self._in_flight, metrics=self.metrics,
+            dead_letter_spooled=self._dead_letter_spooled,
+            probe=health_probe or bootstrap_probe(self._kafka_config, lambda: self.client),
+            probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state)
+        failover.start()
+        return failover
 
     def _new_client(self) -> KafkaProducer:
         client = KafkaProducer(**self._kafka_config)
@@ -541,3 +479,73 @@ class AsyncPostProducer:
     def __exit__(self, *exc: object) -> None:
         if not self._closed:
             self.close()
+
+
+# --- the parts the facade is built from -------------------------------------------------------
+@dataclass
+class CloseReport:
+    accepted: int
+    acked: int
+    spooled_pending: int
+    dead_lettered: int
+    failed_ids: list[str] = field(default_factory=list)
+    undelivered_ids: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        """Accepted posts that are neither on Kafka, nor in the DLQ, nor in the spool."""
+        return len(self.failed_ids) + len(self.undelivered_ids)
+
+
+class ClientSlot:
+    """The current ``KafkaProducer`` and its generation, read and replaced as one value.
+
+    ``submit`` reads :attr:`current` without a lock (one attribute read). A replacement (worker
+    or health thread, one at a time) builds the new client, then swaps the pair; the old
+    client is force-closed on the worker, and its errbacks send what it held again.
+    """
+
+    def __init__(self, new_client: Callable[[], KafkaProducer], worker: Any, metrics: Any):
+        self._new_client = new_client
+        self._worker = worker
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self.closed = False
+        self.connect_error: KafkaTimeoutError | None = None  # why the first client is missing
+        try:
+            client = new_client()
+        except KafkaTimeoutError as exc:
+            client, self.connect_error = None, exc
+        self.current: tuple[int, KafkaProducer | None] = (1, client)
+
+    def replace(self, generation: int) -> None:
+        """Replace the client of that generation, unless it was replaced already (one bad
+        client's errors arrive many times, from the worker and the health thread)."""
+        with self._lock:
+            current_generation, old = self.current
+            if generation != current_generation or self.closed:
+                return
+            try:
+                client = self._new_client()
+            except KafkaTimeoutError:
+                client = None
+            self.current = (current_generation + 1, client)
+            self._metrics.incr("client_rebuilds")
+        if old is not None:
+            self._worker.submit(force_close, old)
+
+
+def _check_options(mode: str, max_in_flight: Any, on_full: str, spool_path: str | None,
+                   max_block_s: Any, probe_interval_s: Any, stall_timeout_s: Any) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+    if type(max_in_flight) is not int or max_in_flight < 1:
+        raise ValueError(f"max_in_flight: must be an integer >= 1, got {max_in_flight!r}")
+    if on_full not in ON_FULL_POLICIES:
+        raise ValueError(f"on_full: {on_full!r} is not one of {ON_FULL_POLICIES}")
+    if on_full == "spool" and not spool_path:
+        raise ValueError("on_full: 'spool' needs spool_path=...")
+    for name, value in (("max_block_s", max_block_s), ("probe_interval_s", probe_interval_s),
+                        ("stall_timeout_s", stall_timeout_s)):
+        if type(value) not in (int, float) or not value > 0:
+            raise ValueError(f"{name}: must be a number of seconds > 0, got {value!r}")

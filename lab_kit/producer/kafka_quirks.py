@@ -8,7 +8,7 @@ module that touches a private attribute of kafka-python (``KafkaProducer._sender
 2. **An idempotent producer stops for good** after an expired batch (``delivery_timeout_ms``
    passed), and after a non-retriable error (e.g. ``MESSAGE_TOO_LARGE``) fails every later
    send with the same error. The way out is a new ``KafkaProducer`` (a new producer id):
-   see :func:`needs_new_client`, used by the failover decision.
+   :func:`lab_kit.producer.failover.decide_on_error` says when (``replace_client``).
 3. **Callbacks run on the sender thread.** ``flush()`` or ``close()`` from inside one waits for
    that very thread: a deadlock. :func:`is_sender_thread` lets the producer refuse it clearly.
 """
@@ -34,11 +34,6 @@ def force_close(client: KafkaProducer) -> None:
             client.close(timeout=0)  # now only the bookkeeping (metrics, serializers) is left
         except KafkaTimeoutError:
             pass
-
-
-def needs_new_client(exc: BaseException) -> bool:
-    """Quirk 2: after this error from the current client, that client will not send again."""
-    return isinstance(exc, KafkaTimeoutError) or not getattr(exc, "retriable", False)
 
 
 def is_sender_thread(*clients: KafkaProducer | None) -> bool:
