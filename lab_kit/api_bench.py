@@ -264,7 +264,7 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
                                   lambda: heal(broker, node), lead, outage_s, metrics).start()
             load = run_load(server.url, bodies, rate, seconds, timeout_s=timeout_s)
             if nemesis is not None:
-                nemesis.join(timeout=outage_s + 120)
+                nemesis.join(timeout=outage_s + 300)  # a restart waits up to 240 s
             health = server.wait_drained(timeout_s=120)
             counters = server.counters()
         finally:

@@ -382,7 +382,10 @@ class LocalBroker(Broker):
         n["pid"] = proc.pid
         self._save()
 
-    def start(self, node: int | None = None, wait: bool = True, timeout_s: float = 90) -> None:
+    def start(self, node: int | None = None, wait: bool = True, timeout_s: float = 240) -> None:
+        """Start stopped (or resume paused) nodes. After a kill -9 a node recovers every
+        partition's log before it answers: with many topics on a loaded machine that takes
+        minutes, so the wait is generous (and bounded)."""
         started = []
         for n in self._targets(node):
             state, _ = self.node_state(n)

@@ -80,7 +80,7 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
         nemesis.start()
         run = run_open_loop(submit, Workload(seed=17).iter_posts(), settings.rate,
                             settings.duration_s, max_posts=settings.posts, progress=progress)
-        nemesis.join(timeout=settings.lead_s + settings.outage_s + 120)
+        nemesis.join(timeout=settings.lead_s + settings.outage_s + 300)  # heal waits <= 240 s
         producer.flush(timeout=60)
         left = producer.drain_spool(timeout=120)
         drained_at = metrics.clock()
