@@ -62,7 +62,8 @@ def run_api_drill(posts: int = 20_000, rate: float = 2_000, outage_s: float = 10
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--posts", type=int, default=20_000)
+    p.add_argument("--posts", type=int, default=30_000,
+                   help="default 30000: 15 s at 2000/s, room for --lead 3 + --outage 10")
     p.add_argument("--rate", type=float, default=2_000)
     p.add_argument("--outage", type=float, default=10.0, help="seconds the broker is down")
     p.add_argument("--lead", type=float, default=3.0, help="seconds of load before the kill")
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
 
 def main_from_drill(args: argparse.Namespace) -> int:
     """``python -m lab_kit drill api-broker-outage ...`` (the shared ``drill`` parser)."""
-    ns = argparse.Namespace(posts=args.posts or 20_000, rate=args.rate or 2_000,
+    ns = argparse.Namespace(posts=args.posts or 30_000, rate=args.rate or 2_000,
                             outage=args.outage or 10.0,
                             lead=args.lead if args.lead is not None else 3.0,
                             workers=getattr(args, "workers", None) or 1,
