@@ -158,7 +158,8 @@ class AsyncPostProducer:
             in_flight=self._in_flight, metrics=self.metrics,
             dead_letter_spooled=self._dead_letter_spooled,
             probe=health_probe or bootstrap_probe(self._kafka_config, lambda: self.client),
-            probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state)
+            probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state,
+            send=self._send)
         failover.start()
         return failover
 
@@ -372,6 +373,9 @@ class AsyncPostProducer:
         """False while posts go to the spool because the broker is unreachable."""
         return self.state is not State.SPOOLING
 
+    def _tail_length(self) -> int:
+        return 0 if self._failover is None else self._failover.tail_length
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -398,7 +402,7 @@ class AsyncPostProducer:
                 client.flush(timeout=timeout)
             except KafkaTimeoutError:
                 pass
-        while len(self._in_flight):
+        while len(self._in_flight) or self._tail_length():
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
@@ -419,9 +423,9 @@ class AsyncPostProducer:
             self._worker.submit(lambda: None).result(timeout=timeout)
         except (RuntimeError, concurrent.futures.TimeoutError):
             pass  # closed, or the worker is busy: count what is there
-        while len(self.spool) > 0 and time.monotonic() < deadline:
+        while (len(self.spool) > 0 or self._tail_length()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        return len(self.spool)
+        return len(self.spool) + self._tail_length()
 
     def close(self, timeout: float = 30.0) -> CloseReport:
         """Stop accepting posts, deliver what is in flight, and say what became of each one.
@@ -441,6 +445,7 @@ class AsyncPostProducer:
             self.flush(max(0.1, deadline - time.monotonic()))
         if failover is not None:
             failover.stop(timeout)
+            failover.tail_to_spool()  # what still waits behind the backlog: on disk
         undelivered = self._in_flight.snapshot()
         for pf in undelivered:  # still not acked after the timeout: keep them on disk
             if failover is not None:

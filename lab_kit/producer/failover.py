@@ -11,7 +11,10 @@ One state value says where a new post goes::
 * ``SENDING``: posts go straight to the Kafka client.
 * ``SPOOLING``: the broker is unreachable; posts go to the spool (SQLite, on disk).
 * ``REPLAYING``: the broker answers; the health thread re-sends the spool oldest first, and new
-  posts still queue *behind* it, in the spool, so no post overtakes an older one of its user.
+  posts queue *behind* it, so no post overtakes an older one of its user. They queue in memory
+  (the *tail*, at most ``tail_limit`` posts; the broker answers, so they are as safe there as
+  in the client's own buffer) and are sent when the spool is empty; a full tail, or the broker
+  going away again, moves the tail to the spool first, in order.
 
 The decisions are pure functions (:func:`decide_on_error`, :func:`after_probe`,
 :func:`after_replay`), unit-tested branch by branch without a broker. :class:`Failover` applies
@@ -30,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +162,8 @@ class Failover:
     def __init__(self, *, spool: Any, topic: str, clients: Any, in_flight: InFlight,
                  metrics: Any, dead_letter_spooled: Callable[[Any, BaseException], None],
                  probe: Callable[[], bool], probe_interval_s: float, stall_timeout_s: float,
-                 state: State):
+                 state: State, send: Callable[[PostFuture, bytes, bytes], None],
+                 tail_limit: int = 10_000):
         self.spool = spool
         self.topic = topic
         self._clients = clients
@@ -172,6 +177,9 @@ class Failover:
         # and while the replayer switches back to SENDING: no post can be spooled between
         # the "spool empty" check and the switch (a direct send after it would overtake it).
         self._lock = threading.Lock()
+        self._send = send  # the facade's direct send (in-flight bookkeeping, callbacks)
+        self._tail: deque[tuple[PostFuture, bytes, bytes]] = deque()  # guarded by _lock
+        self._tail_limit = tail_limit
         self._state = State.SENDING
         self._enter(state, "start")
         # owned by the health thread
@@ -200,6 +208,7 @@ class Failover:
         self._state = new
         log.info("failover: %s -> %s (%s)", old.name, new.name, reason)
         if new is State.SPOOLING:
+            self._tail_to_spool_locked()  # the tail goes first: newer posts queue behind it
             self._metrics.open_window(OUTAGE_WINDOW)
             self._metrics.incr("outages")
         elif old is State.SPOOLING:
@@ -214,13 +223,40 @@ class Failover:
         pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
 
     def spool_behind_backlog(self, pf: PostFuture, key: bytes, value: bytes) -> bool:
-        """While not SENDING, a new post queues behind the backlog, in the spool. False if the
-        replayer switched back to SENDING meanwhile (then the caller sends it directly)."""
+        """While not SENDING, a new post queues behind the backlog: in the tail while
+        REPLAYING (it stays pending until it is sent and acked), else in the spool. False if
+        the replayer switched back to SENDING meanwhile (then the caller sends it directly)."""
         with self._lock:
             if self._state is State.SENDING:
                 return False
+            if self._state is State.REPLAYING:
+                if len(self._tail) >= self._tail_limit:
+                    self._tail_to_spool_locked()
+                else:
+                    self._tail.append((pf, key, value))
+                    return True
             self.spool_post(pf, key, value)
             return True
+
+    @property
+    def tail_length(self) -> int:
+        return len(self._tail)
+
+    def _tail_to_spool_locked(self) -> None:
+        """Move the tail to the spool, in order, in one transaction (its posts settle as
+        ``spooled``)."""
+        if not self._tail:
+            return
+        items, self._tail = list(self._tail), deque()
+        self.spool.append_many((self.topic, key, value, pf.post_id) for pf, key, value in items)
+        self._metrics.incr("spooled", len(items))
+        for pf, _key, _value in items:
+            pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
+
+    def tail_to_spool(self) -> None:
+        """At close: what still waits in the tail goes to disk, for the next producer."""
+        with self._lock:
+            self._tail_to_spool_locked()
 
     def spool_overflow(self, pf: PostFuture, key: bytes, value: bytes) -> None:
         """``on_full="spool"``: the post goes to disk, and newer posts queue behind it there
@@ -283,9 +319,23 @@ class Failover:
         while (len(self.spool) > 0 and not failed and not self._stop.is_set()
                and self._stale_generation is None):  # a refused record poisons the client
             failed = self._replay_batch()
-        with self._lock:  # the switch back to SENDING, unless a post was spooled just now
-            self._enter_locked(after_replay(self._state, spool_empty=len(self.spool) == 0,
-                                            failed=failed), "replay")
+        while not failed and not self._stop.is_set() and self._send_tail_chunk():
+            pass
+        with self._lock:  # the switch back to SENDING, unless a post was queued just now
+            self._enter_locked(after_replay(
+                self._state, spool_empty=len(self.spool) == 0 and not self._tail,
+                failed=failed), "replay")
+
+    def _send_tail_chunk(self, limit: int = 1000) -> bool:
+        """Send the oldest posts of the tail (only once the spool is empty). False if there
+        was nothing to send, or the state left REPLAYING."""
+        with self._lock:
+            if self._state is not State.REPLAYING or not self._tail or len(self.spool) > 0:
+                return False
+            chunk = [self._tail.popleft() for _ in range(min(limit, len(self._tail)))]
+        for pf, key, value in chunk:  # in order; the client keeps a partition's order
+            self._send(pf, key, value)
+        return True
 
     def _replace_if_stuck(self) -> None:
         """The broker answers, yet posts stay stuck in the client: after an outage kafka-python's
