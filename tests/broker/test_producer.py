@@ -64,7 +64,11 @@ def test_exactly_one_callback_per_post(bootstrap, topic, posts, client_config):
     assert len(frame) == len(posts) == len(done)
     assert frame.post_id.is_unique and set(frame.post_id) == {p.post_id for p in posts}
     assert (frame.outcome == "acked").all()
-    assert set(frame.thread) == {frame.thread.iloc[0]}  # all on the one sender thread
+    # on the client's one sender thread; kafka-python runs a callback at once, in the caller,
+    # when the ack beat add_callback() (seen on a loaded machine): never on any other thread
+    senders = {t for t in frame.thread if t != threading.current_thread().name}
+    assert len(senders) == 1 and next(iter(senders)).endswith("network-thread"), senders
+    assert (frame.thread != threading.current_thread().name).mean() > 0.5
     landed = [json.loads(r.value)["post_id"] for r in read_all(client_config, topic)]
     assert sorted(landed) == sorted(p.post_id for p in posts)
 
