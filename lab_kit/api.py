@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -288,8 +289,13 @@ def _client_config(bootstrap: str | None) -> dict:
 def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | None = None,
                spool_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                max_tracked: int = MAX_TRACKED, verdicts: bool | None = None,
-               producer_config: dict | None = None) -> Any:
+               producer_config: dict | None = None, freeze_gc: bool = False) -> Any:
     """The ASGI app. The producer is made at startup (lifespan) and closed at shutdown.
+
+    ``freeze_gc`` (the served process, ``python -m lab_kit api``): once started, move every
+    object alive then out of the garbage collector's sight (:func:`gc.freeze`). A full
+    collection walks all the objects the process holds, with the event loop stopped: 55-95 ms
+    here for the modules, the app and the Kafka client, which live until exit anyway.
 
     ``POST /posts`` is a plain ASGI handler; the other routes and the lifespan are a
     Starlette app (``app.starlette``); ``app.metrics`` is the Prometheus registry's owner."""
@@ -337,6 +343,9 @@ def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | N
                                    table)
             reader.start()
         state.update(aio=aio, spool_path=spool_path, closing=False)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         log.info("lab_kit.api %s: producer on %s, spool %s", variant, topic, spool_path)
         try:
             yield
@@ -454,7 +463,8 @@ def create_app_from_env() -> Any:
                       bootstrap=env.get("LAB_API_BOOTSTRAP") or None,
                       spool_dir=env.get("LAB_API_SPOOL_DIR") or None,
                       max_body_bytes=int(env.get("LAB_API_MAX_BODY_BYTES", MAX_BODY_BYTES)),
-                      verdicts={"1": True, "0": False}.get(env.get("LAB_API_VERDICTS", "")))
+                      verdicts={"1": True, "0": False}.get(env.get("LAB_API_VERDICTS", "")),
+                      freeze_gc=True)
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -122,6 +122,9 @@ class AsyncPostProducer:
         self.max_request_size = self._kafka_config.get(
             "max_request_size", KafkaProducer.DEFAULT_CONFIG["max_request_size"])
         self._in_flight = InFlight()
+        self._to_spool: list[tuple[PostFuture, BaseException]] = []  # guarded by _to_spool_lock
+        self._to_spool_outage = False
+        self._to_spool_lock = threading.Lock()
         self._failed_lock = threading.Lock()
         self._failed_ids: list[str] = []
         self._closed = False
@@ -131,7 +134,8 @@ class AsyncPostProducer:
         if spool_path:
             from ..spool import Spool
 
-            self.spool = Spool(spool_path)
+            # No checkpoint (an fsync) inside a caller's append: the health thread does them.
+            self.spool = Spool(spool_path, autocheckpoint=False)
         self._clients = ClientSlot(self._new_client, self._worker, self.metrics)
         if self._clients.connect_error is not None and self.spool is None:
             self._worker.shutdown(wait=False)
@@ -249,7 +253,7 @@ class AsyncPostProducer:
         if decision.replace_client:
             self._worker.submit(self._clients.replace, pf.generation)
         if decision.action is Action.SPOOL:
-            self._worker.submit(self._spool_failed, pf, exc, decision.outage)
+            self._queue_for_spool(pf, exc, decision.outage)
         elif decision.action is Action.RESEND_ALONE:
             self._worker.submit(self._resend_alone, pf, exc)
         else:
@@ -299,7 +303,7 @@ class AsyncPostProducer:
             md = self._dead_letters.resend_alone(pf.post)
         except Exception as exc:  # noqa: BLE001 - classified below
             if getattr(exc, "retriable", False) and self._failover is not None:
-                self._spool_failed(pf, exc, outage=False)
+                self._spool_failed([(pf, exc)], outage=False)
             elif getattr(exc, "retriable", False) or not self.dlq_topic:
                 self._fail(pf, exc)
             else:
@@ -307,14 +311,35 @@ class AsyncPostProducer:
             return
         self.on_ack(pf, md, time.perf_counter())
 
-    def _spool_failed(self, pf: PostFuture, exc: BaseException, outage: bool) -> None:
-        if pf.done():
+    def _queue_for_spool(self, pf: PostFuture, exc: BaseException, outage: bool) -> None:
+        """Failed posts are spooled by the worker, those that failed together in one
+        transaction: when a client is replaced, hundreds fail at once (one commit each
+        would keep the worker busy, and the caller's thread waiting, for a long while)."""
+        with self._to_spool_lock:
+            self._to_spool.append((pf, exc))
+            self._to_spool_outage = self._to_spool_outage or outage
+            if len(self._to_spool) > 1:
+                return  # a drain is queued already and will take this one too
+        self._worker.submit(self._drain_to_spool)
+
+    def _drain_to_spool(self) -> None:
+        with self._to_spool_lock:
+            batch, self._to_spool = self._to_spool, []
+            outage, self._to_spool_outage = self._to_spool_outage, False
+        self._spool_failed(batch, outage)
+
+    def _spool_failed(self, batch: list[tuple[PostFuture, BaseException]],
+                      outage: bool) -> None:
+        batch = [(pf, exc) for pf, exc in batch if not pf.done()]
+        if not batch:
             return
         try:
-            self._failover.spool_failed(pf, outage)
+            self._failover.spool_failed([pf for pf, _exc in batch], outage)
         except Exception as sp_exc:  # noqa: BLE001
-            log.error("could not spool post %s: %r", pf.post_id, sp_exc)
-            self._fail(pf, exc)
+            log.error("could not spool %d posts (%s...): %r", len(batch), batch[0][0].post_id,
+                      sp_exc)
+            for pf, exc in batch:
+                self._fail(pf, exc)
 
     def _dead_letter(self, pf: PostFuture, exc: BaseException) -> None:
         try:
@@ -447,10 +472,11 @@ class AsyncPostProducer:
             failover.stop(timeout)
             failover.tail_to_spool()  # what still waits behind the backlog: on disk
         undelivered = self._in_flight.snapshot()
-        for pf in undelivered:  # still not acked after the timeout: keep them on disk
-            if failover is not None:
+        if failover is not None:  # still not acked after the timeout: keep them on disk
+            for pf in undelivered:
                 self._in_flight.discard(pf)
-                self._spool_failed(pf, KafkaTimeoutError("not acked before close()"), False)
+            not_acked = KafkaTimeoutError("not acked before close()")
+            self._spool_failed([(pf, not_acked) for pf in undelivered], False)
         self._clients.closed = True
         client = self.client
         if client is not None:

@@ -21,8 +21,14 @@ The decisions are pure functions (:func:`decide_on_error`, :func:`after_probe`,
 them: every change of state goes through :meth:`Failover._enter`, under one lock.
 
 Threads: the caller's thread spools a post while the state is not ``SENDING``; the worker
-thread spools posts whose delivery failed; the health thread (one per producer, only with a
-spool) probes the broker, notices stuck clients and replays.
+thread spools posts whose delivery failed (those that failed together in one transaction);
+the health thread (one per producer, only with a spool) probes the broker, notices stuck
+clients, replays, and checkpoints the spool (an fsync: never in a caller's append).
+
+The replay shares the process with new posts (and, in the post API, with the event loop that
+answers users): it sends ``replay_batch`` posts, then rests, so that it takes at most
+``replay_share`` of the time. Measured in ``bench api`` with the broker killed: unpaced, the
+replay of ~45,000 posts made requests wait 150-250 ms behind it.
 """
 
 from __future__ import annotations
@@ -163,7 +169,8 @@ class Failover:
                  metrics: Any, dead_letter_spooled: Callable[[Any, BaseException], None],
                  probe: Callable[[], bool], probe_interval_s: float, stall_timeout_s: float,
                  state: State, send: Callable[[PostFuture, bytes, bytes], None],
-                 tail_limit: int = 10_000):
+                 tail_limit: int = 10_000, replay_batch: int = 1000,
+                 replay_share: float = 0.5):
         self.spool = spool
         self.topic = topic
         self._clients = clients
@@ -180,11 +187,14 @@ class Failover:
         self._send = send  # the facade's direct send (in-flight bookkeeping, callbacks)
         self._tail: deque[tuple[PostFuture, bytes, bytes]] = deque()  # guarded by _lock
         self._tail_limit = tail_limit
+        self._replay_batch_size = replay_batch
+        self._replay_share = replay_share
         self._state = State.SENDING
         self._enter(state, "start")
         # owned by the health thread
         self._stalled_since: float | None = None
         self._stale_generation: int | None = None  # replace that client once the broker answers
+        self._last_checkpoint = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="lab-health-replay")
 
@@ -266,11 +276,15 @@ class Failover:
             if self._state is State.SENDING:
                 self._enter_locked(State.REPLAYING, "in-flight bound reached")
 
-    def spool_failed(self, pf: PostFuture, outage: bool) -> None:
-        """Worker thread: a post whose delivery failed goes to the spool (raises if the
-        spool cannot take it). Newer posts queue behind it from now on."""
-        post = pf.post
-        self.spool_post(pf, post.key_bytes(), post.to_json_bytes())
+    def spool_failed(self, pfs: list[PostFuture], outage: bool) -> None:
+        """Worker thread: posts whose delivery failed go to the spool, in order, in one
+        transaction (raises if the spool cannot take them). Newer posts queue behind them
+        from now on."""
+        self.spool.append_many((self.topic, pf.post.key_bytes(), pf.post.to_json_bytes(),
+                                pf.post_id) for pf in pfs)
+        self._metrics.incr("spooled", len(pfs))
+        for pf in pfs:
+            pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
         with self._lock:
             if outage and self._state is not State.SPOOLING:
                 self._enter_locked(State.SPOOLING, "delivery failed")
@@ -293,8 +307,16 @@ class Failover:
         while not self._stop.wait(self._probe_interval_s):
             try:
                 self.step()
+                self._checkpoint_if_due()
             except Exception:  # noqa: BLE001 - the loop must survive; log and go on
                 log.exception("health/replay step failed")
+
+    def _checkpoint_if_due(self, every_s: float = 1.0) -> None:
+        """The spool's checkpoints (an fsync each) run here, not in a caller's append."""
+        now = time.monotonic()
+        if now - self._last_checkpoint >= every_s:
+            self._last_checkpoint = now
+            self.spool.checkpoint()
 
     def step(self) -> None:
         """One round: probe, notice a stuck client, change state, replay what is spooled."""
@@ -318,13 +340,22 @@ class Failover:
         failed = False
         while (len(self.spool) > 0 and not failed and not self._stop.is_set()
                and self._stale_generation is None):  # a refused record poisons the client
-            failed = self._replay_batch()
+            started = time.monotonic()
+            failed = self._replay_batch(self._replay_batch_size)
+            self._pace(time.monotonic() - started)
+            self._checkpoint_if_due()
         while not failed and not self._stop.is_set() and self._send_tail_chunk():
             pass
         with self._lock:  # the switch back to SENDING, unless a post was queued just now
             self._enter_locked(after_replay(
                 self._state, spool_empty=len(self.spool) == 0 and not self._tail,
                 failed=failed), "replay")
+
+    def _pace(self, busy_s: float) -> None:
+        """Replay takes at most ``replay_share`` of the time: it competes with new posts for
+        the CPU (and for Python's GIL), and new posts must not wait behind old ones."""
+        if self._replay_share < 1:
+            self._stop.wait(min(1.0, busy_s * (1 - self._replay_share) / self._replay_share))
 
     def _send_tail_chunk(self, limit: int = 1000) -> bool:
         """Send the oldest posts of the tail (only once the spool is empty). False if there

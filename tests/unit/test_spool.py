@@ -435,3 +435,33 @@ def test_append_throughput_is_reported(tmp_path: Path, capsys: pytest.CaptureFix
         assert spool.count() == 2000 + 40 * 500
     with capsys.disabled():
         print(f"\nspool append: {single:,.0f} rows/s single, {many:,.0f} rows/s batches of 500")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints off the writers
+# ---------------------------------------------------------------------------
+
+
+def test_without_autocheckpoint_only_checkpoint_copies_the_wal(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, autocheckpoint=False)
+    for r in rows(1500):  # one commit each: far past SQLite's 1,000-page auto checkpoint
+        spool.append(*r)
+    db_bytes = path.stat().st_size
+    frames, copied = spool.checkpoint()
+    assert frames > 1000  # nobody copied the WAL back before: it is all still there
+    assert copied == frames
+    assert path.stat().st_size > db_bytes  # the checkpoint wrote the rows into the file
+    assert [r.post_id for r in spool.peek(2000)] == [f"p{i}" for i in range(1500)]
+    spool.close()
+    with pytest.raises(SpoolError, match="closed"):
+        spool.checkpoint()
+
+
+def test_autocheckpoint_is_sqlites_default(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        for r in rows(1500):
+            spool.append(*r)
+        frames, _copied = spool.checkpoint()
+    assert frames < 1000  # a commit past 1,000 WAL pages checkpointed (and restarted it)
