@@ -406,8 +406,13 @@ class Spool:
             return conn.execute(sql, params).fetchone()[0]
 
     def count(self) -> int:
-        """All spooled records, leased or not."""
+        """All spooled records, leased or not (a scan of the table: see :meth:`is_empty`)."""
         return int(self._scalar("SELECT COUNT(*) FROM spool"))
+
+    def is_empty(self) -> bool:
+        """No record at all, leased or not: one row looked up, where ``len()`` counts them all
+        (the replayer asks after every batch)."""
+        return self._scalar("SELECT NOT EXISTS (SELECT 1 FROM spool)") == 1
 
     def __len__(self) -> int:
         return self.count()

@@ -26,10 +26,13 @@ from ..cli_paths import check_output_path
 from .report import API_DRILL, ApiDrillReport, ApiDrillSettings
 
 NAME = API_DRILL
+#: The defaults, for the function and both command lines: 15 s of load at 2,000/s, room for
+#: 3 s of lead and a 10 s outage.
+POSTS, RATE, OUTAGE_S, LEAD_S = 30_000, 2_000.0, 10.0, 3.0
 
 
-def run_api_drill(posts: int = 20_000, rate: float = 2_000, outage_s: float = 10.0,
-                  lead_s: float = 3.0, workers: int = 1, broker=None,
+def run_api_drill(posts: int = POSTS, rate: float = RATE, outage_s: float = OUTAGE_S,
+                  lead_s: float = LEAD_S, workers: int = 1, broker=None,
                   own_broker: bool = False) -> ApiDrillReport:
     """Run the drill; returns its report (the LoadRun of the workload as ``report.load``).
 
@@ -62,11 +65,11 @@ def run_api_drill(posts: int = 20_000, rate: float = 2_000, outage_s: float = 10
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--posts", type=int, default=30_000,
-                   help="default 30000: 15 s at 2000/s, room for --lead 3 + --outage 10")
-    p.add_argument("--rate", type=float, default=2_000)
-    p.add_argument("--outage", type=float, default=10.0, help="seconds the broker is down")
-    p.add_argument("--lead", type=float, default=3.0, help="seconds of load before the kill")
+    p.add_argument("--posts", type=int, default=POSTS,
+                   help=f"default {POSTS}: room for --lead {LEAD_S:g} + --outage {OUTAGE_S:g}")
+    p.add_argument("--rate", type=float, default=RATE)
+    p.add_argument("--outage", type=float, default=OUTAGE_S, help="seconds the broker is down")
+    p.add_argument("--lead", type=float, default=LEAD_S, help="seconds of load before the kill")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--own-broker", action="store_true",
                    help="a one-node broker of the drill's own (purged after)")
@@ -86,9 +89,9 @@ def main(args: argparse.Namespace) -> int:
 
 def main_from_drill(args: argparse.Namespace) -> int:
     """``python -m lab_kit drill api-broker-outage ...`` (the shared ``drill`` parser)."""
-    ns = argparse.Namespace(posts=args.posts or 30_000, rate=args.rate or 2_000,
-                            outage=args.outage or 10.0,
-                            lead=args.lead if args.lead is not None else 3.0,
+    ns = argparse.Namespace(posts=args.posts or POSTS, rate=args.rate or RATE,
+                            outage=args.outage or OUTAGE_S,
+                            lead=args.lead if args.lead is not None else LEAD_S,
                             workers=getattr(args, "workers", None) or 1,
                             json_path=args.json_path)
     return main(ns)

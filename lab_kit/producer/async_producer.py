@@ -122,8 +122,8 @@ class AsyncPostProducer:
         self.max_request_size = self._kafka_config.get(
             "max_request_size", KafkaProducer.DEFAULT_CONFIG["max_request_size"])
         self._in_flight = InFlight()
-        self._to_spool: list[tuple[PostFuture, BaseException]] = []  # guarded by _to_spool_lock
-        self._to_spool_outage = False
+        # (post, error, outage?) failed and not spooled yet; guarded by _to_spool_lock
+        self._to_spool: list[tuple[PostFuture, BaseException, bool]] = []
         self._to_spool_lock = threading.Lock()
         self._failed_lock = threading.Lock()
         self._failed_ids: list[str] = []
@@ -153,7 +153,7 @@ class AsyncPostProducer:
                         stall_timeout_s: float) -> Failover:
         if self._clients.current[1] is None:
             state = State.SPOOLING  # no broker answered: accept posts on disk from the start
-        elif len(self.spool) > 0:
+        elif not self.spool.is_empty():
             state = State.REPLAYING  # replay what an earlier (crashed) producer left first
         else:
             state = State.SENDING
@@ -316,8 +316,7 @@ class AsyncPostProducer:
         transaction: when a client is replaced, hundreds fail at once (one commit each
         would keep the worker busy, and the caller's thread waiting, for a long while)."""
         with self._to_spool_lock:
-            self._to_spool.append((pf, exc))
-            self._to_spool_outage = self._to_spool_outage or outage
+            self._to_spool.append((pf, exc, outage))
             if len(self._to_spool) > 1:
                 return  # a drain is queued already and will take this one too
         self._worker.submit(self._drain_to_spool)
@@ -325,8 +324,7 @@ class AsyncPostProducer:
     def _drain_to_spool(self) -> None:
         with self._to_spool_lock:
             batch, self._to_spool = self._to_spool, []
-            outage, self._to_spool_outage = self._to_spool_outage, False
-        self._spool_failed(batch, outage)
+        self._spool_failed([(pf, exc) for pf, exc, _ in batch], any(o for *_, o in batch))
 
     def _spool_failed(self, batch: list[tuple[PostFuture, BaseException]],
                       outage: bool) -> None:
@@ -448,7 +446,7 @@ class AsyncPostProducer:
             self._worker.submit(lambda: None).result(timeout=timeout)
         except (RuntimeError, concurrent.futures.TimeoutError):
             pass  # closed, or the worker is busy: count what is there
-        while (len(self.spool) > 0 or self._tail_length()) and time.monotonic() < deadline:
+        while (not self.spool.is_empty() or self._tail_length()) and time.monotonic() < deadline:
             time.sleep(0.1)
         return len(self.spool) + self._tail_length()
 
@@ -464,7 +462,7 @@ class AsyncPostProducer:
         deadline = time.monotonic() + timeout
         self.flush(timeout)
         failover = self._failover
-        if (failover is not None and len(self.spool) > 0
+        if (failover is not None and not self.spool.is_empty()
                 and (self.healthy or failover.broker_answers())):
             self.drain_spool(timeout=max(0.0, deadline - time.monotonic()))
             self.flush(max(0.1, deadline - time.monotonic()))

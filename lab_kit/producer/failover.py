@@ -228,9 +228,15 @@ class Failover:
     def spool_post(self, pf: PostFuture, key: bytes, value: bytes) -> None:
         """Write an accepted post to the spool. It returns only after SQLite committed, so the
         post survives a crash of this process; the future settles as ``spooled``."""
-        self.spool.append(self.topic, key, value, pf.post_id)
-        self._metrics.incr("spooled")
-        pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
+        self._spool([(pf, key, value)])
+
+    def _spool(self, entries: list[tuple[PostFuture, bytes, bytes]]) -> None:
+        """Append posts to the spool, in order, in one transaction; then count them and settle
+        their futures as ``spooled`` (raises, settling nothing, if the spool refuses them)."""
+        self.spool.append_many((self.topic, key, value, pf.post_id) for pf, key, value in entries)
+        self._metrics.incr("spooled", len(entries))
+        for pf, _key, _value in entries:
+            pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
 
     def spool_behind_backlog(self, pf: PostFuture, key: bytes, value: bytes) -> bool:
         """While not SENDING, a new post queues behind the backlog: in the tail while
@@ -258,10 +264,7 @@ class Failover:
         if not self._tail:
             return
         items, self._tail = list(self._tail), deque()
-        self.spool.append_many((self.topic, key, value, pf.post_id) for pf, key, value in items)
-        self._metrics.incr("spooled", len(items))
-        for pf, _key, _value in items:
-            pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
+        self._spool(items)
 
     def tail_to_spool(self) -> None:
         """At close: what still waits in the tail goes to disk, for the next producer."""
@@ -280,11 +283,7 @@ class Failover:
         """Worker thread: posts whose delivery failed go to the spool, in order, in one
         transaction (raises if the spool cannot take them). Newer posts queue behind them
         from now on."""
-        self.spool.append_many((self.topic, pf.post.key_bytes(), pf.post.to_json_bytes(),
-                                pf.post_id) for pf in pfs)
-        self._metrics.incr("spooled", len(pfs))
-        for pf in pfs:
-            pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
+        self._spool([(pf, pf.post.key_bytes(), pf.post.to_json_bytes()) for pf in pfs])
         with self._lock:
             if outage and self._state is not State.SPOOLING:
                 self._enter_locked(State.SPOOLING, "delivery failed")
@@ -338,7 +337,7 @@ class Failover:
                 self._enter(State.SPOOLING, "no client could connect")
                 return
         failed = False
-        while (len(self.spool) > 0 and not failed and not self._stop.is_set()
+        while (not self.spool.is_empty() and not failed and not self._stop.is_set()
                and self._stale_generation is None):  # a refused record poisons the client
             started = time.monotonic()
             failed = self._replay_batch(self._replay_batch_size)
@@ -348,7 +347,7 @@ class Failover:
             pass
         with self._lock:  # the switch back to SENDING, unless a post was queued just now
             self._enter_locked(after_replay(
-                self._state, spool_empty=len(self.spool) == 0 and not self._tail,
+                self._state, spool_empty=self.spool.is_empty() and not self._tail,
                 failed=failed), "replay")
 
     def _pace(self, busy_s: float) -> None:
@@ -361,7 +360,7 @@ class Failover:
         """Send the oldest posts of the tail (only once the spool is empty). False if there
         was nothing to send, or the state left REPLAYING."""
         with self._lock:
-            if self._state is not State.REPLAYING or not self._tail or len(self.spool) > 0:
+            if self._state is not State.REPLAYING or not self._tail or not self.spool.is_empty():
                 return False
             chunk = [self._tail.popleft() for _ in range(min(limit, len(self._tail)))]
         for pf, key, value in chunk:  # in order; the client keeps a partition's order

@@ -465,3 +465,13 @@ def test_autocheckpoint_is_sqlites_default(tmp_path: Path) -> None:
             spool.append(*r)
         frames, _copied = spool.checkpoint()
     assert frames < 1000  # a commit past 1,000 WAL pages checkpointed (and restarted it)
+
+
+def test_is_empty_agrees_with_the_count(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        assert spool.is_empty() and len(spool) == 0
+        spool.append_many(rows(3))
+        leased = spool.lease(3)  # leased rows are still in the spool
+        assert not spool.is_empty() and len(spool) == 3
+        spool.ack([r.seq for r in leased])
+        assert spool.is_empty() and len(spool) == 0
