@@ -8,13 +8,13 @@ import sys
 
 
 def _broker_cmd(args: argparse.Namespace) -> int:
-    from . import broker
+    from lab_kit import broker
 
     if args.action == "up":
         b = broker.ensure(nodes=args.nodes, backend=args.backend, port=args.port,
                           timeout_s=args.timeout)
         if args.topics:
-            from .topics import ensure_topics
+            from lab_kit.topics import ensure_topics
 
             ensure_topics(b.client_config())
         print(b.bootstrap_servers)
@@ -51,7 +51,7 @@ def _broker_cmd(args: argparse.Namespace) -> int:
 
 
 def _backend_cmd(action: str) -> int:
-    from .moderation_backend import ModerationBackend
+    from lab_kit.moderation.backend.server import ModerationBackend
 
     running = ModerationBackend.load()
     if action == "up":
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
-    from . import api, bench
-    from .drills import runner as drills
+    from lab_kit.api import app as api
+    from lab_kit.bench import producers as bench
+    from lab_kit.drills import runner as drills
 
     api.add_parser(sub)
     bench.add_parser(sub)
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .broker import BrokerError
+    from lab_kit.broker import BrokerError
 
     args = build_parser().parse_args(argv)
     try:
@@ -114,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backend":
             return _backend_cmd(args.action)
         if args.command == "doctor":
-            from .doctor import main as doctor_main
+            from lab_kit.doctor import main as doctor_main
 
             return doctor_main()
         if args.command == "topics":
-            from . import broker
-            from .topics import ensure_topics
+            from lab_kit import broker
+            from lab_kit.topics import ensure_topics
 
             out = ensure_topics(broker.ensure().client_config())
             print(json.dumps(out, indent=2) if args.json else "\n".join(out))

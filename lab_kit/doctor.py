@@ -8,7 +8,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 
-from . import config
+from lab_kit import lab_env
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Check:
 
 
 def run_checks() -> list[Check]:
-    from .broker.local import BrokerError, check_java, jars_dir, port_free
+    from lab_kit.broker.local import BrokerError, check_java, jars_dir, port_free
 
     checks = []
     py_ok = sys.version_info >= (3, 11)
@@ -37,11 +37,11 @@ def run_checks() -> list[Check]:
     libs = jars_dir()
     cached = (libs / ".complete").exists()
     checks.append(Check("kafka jars", cached or bool(mvn),
-                        f"Kafka {config.KAFKA_VERSION} cached in {libs}" if cached
+                        f"Kafka {lab_env.KAFKA_VERSION} cached in {libs}" if cached
                         else "not cached yet: `broker up` downloads them with mvn (~45 MB)",
                         "" if cached or mvn else "install Maven, or use Docker"))
     checks.extend(docker_checks())
-    from .broker import current
+    from lab_kit.broker import current
 
     b = current()
     try:
@@ -62,7 +62,7 @@ def run_checks() -> list[Check]:
 
 def docker_checks() -> list[Check]:
     """Docker is optional: these checks say what the docker backend would use, never FAIL."""
-    from .broker.docker import LOCAL_IMAGE, docker_available
+    from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
 
     dok, why = docker_available()
     if not dok:
@@ -73,7 +73,7 @@ def docker_checks() -> list[Check]:
     client = docker.from_env()
     named = os.environ.get("LAB_KAFKA_IMAGE")
     present = []
-    for name in ([named] if named else []) + [config.KAFKA_IMAGE, LOCAL_IMAGE]:
+    for name in ([named] if named else []) + [lab_env.KAFKA_IMAGE, LOCAL_IMAGE]:
         try:
             client.images.get(name)
             present.append(name)
@@ -84,7 +84,7 @@ def docker_checks() -> list[Check]:
     if present:
         image = f"image {present[0]} present"
     else:
-        image = (f"no image yet: `broker up --backend docker` pulls {config.KAFKA_IMAGE}; "
+        image = (f"no image yet: `broker up --backend docker` pulls {lab_env.KAFKA_IMAGE}; "
                  "offline, `make kafka-image` builds one")
     return [Check("docker", True, f"daemon answers; {image}")]
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import config
-from .callbacks import CollectingHandler, UserCallback
-from .metrics import CpuMeter, MetricsRecorder
-from .posts import Post, PostValidationError, Workload, run_open_loop
-from .producer import AsyncPostProducer
+from lab_kit import lab_env
+from lab_kit.metrics import CpuMeter, MetricsRecorder
+from lab_kit.posts import Post, PostValidationError, Workload, run_open_loop
+from lab_kit.producer import AsyncPostProducer
+from lab_kit.producer.callbacks import CollectingHandler, UserCallback
 
 
 @dataclass
@@ -51,24 +51,24 @@ class Lab:
 
 def scaled(n: int, scale: float | None = None, minimum: int = 1) -> int:
     """``n`` times ``LAB_SCALE`` (at least ``minimum``)."""
-    scale = config.lab_scale() if scale is None else scale
+    scale = lab_env.lab_scale() if scale is None else scale
     return max(minimum, int(round(n * scale)))
 
 
 def setup(nodes: int = 1) -> Lab:
     """Start (or reuse) the broker and create the StreamSocial topics."""
-    from . import broker
-    from .topics import ensure_topics
+    from lab_kit import broker
+    from lab_kit.topics import ensure_topics
 
     b = broker.ensure(nodes=nodes)
     cfg = b.client_config()
     ensure_topics(cfg)
-    return Lab(broker=b, client_config=cfg, scale=config.lab_scale())
+    return Lab(broker=b, client_config=cfg, scale=lab_env.lab_scale())
 
 
 def scratch_topic(lab: Lab, prefix: str, partitions: int = 3, **configs: str) -> str:
     """A fresh topic for one experiment, so results never mix with an earlier run's."""
-    from .topics import ensure_topics
+    from lab_kit.topics import ensure_topics
 
     name = f"{prefix}.{uuid.uuid4().hex[:8]}"
     ensure_topics(lab.client_config, names=(name,), partitions={name: partitions},
@@ -157,7 +157,7 @@ def validation_errors() -> pd.DataFrame:
         "unknown field": {"user_id": "u1", "text": "hi", "mood": "happy"},
         "number as user_id": {"user_id": 7, "text": "hi"},
     }
-    from .posts import validate_post
+    from lab_kit.posts import validate_post
 
     rows = []
     for case, data in cases.items():
@@ -172,7 +172,7 @@ def validation_errors() -> pd.DataFrame:
 
 def oversized_to_dlq(lab: Lab) -> dict:
     """A post the topic refuses as too large: errback, DLQ record, and the next posts fine."""
-    from .audit import read_topic
+    from lab_kit.harness.readback import read_topic
 
     small = scratch_topic(lab, "lab.small", partitions=1, **{"max.message.bytes": "2048"})
     dlq = scratch_topic(lab, "lab.small.dlq", partitions=1)
@@ -269,11 +269,11 @@ def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float =
     Runs on fresh topics (a unique prefix) so earlier runs never mix in. Returns DataFrames:
     ``results`` (one row per result), ``fanout`` (records per output topic), ``dlq``.
     """
-    from .audit import post_ids_in, read_topic
-    from .moderation import ModerationService, moderation_results, topic_names
-    from .moderation_backend import ModerationBackend
-    from .posts import kind_of, malformed_records
-    from .topics import ensure_topics
+    from lab_kit.harness.readback import post_ids_in, read_topic
+    from lab_kit.moderation.backend.server import ModerationBackend
+    from lab_kit.moderation.stage import ModerationService, moderation_results, topic_names
+    from lab_kit.posts import kind_of, malformed_records
+    from lab_kit.topics import ensure_topics
 
     names = topic_names(f"lab.pipeline.{uuid.uuid4().hex[:6]}.")
     ensure_topics(lab.client_config, names=tuple(names.values()))
@@ -334,7 +334,7 @@ def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float =
 
 # --- 05: drills as data ----------------------------------------------------------------------
 if TYPE_CHECKING:
-    from .drills.report import DrillReport
+    from lab_kit.drills.report import DrillReport
 
 
 def drill_timeline(report: DrillReport) -> tuple[pd.DataFrame, list]:
@@ -348,7 +348,7 @@ def drill_timeline(report: DrillReport) -> tuple[pd.DataFrame, list]:
 
 def audit_table(report: DrillReport) -> pd.DataFrame:
     """The checker's counts of a drill's report, one row each."""
-    from .drills.report import AUDIT_KEYS
+    from lab_kit.drills.report import AUDIT_KEYS
 
     return pd.DataFrame({"count": {k: getattr(report.audit, k) for k in AUDIT_KEYS}})
 
@@ -367,8 +367,8 @@ def _moderation_topics(lab: Lab, prefix: str, posts_topic: str | None = None,
                        posts_partitions: int = 6) -> dict[str, str]:
     """Fresh moderation topics under ``prefix`` (posts: 6 partitions, results: 6, others 1);
     with ``posts_topic`` the source is that existing topic instead."""
-    from .moderation import topic_names
-    from .topics import ensure_topics
+    from lab_kit.moderation.stage import topic_names
+    from lab_kit.topics import ensure_topics
 
     names = topic_names(prefix, **({"posts": posts_topic} if posts_topic else {}))
     parts = {names["results"]: 6, names["posts"]: posts_partitions}
@@ -412,7 +412,7 @@ def _drain_report(lab: Lab, results_topic: str, ids: list[str]) -> dict[str, Any
     """Posts of ``ids`` (in the order they were written) with a result, seconds from the
     first result to the last, degraded results, and ``out_of_order``: users one of whose
     posts got its result before an earlier post of theirs."""
-    from .moderation import moderation_results
+    from lab_kit.moderation.stage import moderation_results
 
     results = moderation_results(lab.client_config, results_topic,
                                  timeout_s=max(30.0, len(ids) / 2000))
@@ -452,8 +452,8 @@ def moderation_modes(lab: Lab, n_posts: int, modes: list[str] | None = None,
     import tempfile
     from pathlib import Path
 
-    from .moderation import ModerationService
-    from .moderation_backend import ModerationBackend
+    from lab_kit.moderation.backend.server import ModerationBackend
+    from lab_kit.moderation.stage import ModerationService
 
     modes = list(modes or MODERATION_MODES)
     unknown = [m for m in modes if m not in MODERATION_MODES]
@@ -555,8 +555,8 @@ def scale_out(lab: Lab, n_posts: int, processes: tuple[int, ...] = (1, 2),
 
     from kafka import KafkaAdminClient
 
-    from .moderation_backend import ModerationBackend
-    from .pipeline_bench import ServiceProcess
+    from lab_kit.harness.pipeline import ServiceProcess
+    from lab_kit.moderation.backend.server import ModerationBackend
 
     stamp = uuid.uuid4().hex[:6]
     rows = []

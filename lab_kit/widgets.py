@@ -33,11 +33,11 @@ from typing import Any
 import ipywidgets as w
 from matplotlib.figure import Figure
 
-from .audit import AuditReport, audit, end_offsets
-from .metrics import MetricsRecorder
-from .plots import WINDOW_ALPHA, WINDOW_COLOR, register_notebook_display
-from .posts import Workload
-from .producer import AsyncPostProducer, BackpressureError, CloseReport
+from lab_kit.harness.readback import AuditReport, audit, end_offsets
+from lab_kit.metrics import MetricsRecorder
+from lab_kit.plots import WINDOW_ALPHA, WINDOW_COLOR, register_notebook_display
+from lab_kit.posts import Workload
+from lab_kit.producer import AsyncPostProducer, BackpressureError, CloseReport
 
 __all__ = ["ACKS_OPTIONS", "Dashboard", "LoadGenerator", "RATE_MAX", "RATE_MIN"]
 
@@ -150,7 +150,7 @@ class LoadGenerator:
     def _client_config(self) -> dict[str, Any]:
         """Settings for the checker's consumer: the producer's bootstrap and security."""
         if self.bootstrap_servers is None:
-            from . import broker
+            from lab_kit import broker
 
             return broker.ensure().client_config()
         return {**self.kafka_config, "bootstrap_servers": self.bootstrap_servers}
@@ -242,7 +242,7 @@ class LoadGenerator:
         try:
             pending: list[str] = []
             if self.spool_path and report is not None and report.spooled_pending:
-                from .spool import Spool
+                from lab_kit.producer.spool import Spool
 
                 with Spool(self.spool_path) as spool:
                     pending = spool.post_ids()
@@ -328,7 +328,7 @@ class Dashboard:
         history_s: float = 300,
     ) -> None:
         if broker is None and bootstrap_servers is None:
-            from . import broker as lab_broker
+            from lab_kit import broker as lab_broker
 
             broker = lab_broker.ensure()
         self.broker = broker

@@ -11,10 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from .. import config
-from .base import NODE_STATES, Broker, BrokerError, NodeInfo
-from .external import ExternalBroker
-from .local import LocalBroker
+from lab_kit import lab_env
+from lab_kit.broker.base import NODE_STATES, Broker, BrokerError, NodeInfo
+from lab_kit.broker.external import ExternalBroker
+from lab_kit.broker.local import LocalBroker
 
 BACKENDS = ("auto", "local", "docker", "external")
 
@@ -25,7 +25,7 @@ __all__ = [
 
 
 def _state_backend(state_dir: Path | None = None) -> str | None:
-    path = Path(state_dir or config.state_dir()) / "broker.json"
+    path = Path(state_dir or lab_env.state_dir()) / "broker.json"
     if not path.exists():
         return None
     try:
@@ -42,7 +42,7 @@ def current(state_dir: Path | None = None) -> Broker | None:
     if backend == "local":
         return LocalBroker(state_dir)
     if backend == "docker":
-        from .docker import DockerBroker
+        from lab_kit.broker.docker import DockerBroker
 
         return DockerBroker(state_dir)
     return None
@@ -62,7 +62,7 @@ def choose_backend(backend: str = "auto", state_dir: Path | None = None, nodes: 
         return existing
     if nodes != 1:  # the docker backend runs one node; three JVMs run locally
         return "local"
-    from .docker import docker_available
+    from lab_kit.broker.docker import docker_available
 
     return "docker" if docker_available()[0] else "local"
 
@@ -82,7 +82,7 @@ def ensure(nodes: int = 1, backend: str = "auto", port: int | None = None,
         broker.wait_ready(timeout_s=timeout_s)
         return broker
     if chosen == "docker":
-        from .docker import DockerBroker
+        from lab_kit.broker.docker import DockerBroker
 
         fresh = backend == "auto" and _state_backend(state_dir) is None
         try:
@@ -93,6 +93,6 @@ def ensure(nodes: int = 1, backend: str = "auto", port: int | None = None,
             reason = str(exc).splitlines()[0]
             print(f"docker cannot provide a broker ({reason}); using the local JVM backend "
                   "instead", file=sys.stderr)
-    from .local import up
+    from lab_kit.broker.local import up
 
     return up(nodes=nodes, port=port, state_dir=state_dir, timeout_s=timeout_s)

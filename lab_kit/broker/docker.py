@@ -26,18 +26,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import config
-from .base import Broker, BrokerError, NodeInfo
-from .local import free_port, port_free
+from lab_kit import lab_env
+from lab_kit.broker.base import Broker, BrokerError, NodeInfo
+from lab_kit.broker.local import free_port, port_free
 
 STATE_FILE = "broker.json"
-LOCAL_IMAGE = f"streamsocial-lab/kafka:{config.KAFKA_VERSION}"
+LOCAL_IMAGE = f"streamsocial-lab/kafka:{lab_env.KAFKA_VERSION}"
 LABEL = "streamsocial.lab"
 DATA_DIR = "/var/lib/kafka/data"
 PULL_TIMEOUT_S = float(os.environ.get("LAB_DOCKER_PULL_TIMEOUT", "600"))
 NO_IMAGE_HINT = (
-    f"no Kafka image: neither {config.KAFKA_IMAGE} (pull it with `docker pull "
-    f"{config.KAFKA_IMAGE}` where a registry is reachable) nor {LOCAL_IMAGE} (build it with "
+    f"no Kafka image: neither {lab_env.KAFKA_IMAGE} (pull it with `docker pull "
+    f"{lab_env.KAFKA_IMAGE}` where a registry is reachable) nor {LOCAL_IMAGE} (build it with "
     "`make kafka-image`) is available; or set LAB_KAFKA_IMAGE, or use --backend local"
 )
 
@@ -151,13 +151,13 @@ def choose_image(client, out=sys.stderr) -> str:
             raise BrokerError(f"LAB_KAFKA_IMAGE={named} is not present and could not be pulled "
                               f"({why}): pull or build it, or unset LAB_KAFKA_IMAGE")
         return named
-    if _image_present(client, config.KAFKA_IMAGE):
-        return config.KAFKA_IMAGE
+    if _image_present(client, lab_env.KAFKA_IMAGE):
+        return lab_env.KAFKA_IMAGE
     if not _image_present(client, LOCAL_IMAGE):
-        why = pull(client, config.KAFKA_IMAGE, out=out)
+        why = pull(client, lab_env.KAFKA_IMAGE, out=out)
         if not why:
-            return config.KAFKA_IMAGE
-        print(f"could not pull {config.KAFKA_IMAGE}: {why}", file=out)
+            return lab_env.KAFKA_IMAGE
+        print(f"could not pull {lab_env.KAFKA_IMAGE}: {why}", file=out)
         raise BrokerError(NO_IMAGE_HINT)
     return LOCAL_IMAGE
 
@@ -167,7 +167,7 @@ class DockerBroker(Broker):
     backend = "docker"
 
     def __init__(self, state_dir: Path | None = None):
-        self.state_dir = Path(state_dir) if state_dir else config.state_dir()
+        self.state_dir = Path(state_dir) if state_dir else lab_env.state_dir()
         self.state_path = self.state_dir / STATE_FILE
         self.state: dict[str, Any] = {}
         if self.state_path.exists():
@@ -267,11 +267,11 @@ class DockerBroker(Broker):
                 self.state = {}
                 self.state_path.unlink(missing_ok=True)
             else:
-                if self.state.get("kafka_version") != config.KAFKA_VERSION:
+                if self.state.get("kafka_version") != lab_env.KAFKA_VERSION:
                     raise BrokerError(
                         f"the docker broker in {self.state_dir} runs Kafka "
                         f"{self.state.get('kafka_version')}, this lab pins "
-                        f"{config.KAFKA_VERSION}: run `python -m lab_kit broker down --purge`")
+                        f"{lab_env.KAFKA_VERSION}: run `python -m lab_kit broker down --purge`")
                 self.start(timeout_s=timeout_s)
                 return self
         image = choose_image(client, out=out)
@@ -295,7 +295,7 @@ class DockerBroker(Broker):
             raise BrokerError(f"docker could not start {image}: {msg.splitlines()[0][:300]}"
                               ) from exc
         self.state = {
-            "backend": "docker", "kafka_version": config.KAFKA_VERSION, "port": port,
+            "backend": "docker", "kafka_version": lab_env.KAFKA_VERSION, "port": port,
             "image": image, "container_id": c.id, "container_name": c.name,
         }
         self._save()

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .base import Broker, BrokerError, NodeInfo
+from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 
 _ENV_SETTINGS = {
     "KAFKA_SECURITY_PROTOCOL": "security_protocol",

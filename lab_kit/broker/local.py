@@ -25,8 +25,8 @@ from typing import Any
 
 import psutil
 
-from .. import config
-from .base import Broker, BrokerError, NodeInfo
+from lab_kit import lab_env
+from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 
 STATE_FILE = "broker.json"
 _CHILDREN: dict[int, subprocess.Popen] = {}  # keep Popen objects so we can reap our JVMs
@@ -64,19 +64,19 @@ def java_major(java: str) -> int:
 def check_java() -> tuple[str, int]:
     java = find_java()
     major = java_major(java)
-    if major < config.MIN_JAVA_MAJOR:
+    if major < lab_env.MIN_JAVA_MAJOR:
         raise BrokerError(
-            f"Java {major} found at {java}, but Kafka {config.KAFKA_VERSION} needs Java "
-            f"{config.MIN_JAVA_MAJOR} or newer. Install a newer JDK and set JAVA_HOME to it."
+            f"Java {major} found at {java}, but Kafka {lab_env.KAFKA_VERSION} needs Java "
+            f"{lab_env.MIN_JAVA_MAJOR} or newer. Install a newer JDK and set JAVA_HOME to it."
         )
     return java, major
 
 
-def jars_dir(version: str = config.KAFKA_VERSION) -> Path:
-    return config.cache_dir() / f"kafka-{version}" / "libs"
+def jars_dir(version: str = lab_env.KAFKA_VERSION) -> Path:
+    return lab_env.cache_dir() / f"kafka-{version}" / "libs"
 
 
-def resolve_jars(version: str = config.KAFKA_VERSION, timeout_s: float = 900) -> Path:
+def resolve_jars(version: str = lab_env.KAFKA_VERSION, timeout_s: float = 900) -> Path:
     """Download (once) the broker jars with Maven; returns the folder holding them."""
     libs = jars_dir(version)
     marker = libs / ".complete"
@@ -95,7 +95,7 @@ def resolve_jars(version: str = config.KAFKA_VERSION, timeout_s: float = 900) ->
         cmd = [
             mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
             f"-DoutputDirectory={libs}", f"-Dkafka.version={version}",
-            f"-Dslf4j.version={config.SLF4J_VERSION}",
+            f"-Dslf4j.version={lab_env.SLF4J_VERSION}",
         ]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -240,7 +240,7 @@ class LocalBroker(Broker):
     backend = "local"
 
     def __init__(self, state_dir: Path | None = None):
-        self.state_dir = Path(state_dir) if state_dir else config.state_dir()
+        self.state_dir = Path(state_dir) if state_dir else lab_env.state_dir()
         self.state_path = self.state_dir / STATE_FILE
         self.state: dict[str, Any] = {}
         if self.state_path.exists():
@@ -350,7 +350,7 @@ class LocalBroker(Broker):
                     f"formatting storage for node {n['id']} failed:\n{out.stdout}{out.stderr}"
                 )
         self.state = {
-            "backend": "local", "kafka_version": config.KAFKA_VERSION, "cluster_id": cluster_id,
+            "backend": "local", "kafka_version": lab_env.KAFKA_VERSION, "cluster_id": cluster_id,
             "data_dir": str(data_dir), "libs": str(libs), "nodes": node_list,
             "heap": "512m" if nodes == 1 else "384m",
         }
@@ -517,11 +517,11 @@ def up(nodes: int = 1, port: int | None = None, state_dir: Path | None = None,
             f"a {len(b.state['nodes'])}-node local broker is already set up in {b.state_dir}; "
             f"run `python -m lab_kit broker down --purge` before asking for {nodes} node(s)"
         )
-    if b.exists and b.state.get("kafka_version") != config.KAFKA_VERSION:
+    if b.exists and b.state.get("kafka_version") != lab_env.KAFKA_VERSION:
         raise BrokerError(
             f"the local broker in {b.state_dir} was made with Kafka "
             f"{b.state.get('kafka_version')}, "
-            f"this lab pins {config.KAFKA_VERSION}: run `python -m lab_kit broker down --purge`"
+            f"this lab pins {lab_env.KAFKA_VERSION}: run `python -m lab_kit broker down --purge`"
         )
     if not b.exists:
         b.setup(nodes=nodes, port=port)

@@ -24,18 +24,18 @@ Open next, in this order:
 JSON (audit counts, outage windows, submit p99 during the outage, a per-second timeline).
 """
 
-from .checker import WATCHED_METHODS, KafkaCallWatch, ResultsCheck, check_results
-from .moderation import OverloadSettings, moderation_drill, overload_drill
-from .nemesis import Nemesis
-from .producer_drills import leader_of, producer_drill
-from .report import (
+from lab_kit.drills.moderation import OverloadSettings, moderation_drill, overload_drill
+from lab_kit.drills.producer_drills import leader_of, producer_drill
+from lab_kit.drills.report import (
     ApiDrillReport,
     DrillReport,
     OverloadReport,
     load_report,
     report_from_dict,
 )
-from .workload import DrillSettings, RssSampler, TimedSubmit
+from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
+from lab_kit.harness.checker import WATCHED_METHODS, KafkaCallWatch, ResultsCheck, check_results
+from lab_kit.harness.nemesis import Nemesis
 
 __all__ = [
     "WATCHED_METHODS", "ApiDrillReport", "DrillReport", "DrillSettings",

@@ -20,10 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..api_bench import own_broker as start_own_broker
-from ..api_bench import run_cli, run_condition
-from ..cli_paths import check_output_path
-from .report import API_DRILL, ApiDrillReport, ApiDrillSettings
+from lab_kit.drills.report import API_DRILL, ApiDrillReport, ApiDrillSettings
+from lab_kit.harness.http_load import own_broker as start_own_broker
+from lab_kit.harness.http_load import run_cli, run_condition
+from lab_kit.output_paths import check_output_path
 
 NAME = API_DRILL
 #: The defaults, for the function and both command lines: 15 s of load at 2,000/s, room for

@@ -29,20 +29,20 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli_paths import check_output_path
-from ..metrics import MetricsRecorder
-from ..posts import Workload, run_open_loop
-from .checker import KafkaCallWatch, audit, check_results
-from .nemesis import Nemesis
-from .report import DrillReport, ModerationChecks, OverloadReport, Phase
-from .workload import DrillSettings, RssSampler, TimedSubmit
+from lab_kit.drills.report import DrillReport, ModerationChecks, OverloadReport, Phase
+from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
+from lab_kit.harness.checker import KafkaCallWatch, audit, check_results
+from lab_kit.harness.nemesis import Nemesis
+from lab_kit.metrics import MetricsRecorder
+from lab_kit.output_paths import check_output_path
+from lab_kit.posts import Workload, run_open_loop
 
 BACKEND_TIMEOUT_S = 0.2
 SLOW_LATENCY_MS = 800.0
 
 
 def _create_topics(cfg: dict, names: dict[str, str]) -> None:
-    from ..topics import ensure_topics
+    from lab_kit.topics import ensure_topics
 
     parts = {name: (3 if key in ("posts", "results", "recheck") else 1)
              for key, name in names.items()}
@@ -53,7 +53,7 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
                       ) -> dict[str, list[dict]]:
     """Poll the results topic until every id has a result and every degraded one a recheck
     (by :func:`check_results`, the drill's checker)."""
-    from ..moderation import moderation_results
+    from lab_kit.moderation.stage import moderation_results
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -68,9 +68,9 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
 def moderation_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                      progress: bool = False) -> DrillReport:
     """moderation-outage / moderation-slow: the backend process killed or slowed."""
-    from ..moderation import ModerationService, RecheckWorker, topic_names
-    from ..moderation_backend import ModerationBackend
-    from ..producer import AsyncPostProducer
+    from lab_kit.moderation.backend.server import ModerationBackend
+    from lab_kit.moderation.stage import ModerationService, RecheckWorker, topic_names
+    from lab_kit.producer import AsyncPostProducer
 
     cfg = broker.client_config()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -171,7 +171,7 @@ class OverloadSettings:
     @classmethod
     def from_env(cls, lead_s: float | None = None, overload_s: float | None = None
                  ) -> OverloadSettings:
-        from ..config import lab_scale
+        from lab_kit.lab_env import lab_scale
 
         scale = lab_scale()
         raw = os.environ.get(CAPACITY_ENV)
@@ -217,9 +217,7 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
     degraded one a recheck. Checker: results missing, lost (posts topic audit), rechecked."""
     import tempfile
 
-    from ..metrics import percentiles_ms
-    from ..moderation import moderation_results
-    from ..pipeline_bench import (
+    from lab_kit.harness.pipeline import (
         Pipeline,
         Sampler,
         StampedSubmit,
@@ -228,11 +226,13 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
         make_producer,
         warm_up,
     )
+    from lab_kit.metrics import percentiles_ms
+    from lab_kit.moderation.stage import moderation_results
 
     settings = settings or OverloadSettings.from_env()
     settings.validate()
     if broker is None:
-        from .. import broker as lab_broker
+        from lab_kit import broker as lab_broker
 
         broker = lab_broker.ensure()
 
@@ -289,7 +289,7 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
             service_stop = pipe.stop_service()
             # the service's own rare events (breaker, shedding, assignments), for the reader
             service_events = [line for line in pipe.service.log_tail(1 << 20).splitlines()
-                              if " __main__ " in line or " lab_kit.moderation " in line][-40:]
+                              if " __main__ " in line or " lab_kit.moderation" in line][-40:]
             pipe.backend.stop()
             ids = submit.ids
             results = moderation_results(pipe.cfg, pipe.names["results"],

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 
-from ..metrics import MetricsRecorder
-from ..posts import Workload, run_open_loop
-from ..topics import ensure_topics, wait_for_leaders
-from .checker import KafkaCallWatch, audit
-from .nemesis import Nemesis, broker_kill, broker_pause
-from .report import DrillReport, ProducerChecks
-from .workload import DrillSettings, RssSampler, TimedSubmit
+from lab_kit.drills.report import DrillReport, ProducerChecks
+from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
+from lab_kit.harness.checker import KafkaCallWatch, audit
+from lab_kit.harness.nemesis import Nemesis, broker_kill, broker_pause
+from lab_kit.metrics import MetricsRecorder
+from lab_kit.posts import Workload, run_open_loop
+from lab_kit.topics import ensure_topics, wait_for_leaders
 
 PRODUCER_DRILLS = ("broker-outage", "broker-pause", "leader-failover")
 
@@ -63,7 +63,7 @@ def nemesis_for(name: str, broker, cfg: dict, topic: str, settings: DrillSetting
 def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                    progress: bool = False) -> DrillReport:
     """broker-outage / broker-pause / leader-failover: the producer side under a broker fault."""
-    from ..producer import AsyncPostProducer
+    from lab_kit.producer import AsyncPostProducer
 
     cfg = broker.client_config()
     topic, dlq = fresh_topics(cfg, name)

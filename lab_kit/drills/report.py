@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import config
-from ..audit import AuditReport
-from ..metrics import percentiles_ms
-from .checker import ResultsCheck
-from .workload import DrillSettings
+from lab_kit import lab_env
+from lab_kit.drills.workload import DrillSettings
+from lab_kit.harness.checker import ResultsCheck
+from lab_kit.harness.readback import AuditReport
+from lab_kit.metrics import percentiles_ms
 
 if TYPE_CHECKING:
-    from ..metrics import MetricsRecorder
+    from lab_kit.metrics import MetricsRecorder
 
 API_DRILL = "api-broker-outage"
 OVERLOAD_DRILL = "moderation-overload"
@@ -185,7 +185,7 @@ class DrillReport(_Json):
         timeline, windows = merge_timeline(metrics, consumer_metrics)
         p = percentiles_ms(submit.during)
         return cls(
-            drill=name, kafka_version=broker.kafka_version or config.KAFKA_VERSION,
+            drill=name, kafka_version=broker.kafka_version or lab_env.KAFKA_VERSION,
             nodes=len(broker.nodes()), settings=settings,
             achieved_rate=round(run.achieved_rate, 1), audit=audit_report,
             outage_windows=windows,

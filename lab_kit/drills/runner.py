@@ -11,12 +11,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .. import config
-from ..cli_paths import check_output_path
-from .moderation import moderation_drill, overload_drill, overload_main
-from .producer_drills import producer_drill
-from .report import DrillReport, OverloadReport
-from .workload import DrillSettings
+from lab_kit import lab_env
+from lab_kit.drills.moderation import moderation_drill, overload_drill, overload_main
+from lab_kit.drills.producer_drills import producer_drill
+from lab_kit.drills.report import DrillReport, OverloadReport
+from lab_kit.drills.workload import DrillSettings
+from lab_kit.output_paths import check_output_path
 
 DRILLS = ("broker-outage", "broker-pause", "leader-failover", "moderation-outage",
           "moderation-slow", "moderation-overload", "api-broker-outage")
@@ -40,13 +40,13 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
     settings.validate()
     own_cluster = None
     if broker is None:
-        from .. import broker as lab_broker
+        from lab_kit import broker as lab_broker
 
         if name == "leader-failover":
-            from ..broker import local
+            from lab_kit.broker import local
 
             own_cluster = broker = local.up(nodes=3,
-                                            state_dir=config.state_dir() / "drill-cluster")
+                                            state_dir=lab_env.state_dir() / "drill-cluster")
         else:
             broker = lab_broker.ensure()
     if name == "leader-failover" and len(broker.nodes()) < 3:
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")
     if args.name == "api-broker-outage":
         # imported here: the HTTP drill pulls in lab_kit.api_bench, which imports the nemesis
-        from .api import main_from_drill
+        from lab_kit.drills.api import main_from_drill
 
         return main_from_drill(args)
     if args.name == "moderation-overload":

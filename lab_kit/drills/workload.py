@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 if TYPE_CHECKING:
-    from .checker import KafkaCallWatch
-    from .nemesis import Nemesis
+    from lab_kit.harness.checker import KafkaCallWatch
+    from lab_kit.harness.nemesis import Nemesis
 
 
 @dataclass

@@ -13,11 +13,22 @@ Start with :mod:`.async_producer`: ``AsyncPostProducer.submit`` hands a post to 
 * :mod:`.errors`: what ``submit`` and the futures raise.
 """
 
-from .async_producer import LAB_DEFAULTS, MODES, ON_FULL_POLICIES, AsyncPostProducer, CloseReport
-from .errors import BackpressureError, BrokerUnavailableError, DeliveryFailed, ProducerClosedError
-from .failover import State, api_versions_probe
-from .future import Delivery, PostFuture
-from .kafka_quirks import force_close
+from lab_kit.producer.async_producer import (
+    LAB_DEFAULTS,
+    MODES,
+    ON_FULL_POLICIES,
+    AsyncPostProducer,
+    CloseReport,
+)
+from lab_kit.producer.errors import (
+    BackpressureError,
+    BrokerUnavailableError,
+    DeliveryFailed,
+    ProducerClosedError,
+)
+from lab_kit.producer.failover import State, api_versions_probe
+from lab_kit.producer.future import Delivery, PostFuture
+from lab_kit.producer.kafka_quirks import force_close
 
 __all__ = [
     "LAB_DEFAULTS", "MODES", "ON_FULL_POLICIES", "AsyncPostProducer", "BackpressureError",

@@ -43,16 +43,21 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from ..kafka_settings import check_producer_settings
-from ..metrics import MetricsRecorder
-from ..posts import Post
-from ..topics import POSTS, POSTS_DLQ
-from .dead_letters import DeadLetters
-from .encoding import encode
-from .errors import BackpressureError, BrokerUnavailableError, DeliveryFailed, ProducerClosedError
-from .failover import Action, Failover, State, bootstrap_probe, decide_on_error
-from .future import Delivery, InFlight, PostFuture
-from .kafka_quirks import force_close, is_sender_thread
+from lab_kit.kafka_settings import check_producer_settings
+from lab_kit.metrics import MetricsRecorder
+from lab_kit.posts import Post
+from lab_kit.producer.dead_letters import DeadLetters
+from lab_kit.producer.encoding import encode
+from lab_kit.producer.errors import (
+    BackpressureError,
+    BrokerUnavailableError,
+    DeliveryFailed,
+    ProducerClosedError,
+)
+from lab_kit.producer.failover import Action, Failover, State, bootstrap_probe, decide_on_error
+from lab_kit.producer.future import Delivery, InFlight, PostFuture
+from lab_kit.producer.kafka_quirks import force_close, is_sender_thread
+from lab_kit.topics import POSTS, POSTS_DLQ
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ class AsyncPostProducer:
         _check_options(mode, max_in_flight, on_full, spool_path, max_block_s, probe_interval_s,
                        stall_timeout_s)
         if bootstrap_servers is None:
-            from .. import broker
+            from lab_kit import broker
 
             cfg = broker.ensure().client_config()
             bootstrap_servers = cfg.pop("bootstrap_servers")
@@ -132,7 +137,7 @@ class AsyncPostProducer:
         self._dead_letters = DeadLetters(self._kafka_config, topic, dlq_topic)
         self.spool = None
         if spool_path:
-            from ..spool import Spool
+            from lab_kit.producer.spool import Spool
 
             # No checkpoint (an fsync) inside a caller's append: the health thread does them.
             self.spool = Spool(spool_path, autocheckpoint=False)

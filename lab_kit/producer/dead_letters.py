@@ -13,9 +13,9 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from ..audit import dlq_record
-from ..posts import Post, PostValidationError
-from ..topics import POSTS_DLQ
+from lab_kit.harness.readback import dlq_record
+from lab_kit.posts import Post, PostValidationError
+from lab_kit.topics import POSTS_DLQ
 
 
 class DeadLetters:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..posts import (
+from lab_kit.posts import (
     MAX_MEDIA_URLS,
     MAX_TEXT_CHARS,
     MAX_URL_CHARS,

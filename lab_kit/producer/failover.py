@@ -46,7 +46,7 @@ from typing import Any
 
 from kafka.errors import KafkaTimeoutError
 
-from .future import Delivery, InFlight, PostFuture
+from lab_kit.producer.future import Delivery, InFlight, PostFuture
 
 log = logging.getLogger(__name__)
 

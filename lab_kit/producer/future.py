@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..posts import Post
+from lab_kit.posts import Post
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ import json
 import pytest
 from kafka import KafkaProducer
 
-from lab_kit.audit import audit, dlq_record, end_offsets, post_ids_in, read_topic
-from lab_kit.drills.checker import check_results
-from lab_kit.moderation import moderation_results
-from lab_kit.pipeline_bench import first_verdicts
+from lab_kit.harness.checker import check_results
+from lab_kit.harness.pipeline import first_verdicts
+from lab_kit.harness.readback import audit, dlq_record, end_offsets, post_ids_in, read_topic
+from lab_kit.moderation.stage import moderation_results
 from lab_kit.posts import Workload
 from lab_kit.producer import AsyncPostProducer
-from lab_kit.spool import Spool
+from lab_kit.producer.spool import Spool
 from lab_kit.topics import ensure_topics
 
 from ..kafka_helpers import UnknownTopicError, read_all

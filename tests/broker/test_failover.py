@@ -16,13 +16,13 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from lab_kit.audit import audit, post_ids_in
 from lab_kit.broker import local
 from lab_kit.drills import DrillSettings, KafkaCallWatch
 from lab_kit.drills.runner import run_drill
+from lab_kit.harness.readback import audit, post_ids_in
 from lab_kit.posts import Workload
 from lab_kit.producer import AsyncPostProducer, DeliveryFailed, force_close
-from lab_kit.spool import SpoolError
+from lab_kit.producer.spool import SpoolError
 from lab_kit.topics import ensure_topics
 
 pytestmark = pytest.mark.timeout(300)
@@ -163,7 +163,7 @@ def test_per_user_order_is_kept_through_an_outage(fault_broker, fresh_topic, tmp
             producer.submit(p)
         assert producer.drain_spool(timeout=60) == 0
     order = {p.post_id: i for i, p in enumerate(posts)}
-    from lab_kit.audit import read_topic
+    from lab_kit.harness.readback import read_topic
 
     per_user: dict[str, list[int]] = {}
     for r in read_topic(cfg, fresh_topic):
@@ -252,7 +252,7 @@ def test_a_stuck_client_is_replaced_and_what_it_held_is_replayed(fault_broker, f
     blocks the client's sender thread (kafka-python's idempotent producer that stops after
     an expired batch looks the same from outside). Past twice the stall timeout the producer
     replaces its client; the posts the old one still held are spooled and replayed."""
-    from lab_kit.callbacks import UserCallback
+    from lab_kit.producer.callbacks import UserCallback
 
     cfg = fault_broker.client_config()
     posts = Workload(seed=43).posts(300)

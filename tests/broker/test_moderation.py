@@ -19,16 +19,16 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from lab_kit.moderation import (
+from lab_kit.moderation.backend.server import ModerationBackend
+from lab_kit.moderation.rules import RepeatTracker, score_post
+from lab_kit.moderation.stage import (
     TOPIC_KEYS,
     ModerationService,
     RecheckWorker,
     moderation_results,
     topic_names,
 )
-from lab_kit.moderation_backend import ModerationBackend
 from lab_kit.posts import POST_FIELDS, Post, Workload, malformed_records
-from lab_kit.rules import RepeatTracker, score_post
 
 from ..kafka_helpers import read_all
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from lab_kit.drills.report import OverloadReport
-from lab_kit.pipeline_bench import PipelineSettings, build_timeline, steady_rate
+from lab_kit.harness.pipeline import PipelineSettings, build_timeline, steady_rate
 
 from ..conftest import delete_topics_with_prefix
 

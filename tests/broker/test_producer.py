@@ -8,19 +8,19 @@ import time
 
 import pytest
 
-from lab_kit.callbacks import (
-    CollectingHandler,
-    RaisingHandler,
-    UserCallback,
-    blocking_callback_experiment,
-    flush_inside_callback_demo,
-)
 from lab_kit.posts import Post, PostValidationError, Workload
 from lab_kit.producer import (
     AsyncPostProducer,
     BackpressureError,
     BrokerUnavailableError,
     DeliveryFailed,
+)
+from lab_kit.producer.callbacks import (
+    CollectingHandler,
+    RaisingHandler,
+    UserCallback,
+    blocking_callback_experiment,
+    flush_inside_callback_demo,
 )
 
 from ..kafka_helpers import create_topic, read_all
@@ -281,7 +281,7 @@ def test_kafka_call_watch_counts_client_calls_on_its_thread_only(bootstrap, topi
     """The instrument behind "nothing waited on Kafka while spooling" must see a call."""
     from kafka import KafkaProducer
 
-    from lab_kit.drills.checker import WATCHED_METHODS, KafkaCallWatch
+    from lab_kit.harness.checker import WATCHED_METHODS, KafkaCallWatch
 
     originals = {name: KafkaProducer.__dict__[name] for name in WATCHED_METHODS}
     with AsyncPostProducer(bootstrap, topic) as producer:

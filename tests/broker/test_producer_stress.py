@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
-from lab_kit.audit import audit
-from lab_kit.callbacks import DeliveryHandler
+from lab_kit.harness.readback import audit
 from lab_kit.posts import Post
 from lab_kit.producer import AsyncPostProducer, State
+from lab_kit.producer.callbacks import DeliveryHandler
 from lab_kit.topics import ensure_topics
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import ipywidgets as w  # noqa: E402
 
 from lab_kit.broker import BrokerError, local  # noqa: E402
-from lab_kit.moderation_backend import ModerationBackend  # noqa: E402
+from lab_kit.moderation.backend.server import ModerationBackend  # noqa: E402
 from lab_kit.widgets import Dashboard, LoadGenerator, iter_widgets  # noqa: E402
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -131,7 +131,7 @@ def test_lost_is_read_back_from_the_topic_and_never_a_default(kafka_broker, topi
     removed from the topic afterwards (delete_records) show up as lost on a re-read."""
     from kafka import KafkaAdminClient, TopicPartition
 
-    from lab_kit.audit import end_offsets
+    from lab_kit.harness.readback import end_offsets
     from lab_kit.topics import ensure_topics
 
     ensure_topics(kafka_broker.client_config(), names=(topic_name,),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab_kit import config
+from lab_kit import lab_env
 from lab_kit.broker.docker import DockerBroker, docker_available, kafka_env
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -53,9 +53,9 @@ def _listener_ports(value: str) -> dict[str, int]:
 def test_every_kafka_image_is_the_pinned_version_unless_overridden(compose, raw_compose):
     services = _kafka_services(compose)
     assert set(services) == {"kafka", "kafka-1", "kafka-2", "kafka-3"}
-    assert {s["image"] for s in services.values()} == {config.KAFKA_IMAGE}
+    assert {s["image"] for s in services.values()} == {lab_env.KAFKA_IMAGE}
     raw = {raw_compose["services"][k]["image"] for k in services}
-    assert raw == {f"${{LAB_KAFKA_IMAGE:-{config.KAFKA_IMAGE}}}"}
+    assert raw == {f"${{LAB_KAFKA_IMAGE:-{lab_env.KAFKA_IMAGE}}}"}
 
 
 def test_profiles_cluster_is_three_nodes_not_four(compose):
@@ -144,7 +144,7 @@ def test_docker_backend_round_trip(tmp_path):
     b = DockerBroker(tmp_path).up()
     try:
         assert b.nodes()[0].state == "running"
-        assert b.kafka_version == config.KAFKA_VERSION
+        assert b.kafka_version == lab_env.KAFKA_VERSION
         cfg = b.client_config()
         create_topic(cfg, "round-trip", partitions=1)
         before = [f"before-{i}".encode() for i in range(20)]

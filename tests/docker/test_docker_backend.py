@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_kit import config
+from lab_kit import lab_env
 from lab_kit.broker import BrokerError, choose_backend, ensure
 from lab_kit.broker.docker import LABEL, DockerBroker, choose_image, docker_available
 from lab_kit.broker.local import free_port
@@ -78,7 +78,7 @@ def _cli(state_dir: Path, *args: str, timeout: float = 300, **extra) -> subproce
 
 def test_up_status_and_port_on_loopback_only(dbroker, docker_client, state_dir):
     st = json.loads(_cli(state_dir, "broker", "status", "--json").stdout)
-    assert st["backend"] == "docker" and st["kafka_version"] == config.KAFKA_VERSION
+    assert st["backend"] == "docker" and st["kafka_version"] == lab_env.KAFKA_VERSION
     assert [n["state"] for n in st["nodes"]] == ["running"]
     c = docker_client.containers.get(dbroker.state["container_id"])
     bindings = c.attrs["HostConfig"]["PortBindings"]
@@ -229,7 +229,7 @@ def test_port_in_use_gives_one_line(docker_client, tmp_path):
 
 def test_daemon_down_gives_one_line(tmp_path):
     (tmp_path / "broker.json").write_text(json.dumps(
-        {"backend": "docker", "kafka_version": config.KAFKA_VERSION, "port": free_port(),
+        {"backend": "docker", "kafka_version": lab_env.KAFKA_VERSION, "port": free_port(),
          "container_id": "0" * 64}))
     run = _cli(tmp_path, "broker", "status", DOCKER_HOST="unix:///nonexistent/docker.sock")
     assert run.returncode == 2 and "Traceback" not in run.stderr
@@ -238,7 +238,7 @@ def test_daemon_down_gives_one_line(tmp_path):
 
 def test_state_pointing_at_a_missing_container(docker_client, tmp_path):
     (tmp_path / "broker.json").write_text(json.dumps(
-        {"backend": "docker", "kafka_version": config.KAFKA_VERSION, "port": free_port(),
+        {"backend": "docker", "kafka_version": lab_env.KAFKA_VERSION, "port": free_port(),
          "container_id": "0" * 64}))
     run = _cli(tmp_path, "broker", "kill")
     assert run.returncode == 2 and "Traceback" not in run.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_kit import config
+from lab_kit import lab_env
 from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
 from lab_kit.broker.local import free_port
@@ -43,13 +43,13 @@ def compose_command() -> list[str] | None:
 def _image(client) -> str:
     import docker
 
-    for name in (config.KAFKA_IMAGE, LOCAL_IMAGE):
+    for name in (lab_env.KAFKA_IMAGE, LOCAL_IMAGE):
         try:
             client.images.get(name)
             return name
         except docker.errors.ImageNotFound:
             continue
-    pytest.skip(f"neither {config.KAFKA_IMAGE} nor {LOCAL_IMAGE} is present "
+    pytest.skip(f"neither {lab_env.KAFKA_IMAGE} nor {LOCAL_IMAGE} is present "
                 "(`make kafka-image` builds the latter)")
 
 

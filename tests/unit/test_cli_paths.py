@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_kit.cli_paths import check_output_path
+from lab_kit.output_paths import check_output_path
 
 
 def test_a_new_or_existing_file_in_a_writable_directory_passes(tmp_path):

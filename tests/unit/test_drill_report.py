@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from lab_kit.audit import AuditReport
 from lab_kit.drills import DrillSettings
-from lab_kit.drills.checker import ResultsCheck
 from lab_kit.drills.report import (
     ApiDrillReport,
     CallerCheck,
@@ -22,6 +20,8 @@ from lab_kit.drills.report import (
     load_report,
     report_from_dict,
 )
+from lab_kit.harness.checker import ResultsCheck
+from lab_kit.harness.readback import AuditReport
 
 #: the keys ``python -m lab_kit drill broker-outage --json`` has always written, in order
 PRODUCER_KEYS = [

@@ -18,7 +18,7 @@ from lab_kit.metrics import MetricsRecorder
 from lab_kit.posts import Workload
 from lab_kit.producer.failover import Failover, State
 from lab_kit.producer.future import InFlight, PostFuture
-from lab_kit.spool import Spool
+from lab_kit.producer.spool import Spool
 
 
 class FakeKafkaFuture:

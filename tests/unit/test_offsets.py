@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab_kit.offsets import Chunk, OffsetTracker
+from lab_kit.moderation.offsets import Chunk, OffsetTracker
 
 TP0, TP1 = ("posts", 0), ("posts", 1)
 

@@ -12,9 +12,8 @@ from collections import OrderedDict, deque
 
 import pytest
 
-from lab_kit import rules
-from lab_kit.posts import Workload
-from lab_kit.rules import (
+from lab_kit.moderation import rules
+from lab_kit.moderation.rules import (
     BLOCKLIST,
     SPAM_TERMS,
     RepeatTracker,
@@ -22,6 +21,7 @@ from lab_kit.rules import (
     fallback_verdict,
     score_post,
 )
+from lab_kit.posts import Workload
 
 # =========================================================================================
 # Reference: the original implementation (before the pre-checks), copied verbatim.

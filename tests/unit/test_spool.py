@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_kit.spool import (
+from lab_kit.producer.spool import (
     Spool,
     SpoolCorruptError,
     SpooledRecord,
@@ -148,7 +148,7 @@ def test_rows_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
     child = run_child(
         """
         import os, signal, sys
-        from lab_kit.spool import Spool
+        from lab_kit.producer.spool import Spool
         spool = Spool(sys.argv[1])
         for i in range(300):
             spool.append("posts", b"u%d" % (i % 7), b"value-%d" % i, "p%d" % i)
@@ -173,7 +173,7 @@ def test_rows_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
 
 LEASE_ALL = """
 import json, sys
-from lab_kit.spool import Spool
+from lab_kit.producer.spool import Spool
 with Spool(sys.argv[1]) as spool:
     print(json.dumps([r.seq for r in spool.lease(1000, lease_s=60)]))
 """
@@ -204,7 +204,7 @@ def test_concurrent_replayer_processes_never_share_a_row(tmp_path: Path) -> None
     replayer = textwrap.dedent(
         """
         import json, sys
-        from lab_kit.spool import Spool
+        from lab_kit.producer.spool import Spool
         got = []
         with Spool(sys.argv[1]) as spool:
             while batch := spool.lease(7, lease_s=60):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..metrics import MetricsRecorder
+    from lab_kit.metrics import MetricsRecorder
 
 
 class Nemesis:

@@ -63,9 +63,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .posts import PostValidationError, validate_post
-from .producer import BackpressureError, ProducerClosedError
-from .topics import MODERATION_RESULTS, POSTS
+from lab_kit.posts import PostValidationError, validate_post
+from lab_kit.producer import BackpressureError, ProducerClosedError
+from lab_kit.topics import MODERATION_RESULTS, POSTS
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _spool_slot(spool_dir: Path) -> tuple[Path, Any]:
 def _client_config(bootstrap: str | None) -> dict:
     if bootstrap:
         return {"bootstrap_servers": bootstrap}
-    from . import broker
+    from lab_kit import broker
 
     b = broker.current() or broker.ensure()
     return b.client_config()
@@ -305,7 +305,7 @@ def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | N
         raise ValueError(f"variant: {variant!r} is not one of {VARIANTS}")
     if max_body_bytes < 1024:
         raise ValueError(f"max_body_bytes: must be >= 1024, got {max_body_bytes}")
-    from .aio import AioPostProducer, wrap_future
+    from lab_kit.producer.asyncio_bridge import AioPostProducer, wrap_future
 
     metrics = ApiMetrics()
     table = StatusTable(max_tracked)

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli_paths import check_output_path
-from .metrics import MetricsRecorder, percentiles_ms
-from .posts import Workload
+from lab_kit.metrics import MetricsRecorder, percentiles_ms
+from lab_kit.output_paths import check_output_path
+from lab_kit.posts import Workload
 
 CONDITIONS = ("healthy", "broker_killed")
 HEAD = (b"POST /posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -240,11 +240,11 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
 
     ``warmup_s`` of load at the same rate first (connections, the client's first batches,
     the allocator): not measured, but its posts are audited too."""
-    from . import broker as lab_broker
-    from .api import ApiServer
-    from .audit import audit
-    from .drills.nemesis import Nemesis
-    from .topics import ensure_topics
+    from lab_kit import broker as lab_broker
+    from lab_kit.api.app import ApiServer
+    from lab_kit.harness.nemesis import Nemesis
+    from lab_kit.harness.readback import audit
+    from lab_kit.topics import ensure_topics
 
     if condition not in CONDITIONS:
         raise ValueError(f"condition: {condition!r} is not one of {CONDITIONS}")
@@ -308,8 +308,8 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
 def heal(broker, node: int | None, timeout_s: float = 120) -> None:
     """Restart a killed node. On a shared broker someone else may have restarted it first
     (``start`` then finds its port taken): healed is "a broker answers on the port"."""
-    from .broker import BrokerError
-    from .producer import api_versions_probe
+    from lab_kit.broker import BrokerError
+    from lab_kit.producer import api_versions_probe
 
     try:
         broker.start(node)
@@ -327,10 +327,10 @@ def heal(broker, node: int | None, timeout_s: float = 120) -> None:
 def own_broker(name: str = "api-drill"):
     """A one-node local broker of this harness's own (state under LAB_STATE_DIR/<name>), so
     its kill -9 does not race other users of the lab's broker. ``.down(purge=True)`` after."""
-    from . import config
-    from .broker import local
+    from lab_kit import lab_env
+    from lab_kit.broker import local
 
-    return local.up(nodes=1, state_dir=config.state_dir() / name)
+    return local.up(nodes=1, state_dir=lab_env.state_dir() / name)
 
 
 def _delete_topic(cfg: dict, topic: str) -> None:
@@ -377,7 +377,7 @@ def driver_ceiling(rates: tuple[float, ...] = (2000, 4000, 8000), seconds: float
                    ) -> list[dict[str, Any]]:
     """The driver against a stub that answers 202 at once (another process): what the
     driver itself achieves, and the latency it adds, at each rate."""
-    from .api import free_port
+    from lab_kit.api.app import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", STUB, str(port)])
@@ -448,7 +448,7 @@ def run_bench(rate: float = 2000, seconds: float = 30, rounds: int = 3, outage_s
     recovery; else on the lab's broker. ``broker_warmup_s``: one unmeasured async run first
     (a fresh broker JVM compiles its hot paths under its first load; measured here, the first
     two healthy rounds on a cold broker had twice the p99 of the third)."""
-    from . import broker as lab_broker
+    from lab_kit import broker as lab_broker
 
     broker = own_broker("api-bench") if isolated else lab_broker.ensure()
     try:
@@ -463,10 +463,9 @@ def run_bench(rate: float = 2000, seconds: float = 30, rounds: int = 3, outage_s
 def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, max_rates,
                max_rate_seconds, ceiling, progress, json_path,
                broker_warmup_s) -> dict[str, Any]:
-    from . import config
-
+    from lab_kit import lab_env
     result: dict[str, Any] = {
-        "bench": "api", "kafka_version": broker.kafka_version or config.KAFKA_VERSION,
+        "bench": "api", "kafka_version": broker.kafka_version or lab_env.KAFKA_VERSION,
         "settings": {"rate": rate, "seconds": seconds, "rounds": rounds, "outage_s": outage_s,
                      "broker_warmup_s": broker_warmup_s},
         "driver": {"kind": "open loop on asyncio streams (HTTP/1.1 keep-alive, 256 "

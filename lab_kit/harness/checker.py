@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..audit import AuditReport, audit
+from lab_kit.harness.readback import AuditReport, audit
 
 __all__ = ["WATCHED_METHODS", "AuditReport", "KafkaCallWatch", "ResultsCheck", "audit",
            "check_results"]
@@ -71,7 +71,7 @@ def check_results(results: dict[str, list[dict]], submitted_ids: list[str] | set
                   ) -> ResultsCheck:
     """Check ``results`` (:func:`lab_kit.moderation.moderation_results` of the results topic)
     against the submitted post ids; ids not submitted are ignored."""
-    from ..pipeline_bench import first_verdicts
+    from lab_kit.harness.pipeline import first_verdicts
 
     ids = list(dict.fromkeys(submitted_ids))
     firsts, duplicates, missing = first_verdicts(results, ids)

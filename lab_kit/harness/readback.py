@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .posts import Post
+from lab_kit.posts import Post
 
 PREVIEW_CHARS = 200
 

@@ -76,20 +76,20 @@ from typing import Any
 
 import pybreaker
 
-from . import topics as lab_topics
-from .audit import dlq_record
-from .kafka_settings import check_bootstrap_servers, check_topic_name
-from .metrics import MetricsRecorder
-from .moderation_backend import (
+from lab_kit import topics as lab_topics
+from lab_kit.harness.readback import dlq_record
+from lab_kit.kafka_settings import check_bootstrap_servers, check_topic_name
+from lab_kit.metrics import MetricsRecorder
+from lab_kit.moderation.backend.server import (
     BackendBadRequest,
     BackendOverloaded,
     ModerationBackendError,
     ModerationClient,
 )
-from .offsets import TP, Chunk, OffsetTracker
-from .posts import Post, PostValidationError
-from .rules import Verdict, fallback_verdict
-from .stage_clients import CLIENTS, StageClients, check_settings, make_clients
+from lab_kit.moderation.clients import CLIENTS, StageClients, check_settings, make_clients
+from lab_kit.moderation.offsets import TP, Chunk, OffsetTracker
+from lab_kit.moderation.rules import Verdict, fallback_verdict
+from lab_kit.posts import Post, PostValidationError
 
 __all__ = [
     "TOPIC_KEYS",
@@ -165,7 +165,7 @@ def _kafka_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg``, with the lab broker's settings under it when it names no bootstrap servers
     (that starts the lab's broker if none runs)."""
     if "bootstrap_servers" not in cfg:
-        from . import broker
+        from lab_kit import broker
 
         cfg = {**broker.ensure().client_config(), **cfg}
     return cfg

@@ -27,10 +27,10 @@ import sys
 import time
 from typing import Any
 
-from . import config
-from .cli_paths import check_output_path
-from .metrics import CpuMeter, percentiles_ms
-from .posts import Post, Workload, run_open_loop
+from lab_kit import lab_env
+from lab_kit.metrics import CpuMeter, percentiles_ms
+from lab_kit.output_paths import check_output_path
+from lab_kit.posts import Post, Workload, run_open_loop
 
 BENCH_TOPIC = "bench.posts"
 COMMON = {"acks": "all", "enable_idempotence": True, "linger_ms": 5}
@@ -51,7 +51,7 @@ def _latency_fields(submit: dict | None, ack: dict | None) -> dict[str, Any]:
 
 # --- contenders: each sends ``posts`` once and returns a result dict -------------------------
 def run_sync(cfg: dict, posts: list[Post]) -> dict:
-    from .producer import AsyncPostProducer
+    from lab_kit.producer import AsyncPostProducer
 
     # linger 0: waiting for a batch to fill makes no sense when each send waits for its ack
     with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, mode="sync",
@@ -87,8 +87,8 @@ def run_raw(cfg: dict, posts: list[Post]) -> dict:
 
 
 def run_lab(cfg: dict, posts: list[Post]) -> dict:
-    from .callbacks import LoggingHandler
-    from .producer import AsyncPostProducer
+    from lab_kit.producer import AsyncPostProducer
+    from lab_kit.producer.callbacks import LoggingHandler
 
     with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, handlers=[LoggingHandler()],
                            max_in_flight=len(posts) + 1, **_extra(cfg), **COMMON) as p:
@@ -151,9 +151,9 @@ def run_open_loop_bench(cfg: dict, workload: Workload, rate: float, duration_s: 
     """The open loop, checked like a drill: ``lost`` comes from reading ``bench.posts`` (and
     the DLQ) back from the offsets the run began at, never from the producer's counters.
     The closed-loop contenders wrote the same post ids before: the offsets keep them out."""
-    from .audit import audit, end_offsets
-    from .producer import AsyncPostProducer
-    from .topics import POSTS_DLQ
+    from lab_kit.harness.readback import audit, end_offsets
+    from lab_kit.producer import AsyncPostProducer
+    from lab_kit.topics import POSTS_DLQ
 
     warm_up, *posts = workload.posts(int(rate * duration_s) + 2)
     since = end_offsets(cfg, [BENCH_TOPIC, POSTS_DLQ])
@@ -190,8 +190,8 @@ def _extra(cfg: dict) -> dict:
 # --- the run ----------------------------------------------------------------------------------
 def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_000,
               duration_s: float | None = None, progress: bool = True) -> dict:
-    from . import broker
-    from .topics import ensure_topics
+    from lab_kit import broker
+    from lab_kit.topics import ensure_topics
 
     b = broker.ensure()
     cfg = b.client_config()
@@ -239,7 +239,7 @@ def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_0
         return round(results[a]["msgs_per_s"] / results[b_]["msgs_per_s"], 3)
 
     out = {
-        "kafka_version": b.kafka_version or config.KAFKA_VERSION,
+        "kafka_version": b.kafka_version or lab_env.KAFKA_VERSION,
         "python": platform.python_version(),
         "kafka_python": _version("kafka-python"),
         "confluent_kafka": _version("confluent-kafka"),
@@ -407,11 +407,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")  # every suite: before any work
     if args.suite == "api":
-        from .api_bench import main_from_bench
+        from lab_kit.harness.http_load import main_from_bench
 
         return main_from_bench(args)
     if args.suite == "pipeline":
-        from .pipeline_bench import main as pipeline_main
+        from lab_kit.harness.pipeline import main as pipeline_main
 
         return pipeline_main(args)
     for flag in ("seconds", "processes", "client", "backlog", "shed_after_ms"):

@@ -44,11 +44,11 @@ from typing import Any
 
 import psutil
 
-from .cli_paths import check_output_path
-from .metrics import percentiles_ms
-from .posts import Post, Workload, run_open_loop
-from .producer import BackpressureError
-from .stage_clients import CLIENTS as CLIENT_CHOICES
+from lab_kit.metrics import percentiles_ms
+from lab_kit.moderation.clients import CLIENTS as CLIENT_CHOICES
+from lab_kit.output_paths import check_output_path
+from lab_kit.posts import Post, Workload, run_open_loop
+from lab_kit.producer import BackpressureError
 
 FULL = {"rate": 10_000.0, "seconds": 30.0}
 QUICK = {"rate": 2_000.0, "seconds": 5.0}
@@ -347,7 +347,7 @@ class Pipeline:
                  client: str = "kafka-python", service_args: tuple[str, ...] = (),
                  backend_settings: dict[str, float] | None = None,
                  max_seconds: float | None = None):
-        from .moderation import topic_names
+        from lab_kit.moderation.stage import topic_names
 
         self.broker, self.prefix, self.workdir = broker, prefix, Path(workdir)
         self.cfg = broker.client_config()
@@ -367,13 +367,13 @@ class Pipeline:
 
     # -- set-up ------------------------------------------------------------------------------
     def create_topics(self) -> None:
-        from .topics import ensure_topics
+        from lab_kit.topics import ensure_topics
 
         ensure_topics(self.cfg, names=tuple(self.names.values()),
                       partitions={self.names[k]: n for k, n in self.partitions.items()})
 
     def start_backend(self):
-        from .moderation_backend import ModerationBackend
+        from lab_kit.moderation.backend.server import ModerationBackend
 
         state_dir = self.workdir / "backend"
         try:  # settings (capacity_per_s, ...) as start values: reset_faults keeps them
@@ -526,7 +526,7 @@ PRODUCER_LINGER_MS = 20
 
 def make_producer(pipeline: Pipeline, **overrides: Any):
     """kafka-python ``AsyncPostProducer`` on the pipeline's posts topic, the lab's defaults."""
-    from .producer import AsyncPostProducer
+    from lab_kit.producer import AsyncPostProducer
 
     return AsyncPostProducer(pipeline.cfg["bootstrap_servers"], pipeline.names["posts"],
                              dlq_topic=pipeline.names["dlq"], **pipeline.broker.extra_config(),
@@ -673,7 +673,7 @@ def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool =
     """The open-loop run (or, with ``settings.backlog``, the backlog run)."""
     settings.validate()
     if broker is None:
-        from . import broker as lab_broker
+        from lab_kit import broker as lab_broker
 
         broker = lab_broker.ensure()
     if settings.backlog is not None:
@@ -721,8 +721,8 @@ def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool =
             producer.close(timeout=30)
         service_stop = pipe.stop_service()
         pipe.backend.stop()
-        from .audit import audit
-        from .moderation import moderation_results
+        from lab_kit.harness.readback import audit
+        from lab_kit.moderation.stage import moderation_results
 
         ids = submit.ids
         results = moderation_results(pipe.cfg, pipe.names["results"],
@@ -794,8 +794,8 @@ def _service_args(settings: PipelineSettings) -> tuple[str, ...]:
 def run_backlog(settings: PipelineSettings, broker, progress: bool = True) -> dict[str, Any]:
     """Fill the posts topic with ``backlog`` posts, then start the service and time the
     drain: ``backlog_rate`` = posts / (last first-verdict - first first-verdict)."""
-    from .audit import audit
-    from .moderation import moderation_results
+    from lab_kit.harness.readback import audit
+    from lab_kit.moderation.stage import moderation_results
 
     stamp = _stamp()
     prefix = f"bench.pipeline.{stamp}."

@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .posts import Post
-from .producer import AsyncPostProducer, CloseReport, Delivery, PostFuture
+from lab_kit.posts import Post
+from lab_kit.producer import AsyncPostProducer, CloseReport, Delivery, PostFuture
 
 
 def _settle(fut: asyncio.Future, pf: PostFuture) -> None:

@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from .kafka_settings import check_consumer_settings, check_producer_settings
-from .offsets import TP
-from .producer.kafka_quirks import force_close
+from lab_kit.kafka_settings import check_consumer_settings, check_producer_settings
+from lab_kit.moderation.offsets import TP
+from lab_kit.producer.kafka_quirks import force_close
 
 __all__ = ["CLIENTS", "Rec", "StageClients", "KafkaPythonClients", "ConfluentClients",
            "make_clients", "consumer_settings", "producer_config", "check_settings"]

@@ -1,0 +1,7 @@
+"""``python -m lab_kit.api``: serve the post API on loopback."""
+
+import sys
+
+from lab_kit.api.app import cli
+
+sys.exit(cli())

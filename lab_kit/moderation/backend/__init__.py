@@ -1,0 +1,3 @@
+"""The moderation backend (placeholder face)."""
+
+from lab_kit.moderation.backend.server import *  # noqa: F403
