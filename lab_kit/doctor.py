@@ -20,7 +20,8 @@ class Check:
 
 
 def run_checks() -> list[Check]:
-    from lab_kit.broker.local import BrokerError, check_java, jars_dir, port_free
+    from lab_kit.broker.local import BrokerError, check_java, jars_dir
+    from lab_kit.machine import port_free
 
     checks = []
     py_ok = sys.version_info >= (3, 11)

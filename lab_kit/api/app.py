@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +62,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from lab_kit.machine import free_port
 from lab_kit.posts import PostValidationError, validate_post
 from lab_kit.producer import BackpressureError, ProducerClosedError
 from lab_kit.topics import MODERATION_RESULTS, POSTS
@@ -526,12 +526,6 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 # --- a served API for notebooks, benches, drills and tests ---------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class ApiServer:
     """``python -m lab_kit.api`` in a child process, on a free loopback port.

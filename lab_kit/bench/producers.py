@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from lab_kit import lab_env
+from lab_kit.machine import cpu_count
 from lab_kit.metrics import CpuMeter, percentiles_ms
 from lab_kit.output_paths import check_output_path
 from lab_kit.posts import Post, Workload, run_open_loop
@@ -243,7 +244,7 @@ def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_0
         "python": platform.python_version(),
         "kafka_python": _version("kafka-python"),
         "confluent_kafka": _version("confluent-kafka"),
-        "machine": {"cpus": _cpus(), "platform": platform.platform()},
+        "machine": {"cpus": cpu_count(), "platform": platform.platform()},
         "quick": quick, "rounds": rounds,
         "payload_bytes_avg": round(payload, 1),
         "settings": COMMON,
@@ -363,12 +364,6 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

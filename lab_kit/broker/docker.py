@@ -28,7 +28,7 @@ from typing import Any
 
 from lab_kit import lab_env
 from lab_kit.broker.base import Broker, BrokerError, NodeInfo
-from lab_kit.broker.local import free_port, port_free
+from lab_kit.machine import free_port, port_free, write_json_atomic
 
 STATE_FILE = "broker.json"
 LOCAL_IMAGE = f"streamsocial-lab/kafka:{lab_env.KAFKA_VERSION}"
@@ -174,10 +174,7 @@ class DockerBroker(Broker):
             self.state = json.loads(self.state_path.read_text())
 
     def _save(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        tmp.replace(self.state_path)
+        write_json_atomic(self.state_path, self.state)
 
     @property
     def container_name(self) -> str:

@@ -27,6 +27,7 @@ import psutil
 
 from lab_kit import lab_env
 from lab_kit.broker.base import Broker, BrokerError, NodeInfo
+from lab_kit.machine import free_port, port_free, write_json_atomic
 
 STATE_FILE = "broker.json"
 _CHILDREN: dict[int, subprocess.Popen] = {}  # keep Popen objects so we can reap our JVMs
@@ -113,22 +114,6 @@ def resolve_jars(version: str = lab_env.KAFKA_VERSION, timeout_s: float = 900) -
 
 
 # --- ports and processes -------------------------------------------------------------------
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reap(pid: int) -> None:
     proc = _CHILDREN.get(pid)
     if proc is not None:
@@ -252,10 +237,7 @@ class LocalBroker(Broker):
         return bool(self.state.get("nodes"))
 
     def _save(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        tmp.replace(self.state_path)
+        write_json_atomic(self.state_path, self.state)
 
     @property
     def bootstrap_servers(self) -> str:

@@ -33,6 +33,7 @@ from lab_kit.drills.report import DrillReport, ModerationChecks, OverloadReport,
 from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
 from lab_kit.harness.checker import KafkaCallWatch, audit, check_results
 from lab_kit.harness.nemesis import Nemesis
+from lab_kit.machine import run_stamp
 from lab_kit.metrics import MetricsRecorder
 from lab_kit.output_paths import check_output_path
 from lab_kit.posts import Workload, run_open_loop
@@ -73,7 +74,7 @@ def moderation_drill(name: str, broker, settings: DrillSettings, *, workdir: Pat
     from lab_kit.producer import AsyncPostProducer
 
     cfg = broker.client_config()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = run_stamp()
     names = topic_names(f"drill.{name}.{stamp}.")
     _create_topics(cfg, names)
     metrics = MetricsRecorder()  # the producer's, and the nemesis' windows
@@ -240,7 +241,7 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 100000:05d}"
+    stamp = run_stamp()
     prefix = f"drill.moderation-overload.{stamp}."
     capacity = settings.capacity_per_s
     phases = settings.phases()

@@ -9,7 +9,6 @@ caller a Kafka client call. The result is a :class:`~lab_kit.drills.report.Drill
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from kafka import KafkaAdminClient
@@ -18,6 +17,7 @@ from lab_kit.drills.report import DrillReport, ProducerChecks
 from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
 from lab_kit.harness.checker import KafkaCallWatch, audit
 from lab_kit.harness.nemesis import Nemesis, broker_kill, broker_pause
+from lab_kit.machine import run_stamp
 from lab_kit.metrics import MetricsRecorder
 from lab_kit.posts import Workload, run_open_loop
 from lab_kit.topics import ensure_topics, wait_for_leaders
@@ -27,7 +27,7 @@ PRODUCER_DRILLS = ("broker-outage", "broker-pause", "leader-failover")
 
 def fresh_topics(cfg: dict, name: str) -> tuple[str, str]:
     """A new posts topic (6 partitions) and its DLQ for one run of drill ``name``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = run_stamp()
     topic, dlq = f"drill.{name}.{stamp}", f"drill.{name}.{stamp}.dlq"
     ensure_topics(cfg, names=(topic, dlq), partitions={topic: 6, dlq: 1})
     return topic, dlq

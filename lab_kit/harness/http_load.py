@@ -377,7 +377,7 @@ def driver_ceiling(rates: tuple[float, ...] = (2000, 4000, 8000), seconds: float
                    ) -> list[dict[str, Any]]:
     """The driver against a stub that answers 202 at once (another process): what the
     driver itself achieves, and the latency it adds, at each rate."""
-    from lab_kit.api.app import free_port
+    from lab_kit.machine import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", STUB, str(port)])

@@ -44,6 +44,7 @@ from typing import Any
 
 import psutil
 
+from lab_kit.machine import cpu_count, run_stamp
 from lab_kit.metrics import percentiles_ms
 from lab_kit.moderation.clients import CLIENTS as CLIENT_CHOICES
 from lab_kit.output_paths import check_output_path
@@ -647,20 +648,12 @@ def ceiling(cpu: dict[str, float | None]) -> dict[str, Any] | None:
             "total_cpu_us_per_post": round(total, 2),
             "cores_at_10000_per_s": round(total * 10_000 / 1e6, 2),
             "cores_at_100000_per_s": round(total * 100_000 / 1e6, 2),
-            "cores_here": _cpus(),
+            "cores_here": cpu_count(),
             "not_measured": [k for k, v in cpu.items() if v is None]}
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _round(v: float | None, nd: int = 1) -> float | None:
     return None if v is None else round(v, nd)
-
-
-def _stamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 100000:05d}"
 
 
 # =========================================================================================
@@ -678,7 +671,7 @@ def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool =
         broker = lab_broker.ensure()
     if settings.backlog is not None:
         return run_backlog(settings, broker, progress=progress)
-    stamp = _stamp()
+    stamp = run_stamp()
     prefix = f"bench.pipeline.{stamp}."
     n_posts = int(math.ceil(settings.rate * settings.seconds - 1e-9))
     posts = Workload(seed=11).posts(n_posts)  # built before the clock; frozen by the loop
@@ -776,7 +769,7 @@ def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool =
         "service_stop": service_stop,
         "topic_prefix": prefix,
         "kafka_version": broker.kafka_version,
-        "machine": {"cpus": _cpus()},
+        "machine": {"cpus": cpu_count()},
     }
     out["targets_apply"] = settings.rate >= FULL["rate"] and settings.seconds >= FULL["seconds"]
     out["targets"] = evaluate_targets(out)
@@ -797,7 +790,7 @@ def run_backlog(settings: PipelineSettings, broker, progress: bool = True) -> di
     from lab_kit.harness.readback import audit
     from lab_kit.moderation.stage import moderation_results
 
-    stamp = _stamp()
+    stamp = run_stamp()
     prefix = f"bench.pipeline.{stamp}."
     n = settings.backlog
     posts = Workload(seed=13).posts(n)
@@ -881,7 +874,7 @@ def run_backlog(settings: PipelineSettings, broker, progress: bool = True) -> di
         "service_stop": service_stop,
         "topic_prefix": prefix,
         "kafka_version": broker.kafka_version,
-        "machine": {"cpus": _cpus()},
+        "machine": {"cpus": cpu_count()},
     }
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from lab_kit.api.app import free_port
+from lab_kit.machine import free_port
 from lab_kit.posts import Post, PostValidationError, Workload
 from lab_kit.producer import AsyncPostProducer
 from lab_kit.producer.asyncio_bridge import AioPostProducer, submit_async, wrap_future

@@ -22,8 +22,8 @@ import pytest
 from lab_kit import lab_env
 from lab_kit.broker import BrokerError, choose_backend, ensure
 from lab_kit.broker.docker import LABEL, DockerBroker, choose_image, docker_available
-from lab_kit.broker.local import free_port
 from lab_kit.drills.report import load_report
+from lab_kit.machine import free_port
 
 from ..kafka_helpers import create_topic, produce_values, read_all
 

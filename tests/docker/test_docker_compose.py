@@ -21,7 +21,7 @@ import pytest
 from lab_kit import lab_env
 from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
-from lab_kit.broker.local import free_port
+from lab_kit.machine import free_port
 
 from ..kafka_helpers import create_topic, produce_values, read_all
 

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from lab_kit.broker.docker import kafka_env
-from lab_kit.broker.local import free_port
+from lab_kit.machine import free_port
 from lab_kit.producer import AsyncPostProducer, api_versions_probe
 from lab_kit.topics import ensure_topics
 

@@ -238,8 +238,8 @@ def test_kafka_pythons_own_defaults_pass():
 
 def test_the_labs_own_settings_pass():
     from lab_kit.bench import producers as bench
-    from lab_kit.moderation import stage as moderation
     from lab_kit.moderation import clients as stage_clients
+    from lab_kit.moderation import stage as moderation
     from lab_kit.producer import LAB_DEFAULTS
 
     boot = {"bootstrap_servers": "127.0.0.1:9092"}

@@ -98,6 +98,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from lab_kit.machine import write_json_atomic
 from lab_kit.moderation.rules import LABELS, RepeatTracker, Verdict, score_post, score_post_fields
 
 __all__ = [
@@ -890,13 +891,6 @@ def _check_loopback(host: str) -> str:
     return host
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-
-
 def _read_state(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
@@ -922,7 +916,7 @@ def serve(host: str = DEFAULT_HOST, port: int = 0, state_file: Path | None = Non
     actual_port = server.server_address[1]
     me = psutil.Process()
     if state_file is not None:
-        _write_json_atomic(
+        write_json_atomic(
             state_file,
             {
                 "pid": me.pid,
