@@ -95,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
-    from lab_kit.api import app as api
-    from lab_kit.bench import producers as bench
+    from lab_kit import api, bench
     from lab_kit.drills import runner as drills
 
     api.add_parser(sub)

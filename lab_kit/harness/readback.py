@@ -1,7 +1,7 @@
-"""Dead-letter records, and the checker that reads topics back and counts what landed.
+"""The read-back checker: read a topic back and count what landed, by post id.
 
-The DLQ record is small on purpose: a post the broker refused for its size would be refused
-again in full, so the DLQ keeps its id, user, the error and a short preview of the text.
+"Lost" is decided here and only here: a post accepted by the lab and never found in the topic.
+The producer's own counters are never trusted for it.
 """
 
 from __future__ import annotations
@@ -11,35 +11,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from lab_kit.posts import Post
-
-PREVIEW_CHARS = 200
-
-
-def dlq_record(post: Post | None, error: BaseException | str, *, source_topic: str,
-               raw: bytes | None = None, post_id: str | None = None
-               ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    """(key, value, headers) for ``posts.dlq``: why a record could not be delivered/parsed."""
-    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    error_type = "invalid" if isinstance(error, str) else type(error).__name__
-    body: dict[str, Any] = {
-        "post_id": post.post_id if post is not None else post_id,
-        "user_id": post.user_id if post is not None else None,
-        "source_topic": source_topic,
-        "error_type": error_type,
-        "reason": reason,
-        "failed_at": time.time(),
-    }
-    if post is not None:
-        body["size_bytes"] = len(post.to_json_bytes())
-        body["preview"] = post.text[:PREVIEW_CHARS]
-    elif raw is not None:
-        body["size_bytes"] = len(raw)
-        body["preview"] = raw[:PREVIEW_CHARS].decode("utf-8", errors="replace")
-    key = post.key_bytes() if post is not None else None
-    headers = [("error_type", error_type.encode()), ("source_topic", source_topic.encode())]
-    return key, json.dumps(body, separators=(",", ":")).encode(), headers
 
 
 def _consumer(client_config: dict):

@@ -77,7 +77,6 @@ from typing import Any
 import pybreaker
 
 from lab_kit import topics as lab_topics
-from lab_kit.harness.readback import dlq_record
 from lab_kit.kafka_settings import check_bootstrap_servers, check_topic_name
 from lab_kit.metrics import MetricsRecorder
 from lab_kit.moderation.backend.server import (
@@ -90,6 +89,7 @@ from lab_kit.moderation.clients import CLIENTS, StageClients, check_settings, ma
 from lab_kit.moderation.offsets import TP, Chunk, OffsetTracker
 from lab_kit.moderation.rules import Verdict, fallback_verdict
 from lab_kit.posts import Post, PostValidationError
+from lab_kit.producer.dead_letters import dlq_record
 
 __all__ = [
     "TOPIC_KEYS",

@@ -1,5 +1,9 @@
 """Dead letters: a post Kafka refuses for good goes to ``posts.dlq`` with the reason.
 
+:func:`dlq_record` is the record format (the moderation stage writes it too). It is small on
+purpose: a post the broker refused for its size would be refused again in full, so the DLQ
+keeps its id, user, the error and a short preview of the text.
+
 Both calls here block until the broker answers, so they run on the producer's worker thread,
 never on the caller's thread or the client's sender thread. They use a second, plain client
 (no idempotence, no linger, a few retries): the main client may be the one that failed (see
@@ -9,13 +13,41 @@ batch-mates' error.
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from kafka import KafkaProducer
 
-from lab_kit.harness.readback import dlq_record
 from lab_kit.posts import Post, PostValidationError
 from lab_kit.topics import POSTS_DLQ
+
+PREVIEW_CHARS = 200  # characters of the refused post kept in its dead letter
+
+
+def dlq_record(post: Post | None, error: BaseException | str, *, source_topic: str,
+               raw: bytes | None = None, post_id: str | None = None
+               ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for ``posts.dlq``: why a record could not be delivered/parsed."""
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    error_type = "invalid" if isinstance(error, str) else type(error).__name__
+    body: dict[str, Any] = {
+        "post_id": post.post_id if post is not None else post_id,
+        "user_id": post.user_id if post is not None else None,
+        "source_topic": source_topic,
+        "error_type": error_type,
+        "reason": reason,
+        "failed_at": time.time(),
+    }
+    if post is not None:
+        body["size_bytes"] = len(post.to_json_bytes())
+        body["preview"] = post.text[:PREVIEW_CHARS]
+    elif raw is not None:
+        body["size_bytes"] = len(raw)
+        body["preview"] = raw[:PREVIEW_CHARS].decode("utf-8", errors="replace")
+    key = post.key_bytes() if post is not None else None
+    headers = [("error_type", error_type.encode()), ("source_topic", source_topic.encode())]
+    return key, json.dumps(body, separators=(",", ":")).encode(), headers
 
 
 class DeadLetters:
