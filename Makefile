@@ -46,11 +46,14 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit -p no:cacheprovider
 
-## re-execute every notebook and store its outputs (figures included)
+## re-execute every notebook at LAB_SCALE=1 and store its outputs (figures included), with the
+## lab_kit commit they came from in each notebook's metadata. Run it after changing an experiment.
+notebooks: export LAB_SCALE = 1
 notebooks: setup
 	$(PY) -m lab_kit broker up --topics >/dev/null
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=600 notebooks/0*.ipynb
+	    --ExecutePreprocessor.timeout=600 $(or $(NB),notebooks/0*.ipynb)
+	$(PY) tests/notebooks/stamp_commit.py $(or $(NB),notebooks/0*.ipynb)
 
 bench: setup
 	$(PY) -m lab_kit bench --json bench.json

@@ -6,16 +6,19 @@ import argparse
 import json
 import sys
 
+from lab_kit import api, bench, broker
+from lab_kit.broker import BrokerError
+from lab_kit.doctor import main as doctor_main
+from lab_kit.drills import runner as drills
+from lab_kit.moderation.backend import ModerationBackend
+from lab_kit.topics import ensure_topics
+
 
 def _broker_cmd(args: argparse.Namespace) -> int:
-    from lab_kit import broker
-
     if args.action == "up":
         b = broker.ensure(nodes=args.nodes, backend=args.backend, port=args.port,
                           timeout_s=args.timeout)
         if args.topics:
-            from lab_kit.topics import ensure_topics
-
             ensure_topics(b.client_config())
         print(b.bootstrap_servers)
         return 0
@@ -51,8 +54,6 @@ def _broker_cmd(args: argparse.Namespace) -> int:
 
 
 def _backend_cmd(action: str) -> int:
-    from lab_kit.moderation.backend.server import ModerationBackend
-
     running = ModerationBackend.load()
     if action == "up":
         backend = running or ModerationBackend.ensure()
@@ -95,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create the StreamSocial topics (idempotent)")
     tp.add_argument("--json", action="store_true")
 
-    from lab_kit import api, bench
-    from lab_kit.drills import runner as drills
-
     api.add_parser(sub)
     bench.add_parser(sub)
     drills.add_parser(sub)
@@ -105,8 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lab_kit.broker import BrokerError
-
     args = build_parser().parse_args(argv)
     try:
         if args.command == "broker":
@@ -114,13 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backend":
             return _backend_cmd(args.action)
         if args.command == "doctor":
-            from lab_kit.doctor import main as doctor_main
-
             return doctor_main()
         if args.command == "topics":
-            from lab_kit import broker
-            from lab_kit.topics import ensure_topics
-
             out = ensure_topics(broker.ensure().client_config())
             print(json.dumps(out, indent=2) if args.json else "\n".join(out))
             return 0

@@ -9,6 +9,10 @@ import sys
 from dataclasses import dataclass
 
 from lab_kit import lab_env
+from lab_kit.broker import current
+from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
+from lab_kit.broker.local import BrokerError, check_java, jars_dir
+from lab_kit.machine import port_free
 
 
 @dataclass
@@ -20,8 +24,6 @@ class Check:
 
 
 def run_checks() -> list[Check]:
-    from lab_kit.broker.local import BrokerError, check_java, jars_dir
-    from lab_kit.machine import port_free
 
     checks = []
     py_ok = sys.version_info >= (3, 11)
@@ -42,7 +44,6 @@ def run_checks() -> list[Check]:
                         else "not cached yet: `broker up` downloads them with mvn (~45 MB)",
                         "" if cached or mvn else "install Maven, or use Docker"))
     checks.extend(docker_checks())
-    from lab_kit.broker import current
 
     b = current()
     try:
@@ -63,7 +64,6 @@ def run_checks() -> list[Check]:
 
 def docker_checks() -> list[Check]:
     """Docker is optional: these checks say what the docker backend would use, never FAIL."""
-    from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
 
     dok, why = docker_available()
     if not dok:

@@ -15,11 +15,25 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from lab_kit import lab_env
+from lab_kit import broker, lab_env
+from lab_kit.drills.report import AUDIT_KEYS
+from lab_kit.harness.open_loop import run_open_loop
+from lab_kit.harness.readback import post_ids_in, read_topic
+from lab_kit.harness.service_process import ServiceProcess
 from lab_kit.metrics import CpuMeter, MetricsRecorder
-from lab_kit.posts import Post, PostValidationError, Workload, run_open_loop
+from lab_kit.moderation import ModerationService, moderation_results, topic_names
+from lab_kit.moderation.backend import ModerationBackend
+from lab_kit.posts import (
+    Post,
+    PostValidationError,
+    Workload,
+    kind_of,
+    malformed_records,
+    validate_post,
+)
 from lab_kit.producer import AsyncPostProducer
 from lab_kit.producer.callbacks import CollectingHandler, UserCallback
+from lab_kit.topics import ensure_topics
 
 
 @dataclass
@@ -57,8 +71,6 @@ def scaled(n: int, scale: float | None = None, minimum: int = 1) -> int:
 
 def setup(nodes: int = 1) -> Lab:
     """Start (or reuse) the broker and create the StreamSocial topics."""
-    from lab_kit import broker
-    from lab_kit.topics import ensure_topics
 
     b = broker.ensure(nodes=nodes)
     cfg = b.client_config()
@@ -68,7 +80,6 @@ def setup(nodes: int = 1) -> Lab:
 
 def scratch_topic(lab: Lab, prefix: str, partitions: int = 3, **configs: str) -> str:
     """A fresh topic for one experiment, so results never mix with an earlier run's."""
-    from lab_kit.topics import ensure_topics
 
     name = f"{prefix}.{uuid.uuid4().hex[:8]}"
     ensure_topics(lab.client_config, names=(name,), partitions={name: partitions},
@@ -157,7 +168,6 @@ def validation_errors() -> pd.DataFrame:
         "unknown field": {"user_id": "u1", "text": "hi", "mood": "happy"},
         "number as user_id": {"user_id": 7, "text": "hi"},
     }
-    from lab_kit.posts import validate_post
 
     rows = []
     for case, data in cases.items():
@@ -172,7 +182,6 @@ def validation_errors() -> pd.DataFrame:
 
 def oversized_to_dlq(lab: Lab) -> dict:
     """A post the topic refuses as too large: errback, DLQ record, and the next posts fine."""
-    from lab_kit.harness.readback import read_topic
 
     small = scratch_topic(lab, "lab.small", partitions=1, **{"max.message.bytes": "2048"})
     dlq = scratch_topic(lab, "lab.small.dlq", partitions=1)
@@ -269,11 +278,6 @@ def moderation_pipeline(lab: Lab, n_posts: int, n_poison: int = 6, rate: float =
     Runs on fresh topics (a unique prefix) so earlier runs never mix in. Returns DataFrames:
     ``results`` (one row per result), ``fanout`` (records per output topic), ``dlq``.
     """
-    from lab_kit.harness.readback import post_ids_in, read_topic
-    from lab_kit.moderation.backend.server import ModerationBackend
-    from lab_kit.moderation.stage import ModerationService, moderation_results, topic_names
-    from lab_kit.posts import kind_of, malformed_records
-    from lab_kit.topics import ensure_topics
 
     names = topic_names(f"lab.pipeline.{uuid.uuid4().hex[:6]}.")
     ensure_topics(lab.client_config, names=tuple(names.values()))
@@ -348,7 +352,6 @@ def drill_timeline(report: DrillReport) -> tuple[pd.DataFrame, list]:
 
 def audit_table(report: DrillReport) -> pd.DataFrame:
     """The checker's counts of a drill's report, one row each."""
-    from lab_kit.drills.report import AUDIT_KEYS
 
     return pd.DataFrame({"count": {k: getattr(report.audit, k) for k in AUDIT_KEYS}})
 
@@ -367,8 +370,6 @@ def _moderation_topics(lab: Lab, prefix: str, posts_topic: str | None = None,
                        posts_partitions: int = 6) -> dict[str, str]:
     """Fresh moderation topics under ``prefix`` (posts: 6 partitions, results: 6, others 1);
     with ``posts_topic`` the source is that existing topic instead."""
-    from lab_kit.moderation.stage import topic_names
-    from lab_kit.topics import ensure_topics
 
     names = topic_names(prefix, **({"posts": posts_topic} if posts_topic else {}))
     parts = {names["results"]: 6, names["posts"]: posts_partitions}
@@ -412,7 +413,6 @@ def _drain_report(lab: Lab, results_topic: str, ids: list[str]) -> dict[str, Any
     """Posts of ``ids`` (in the order they were written) with a result, seconds from the
     first result to the last, degraded results, and ``out_of_order``: users one of whose
     posts got its result before an earlier post of theirs."""
-    from lab_kit.moderation.stage import moderation_results
 
     results = moderation_results(lab.client_config, results_topic,
                                  timeout_s=max(30.0, len(ids) / 2000))
@@ -452,8 +452,6 @@ def moderation_modes(lab: Lab, n_posts: int, modes: list[str] | None = None,
     import tempfile
     from pathlib import Path
 
-    from lab_kit.moderation.backend.server import ModerationBackend
-    from lab_kit.moderation.stage import ModerationService
 
     modes = list(modes or MODERATION_MODES)
     unknown = [m for m in modes if m not in MODERATION_MODES]
@@ -555,8 +553,6 @@ def scale_out(lab: Lab, n_posts: int, processes: tuple[int, ...] = (1, 2),
 
     from kafka import KafkaAdminClient
 
-    from lab_kit.harness.pipeline import ServiceProcess
-    from lab_kit.moderation.backend.server import ModerationBackend
 
     stamp = uuid.uuid4().hex[:6]
     rows = []

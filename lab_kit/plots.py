@@ -678,3 +678,34 @@ def overload_timeline(result: Mapping[str, Any], *,
     ax_deg.set_xlabel("time since the load started (s)")
     fig.suptitle(title)
     return fig
+
+
+def plot_cdfs(runs: dict[str, dict], slo_ms: float = 100.0):
+    """Response-time CDFs (left) and latency over the run (right) of ``{label: result}``,
+    where each result holds its ``load`` (a :class:`~lab_kit.harness.http_load.LoadRun`).
+    Returns the Figure."""
+    # pyplot here, not at the top: the other figures are built without it, and importing
+    # it picks a backend; this one is shown by the notebook's inline backend
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, r in runs.items():
+        lat = np.sort(np.asarray(r["load"].latencies) * 1000)
+        if len(lat) == 0:
+            continue
+        ax1.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=label)
+        ax2.plot(r["load"].offsets, np.asarray(r["load"].latencies) * 1000, ".", ms=1.5,
+                 label=label)
+        if r.get("outage"):
+            lead, out = r["outage"]["lead_s"], r["outage"]["outage_s"]
+            ax2.axvspan(lead, lead + out, color="red", alpha=0.06)
+    ax1.axvline(slo_ms, color="grey", ls="--", lw=1)
+    ax1.set(xscale="log", xlabel="HTTP response time, ms (from the intended send time)",
+            ylabel="fraction of requests", title="response-time CDF")
+    ax2.axhline(slo_ms, color="grey", ls="--", lw=1)
+    ax2.set(yscale="log", xlabel="intended send time, s", ylabel="response time, ms",
+            title="every request over the run (red: broker killed)")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8, markerscale=6)
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,8 @@ import ipywidgets as w
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lab_kit.api.app import ApiServer, UsersPostingFeed
+from lab_kit import broker as lab_broker
+from lab_kit.api import ApiServer, UsersPostingFeed
 from lab_kit.harness.http_load import make_bodies, run_load
 from lab_kit.harness.readback import AuditReport, audit
 from lab_kit.plots import register_notebook_display
@@ -43,7 +44,6 @@ class UsersPostingPanel:
         if not RATE_MIN <= rate <= RATE_MAX:
             raise ValueError(f"rate: must be in [{RATE_MIN}, {RATE_MAX}] posts/s, got {rate!r}")
         if broker is None:
-            from lab_kit import broker as lab_broker
 
             broker = lab_broker.ensure()
         self.broker = broker

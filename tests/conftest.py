@@ -13,8 +13,8 @@ import pytest
 
 from lab_kit import broker as lab_broker
 from lab_kit import topics as lab_topics
-from lab_kit.moderation.backend.server import ModerationBackend
-from lab_kit.moderation.stage import topic_names
+from lab_kit.moderation import topic_names
+from lab_kit.moderation.backend import ModerationBackend
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,6 @@
 
 import sys
 
-from lab_kit.api.app import cli
+from lab_kit.api.server import cli
 
 sys.exit(cli())

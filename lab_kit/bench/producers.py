@@ -1,4 +1,5 @@
-"""``python -m lab_kit bench``: the producers side by side, on one broker, in one run.
+"""``python -m lab_kit bench`` (the producer suite): the producers side by side, on one
+broker, in one run.
 
 Every contender sends the same realistic posts (seeded workload, UTF-8 JSON values keyed by
 user) with ``acks=all`` and idempotence on. Closed-loop contenders are run ``rounds`` times in
@@ -25,13 +26,21 @@ import resource
 import statistics
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from kafka import KafkaProducer
+
+from lab_kit import broker as lab_broker
 from lab_kit import lab_env
+from lab_kit.harness.open_loop import run_open_loop
+from lab_kit.harness.readback import audit, end_offsets
 from lab_kit.machine import cpu_count
 from lab_kit.metrics import CpuMeter, percentiles_ms
-from lab_kit.output_paths import check_output_path
-from lab_kit.posts import Post, Workload, run_open_loop
+from lab_kit.posts import Post, Workload
+from lab_kit.producer import AsyncPostProducer
+from lab_kit.producer.callbacks import LoggingHandler
+from lab_kit.topics import POSTS_DLQ, ensure_topics
 
 BENCH_TOPIC = "bench.posts"
 COMMON = {"acks": "all", "enable_idempotence": True, "linger_ms": 5}
@@ -52,8 +61,6 @@ def _latency_fields(submit: dict | None, ack: dict | None) -> dict[str, Any]:
 
 # --- contenders: each sends ``posts`` once and returns a result dict -------------------------
 def run_sync(cfg: dict, posts: list[Post]) -> dict:
-    from lab_kit.producer import AsyncPostProducer
-
     # linger 0: waiting for a batch to fill makes no sense when each send waits for its ack
     with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, mode="sync",
                            **_extra(cfg), **{**COMMON, "linger_ms": 0}) as p:
@@ -69,8 +76,6 @@ def run_sync(cfg: dict, posts: list[Post]) -> dict:
 
 
 def run_raw(cfg: dict, posts: list[Post]) -> dict:
-    from kafka import KafkaProducer
-
     producer = KafkaProducer(**cfg, **COMMON)
     try:
         producer.send(BENCH_TOPIC, b"warm-up").get(timeout=30)
@@ -88,9 +93,6 @@ def run_raw(cfg: dict, posts: list[Post]) -> dict:
 
 
 def run_lab(cfg: dict, posts: list[Post]) -> dict:
-    from lab_kit.producer import AsyncPostProducer
-    from lab_kit.producer.callbacks import LoggingHandler
-
     with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, handlers=[LoggingHandler()],
                            max_in_flight=len(posts) + 1, **_extra(cfg), **COMMON) as p:
         p.submit(posts[0]).result(timeout=30)  # warm-up (connection, metadata)
@@ -110,7 +112,7 @@ def run_lab(cfg: dict, posts: list[Post]) -> dict:
 
 def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
     try:
-        from confluent_kafka import Producer
+        from confluent_kafka import Producer  # optional: the peer is skipped without it
     except ImportError:
         return None
     acks: list[float] = []
@@ -152,10 +154,6 @@ def run_open_loop_bench(cfg: dict, workload: Workload, rate: float, duration_s: 
     """The open loop, checked like a drill: ``lost`` comes from reading ``bench.posts`` (and
     the DLQ) back from the offsets the run began at, never from the producer's counters.
     The closed-loop contenders wrote the same post ids before: the offsets keep them out."""
-    from lab_kit.harness.readback import audit, end_offsets
-    from lab_kit.producer import AsyncPostProducer
-    from lab_kit.topics import POSTS_DLQ
-
     warm_up, *posts = workload.posts(int(rate * duration_s) + 2)
     since = end_offsets(cfg, [BENCH_TOPIC, POSTS_DLQ])
     p = AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, dlq_topic=POSTS_DLQ,
@@ -191,10 +189,7 @@ def _extra(cfg: dict) -> dict:
 # --- the run ----------------------------------------------------------------------------------
 def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_000,
               duration_s: float | None = None, progress: bool = True) -> dict:
-    from lab_kit import broker
-    from lab_kit.topics import ensure_topics
-
-    b = broker.ensure()
+    b = lab_broker.ensure()
     cfg = b.client_config()
     ensure_topics(cfg, names=(BENCH_TOPIC,), partitions={BENCH_TOPIC: 6})
     rounds = rounds or (3 if quick else 5)
@@ -358,57 +353,15 @@ def _fmt(value: Any, column: str) -> str:
 
 
 def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:
         return None
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark the producers (default) or the whole pipeline")
-    p.add_argument("suite", nargs="?", choices=("producer", "pipeline", "api"),
-                   default="producer",
-                   help="producer: sync / raw / lab_kit / confluent / open loop (default); "
-                        "pipeline: producer -> Kafka -> moderation service -> results; "
-                        "api: open-loop HTTP load on the post API (async vs blocking)")
-    p.add_argument("--quick", action="store_true",
-                   help="producer: fewer posts and a 5 s open loop; pipeline: 2000/s for 5 s")
-    p.add_argument("--json", dest="json_path", default=None, help="write the report here")
-    p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds (median)")
-    p.add_argument("--rate", type=float, default=None,
-                   help="open-loop posts per second (default 10000; pipeline --quick: 2000)")
-    p.add_argument("--duration", type=float, default=None, help="open-loop seconds (producer)")
-    g = p.add_argument_group("pipeline suite")
-    g.add_argument("--seconds", type=float, default=None,
-                   help="seconds of load (default 30; --quick: 5)")
-    g.add_argument("--processes", type=int, default=None,
-                   help="moderation member processes of one consumer group (1-32, default 1)")
-    g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
-                   help="the moderation service's Kafka client (default kafka-python)")
-    g.add_argument("--backlog", type=int, default=None,
-                   help="write N posts first, then time the service draining them")
-    g.add_argument("--shed-after-ms", type=float, default=None,
-                   help="passed to the service (0: never shed; default: the service's)")
-    a = p.add_argument_group("api suite")
-    a.add_argument("--outage", type=float, default=None,
-                   help="seconds the broker is killed in the broker_killed condition")
-    a.add_argument("--no-max-rate", action="store_true",
-                   help="skip the search for the highest rate with p99 <= 100 ms")
-    p.set_defaults(func=main)
-
-
 def main(args: argparse.Namespace) -> int:
-    check_output_path(args.json_path, "--json")  # every suite: before any work
-    if args.suite == "api":
-        from lab_kit.harness.http_load import main_from_bench
-
-        return main_from_bench(args)
-    if args.suite == "pipeline":
-        from lab_kit.harness.pipeline import main as pipeline_main
-
-        return pipeline_main(args)
+    """``python -m lab_kit bench [producer]``: the parsed ``bench`` arguments (the shared
+    parser of :mod:`lab_kit.bench.cli`, which has checked ``--json`` already)."""
     for flag in ("seconds", "processes", "client", "backlog", "shed_after_ms"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")

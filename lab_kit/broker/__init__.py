@@ -1,5 +1,10 @@
 """One broker interface, three backends: ``local`` (JVM), ``docker``, ``external``.
 
+:mod:`.base` is the interface (``Broker``: start, stop, kill -9, pause, resume per node, and a
+readiness wait); :mod:`.local` runs Apache Kafka from Maven-resolved jars as a JVM on
+127.0.0.1; :mod:`.docker` runs the ``apache/kafka`` image; :mod:`.external` speaks to a broker
+named by ``KAFKA_BOOTSTRAP_SERVERS`` (no fault injection there).
+
 ``ensure()`` is what notebooks, the CLI and tests call: it returns the broker named in the
 shared state file when it is running, or starts one.
 """
@@ -13,8 +18,9 @@ from pathlib import Path
 
 from lab_kit import lab_env
 from lab_kit.broker.base import NODE_STATES, Broker, BrokerError, NodeInfo
+from lab_kit.broker.docker import DockerBroker, docker_available
 from lab_kit.broker.external import ExternalBroker
-from lab_kit.broker.local import LocalBroker
+from lab_kit.broker.local import LocalBroker, up
 
 BACKENDS = ("auto", "local", "docker", "external")
 
@@ -42,7 +48,6 @@ def current(state_dir: Path | None = None) -> Broker | None:
     if backend == "local":
         return LocalBroker(state_dir)
     if backend == "docker":
-        from lab_kit.broker.docker import DockerBroker
 
         return DockerBroker(state_dir)
     return None
@@ -62,7 +67,6 @@ def choose_backend(backend: str = "auto", state_dir: Path | None = None, nodes: 
         return existing
     if nodes != 1:  # the docker backend runs one node; three JVMs run locally
         return "local"
-    from lab_kit.broker.docker import docker_available
 
     return "docker" if docker_available()[0] else "local"
 
@@ -82,7 +86,6 @@ def ensure(nodes: int = 1, backend: str = "auto", port: int | None = None,
         broker.wait_ready(timeout_s=timeout_s)
         return broker
     if chosen == "docker":
-        from lab_kit.broker.docker import DockerBroker
 
         fresh = backend == "auto" and _state_backend(state_dir) is None
         try:
@@ -93,6 +96,5 @@ def ensure(nodes: int = 1, backend: str = "auto", port: int | None = None,
             reason = str(exc).splitlines()[0]
             print(f"docker cannot provide a broker ({reason}); using the local JVM backend "
                   "instead", file=sys.stderr)
-    from lab_kit.broker.local import up
 
     return up(nodes=nodes, port=port, state_dir=state_dir, timeout_s=timeout_s)

@@ -2,23 +2,25 @@
 
 Open next, in this order:
 
-* :mod:`lab_kit.drills.workload` — posts submitted open-loop through ``AsyncPostProducer``
-  (durable spool); :class:`TimedSubmit` records each ``submit()`` and the accepted ids;
-* :mod:`lab_kit.drills.nemesis` — :class:`Nemesis` breaks a real process on a schedule (kill -9
-  or SIGSTOP a broker node, kill the partition leader, kill or slow the moderation backend)
-  and heals it after ``outage_s``;
-* :mod:`lab_kit.drills.checker` — reads the topics back and counts every post by id
-  (:func:`lab_kit.audit.audit`), checks the moderation results (:func:`check_results`), and
-  :class:`KafkaCallWatch` checks that no spooled post cost the caller a Kafka client call;
+* :mod:`lab_kit.drills.workload` — posts submitted open-loop (:func:`lab_kit.harness.open_loop.
+  run_open_loop`) through ``AsyncPostProducer`` (durable spool); :class:`TimedSubmit` records
+  each ``submit()`` and the accepted ids;
+* the nemesis and the checker live in :mod:`lab_kit.harness` (the benches use them too):
+  :class:`~lab_kit.harness.nemesis.Nemesis` breaks a real process on a schedule (kill -9 or
+  SIGSTOP a broker node, kill the partition leader, kill or slow the moderation backend) and
+  heals it after ``outage_s``; :mod:`lab_kit.harness.checker` reads the topics back and counts
+  every post by id (:func:`lab_kit.harness.readback.audit`), checks the moderation results
+  (:func:`check_results`), and :class:`KafkaCallWatch` checks that no spooled post cost the
+  caller a Kafka client call (all three re-exported here);
 * :mod:`lab_kit.drills.report` — the typed results (:class:`DrillReport`,
   :class:`OverloadReport`, :class:`ApiDrillReport`): ``ok``, ``summary()``, ``to_json()``;
 * the drills themselves: :mod:`lab_kit.drills.producer_drills` (broker-outage, broker-pause,
   leader-failover), :mod:`lab_kit.drills.moderation` (moderation-outage, moderation-slow,
-  moderation-overload), :mod:`lab_kit.drills.api` (api-broker-outage, through HTTP);
+  moderation-overload), :mod:`lab_kit.drills.api` (api-broker-outage, through HTTP, on
+  :mod:`lab_kit.harness.api_condition`);
 * :mod:`lab_kit.drills.runner` — ``run_drill(name)`` and ``python -m lab_kit drill NAME``
-  (imported from there, not from this package: the runner also reaches the API drill, which
-  needs ``lab_kit.api_bench``, which needs :mod:`.nemesis`; importing it here would close a
-  cycle).
+  (imported from there, not from this package: the runner loads the HTTP drill, and
+  ``python -m lab_kit.drills.api`` must not find its own module imported by this package first).
 
 ``python -m lab_kit drill broker-outage --json out.json`` prints a summary and writes the
 JSON (audit counts, outage windows, submit p99 during the outage, a per-second timeline).

@@ -5,10 +5,11 @@ Jepsen's shape, with the workload on the user's side of the API:
 * **workload**: open-loop ``POST /posts`` at a fixed rate through ``python -m lab_kit.api``
   (its producer has a spool), each request timed from its intended send time;
 * **nemesis**: ``kill -9`` of the broker ``lead_s`` into the load, restarted ``outage_s`` later
-  (:class:`lab_kit.drills.nemesis.Nemesis`, run by :func:`lab_kit.api_bench.run_condition`);
+  (:class:`lab_kit.harness.nemesis.Nemesis`, run by
+  :func:`lab_kit.harness.api_condition.run_condition`);
 * **checker**: after the spool has drained and the API was stopped with SIGTERM, the topic is
-  read back (:func:`lab_kit.audit.audit`): every post answered ``202`` is counted by id —
-  delivered once, duplicated, lost. ``ok`` means lost 0 and every request accepted.
+  read back (:func:`lab_kit.harness.readback.audit`): every post answered ``202`` is counted
+  by id — delivered once, duplicated, lost. ``ok`` means lost 0 and every request accepted.
 
 The result is an :class:`~lab_kit.drills.report.ApiDrillReport`.
 ``python -m lab_kit.drills.api [--posts N] [--rate R] [--outage S] [--lead S] [--json PATH]``
@@ -20,9 +21,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from lab_kit.cli_support import run_cli
 from lab_kit.drills.report import API_DRILL, ApiDrillReport, ApiDrillSettings
-from lab_kit.harness.http_load import own_broker as start_own_broker
-from lab_kit.harness.http_load import run_cli, run_condition
+from lab_kit.harness.api_condition import own_broker as start_own_broker
+from lab_kit.harness.api_condition import run_condition
 from lab_kit.output_paths import check_output_path
 
 NAME = API_DRILL

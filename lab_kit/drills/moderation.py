@@ -8,10 +8,11 @@ moderation result, and every post moderated in degraded mode was re-checked afte
 
 ``moderation-overload`` (:func:`overload_drill`) has a different shape: no fault at all, just
 more posts than the backend can take. The backend has a capacity (``capacity_per_s`` = C,
-posts/s; past it, HTTP 429); the service runs as its own process (the launcher of ``bench
-pipeline``); posts come at 0.5C, then 2C for the overload window, then 0.5C. Checker: every
-post has a result, nothing is lost, every post degraded by the overload is re-checked, and how
-long after the overload the last recheck landed.
+posts/s; past it, HTTP 429); the service runs as its own process (:class:`OverloadRun`, the
+run of ``bench pipeline`` in :mod:`lab_kit.harness.runner`); posts come at 0.5C, then 2C for
+the overload window, then 0.5C. Checker: every post has a result, nothing is lost, every post
+degraded by the overload is re-checked, and how long after the overload the last recheck
+landed.
 
 The results are a :class:`~lab_kit.drills.report.DrillReport` (with
 :class:`~lab_kit.drills.report.ModerationChecks`) and an
@@ -22,29 +23,36 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab_kit import broker as lab_broker
 from lab_kit.drills.report import DrillReport, ModerationChecks, OverloadReport, Phase
 from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
 from lab_kit.harness.checker import KafkaCallWatch, audit, check_results
 from lab_kit.harness.nemesis import Nemesis
+from lab_kit.harness.open_loop import run_open_loop
+from lab_kit.harness.results import build_timeline
+from lab_kit.harness.runner import PipelineRun
+from lab_kit.harness.sampler import GroupLag
+from lab_kit.lab_env import lab_scale
 from lab_kit.machine import run_stamp
-from lab_kit.metrics import MetricsRecorder
+from lab_kit.metrics import MetricsRecorder, percentiles_ms
+from lab_kit.moderation import ModerationService, RecheckWorker, moderation_results, topic_names
+from lab_kit.moderation.backend import ModerationBackend
 from lab_kit.output_paths import check_output_path
-from lab_kit.posts import Workload, run_open_loop
+from lab_kit.posts import Workload
+from lab_kit.producer import AsyncPostProducer
+from lab_kit.topics import ensure_topics
 
 BACKEND_TIMEOUT_S = 0.2
 SLOW_LATENCY_MS = 800.0
 
 
 def _create_topics(cfg: dict, names: dict[str, str]) -> None:
-    from lab_kit.topics import ensure_topics
-
     parts = {name: (3 if key in ("posts", "results", "recheck") else 1)
              for key, name in names.items()}
     ensure_topics(cfg, names=tuple(names.values()), partitions=parts)
@@ -54,8 +62,6 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
                       ) -> dict[str, list[dict]]:
     """Poll the results topic until every id has a result and every degraded one a recheck
     (by :func:`check_results`, the drill's checker)."""
-    from lab_kit.moderation.stage import moderation_results
-
     deadline = time.monotonic() + timeout_s
     while True:
         results = moderation_results(cfg, results_topic)
@@ -69,10 +75,6 @@ def _wait_for_results(cfg: dict, results_topic: str, ids: set[str], timeout_s: f
 def moderation_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                      progress: bool = False) -> DrillReport:
     """moderation-outage / moderation-slow: the backend process killed or slowed."""
-    from lab_kit.moderation.backend.server import ModerationBackend
-    from lab_kit.moderation.stage import ModerationService, RecheckWorker, topic_names
-    from lab_kit.producer import AsyncPostProducer
-
     cfg = broker.client_config()
     stamp = run_stamp()
     names = topic_names(f"drill.{name}.{stamp}.")
@@ -172,8 +174,6 @@ class OverloadSettings:
     @classmethod
     def from_env(cls, lead_s: float | None = None, overload_s: float | None = None
                  ) -> OverloadSettings:
-        from lab_kit.lab_env import lab_scale
-
         scale = lab_scale()
         raw = os.environ.get(CAPACITY_ENV)
         if raw:
@@ -211,98 +211,86 @@ class OverloadSettings:
                 for name, share, _ in OVERLOAD_PHASES]
 
 
+class OverloadRun(PipelineRun):
+    """The overload drill's run: the shared pipeline sequence, its load the three phases."""
+
+    topic_base = "drill.moderation-overload."
+    tmp_prefix = "lab-drill-"
+    delete_topics = False  # left for the reader (the tests delete them)
+    measure_cpu = False
+
+    def __init__(self, settings: OverloadSettings, broker, *, workdir: Path | None,
+                 progress: bool):
+        self.settings = settings
+        self.phases = settings.phases()
+        load_s = sum(d for _, _, d in self.phases)
+        super().__init__(broker, progress=progress, workdir=workdir,
+                         max_rows=int(load_s * 5) + 300, drain_timeout_s=60 + 3 * load_s,
+                         processes=1, service_args=OVERLOAD_SERVICE_ARGS,
+                         backend_settings={"capacity_per_s": settings.capacity_per_s},
+                         max_seconds=90 + 4 * load_s + 180)
+        self.windows: list[Phase] = []
+        self.health: dict = {}
+        self.service_events: list[str] = []
+
+    def lag_probes(self) -> dict[str, GroupLag]:
+        return {"lag": self.pipe.lag_probe(),
+                "recheck_lag": self.pipe.lag_probe("recheck", self._recheck_group())}
+
+    def drain_probes(self) -> list[GroupLag]:
+        return [self.pipe.lag_probe(), self.pipe.lag_probe("recheck", self._recheck_group())]
+
+    def _recheck_group(self) -> str:
+        return f"{self.pipe.group}-recheck"
+
+    def warm_up_note(self) -> str:
+        return (f"moderation-overload: backend capacity {self.settings.capacity_per_s:g} "
+                f"posts/s; waiting for the service ...")
+
+    def load(self) -> None:
+        posts = Workload(seed=31).iter_posts()
+        for name, rate, seconds in self.phases:
+            self.say(f"  {name}: {rate:,.0f} posts/s for {seconds:g} s")
+            before, start = self.submit.count(), time.time()
+            run_open_loop(self.submit, posts, rate, seconds)
+            self.windows.append(Phase(name, rate, start_s=round(start - self.t0, 3),
+                                      end_s=round(time.time() - self.t0, 3),
+                                      submitted=self.submit.count() - before))
+
+    def drain_note(self) -> str:
+        return f"submitted {self.submit.count():,}; waiting for every result and recheck ..."
+
+    def stop_service(self) -> dict:
+        with contextlib.suppress(Exception):
+            self.health = self.pipe.backend.health()
+        service_stop = super().stop_service()
+        # the service's own rare events (breaker, shedding, assignments), for the reader
+        self.service_events = [
+            line for line in self.pipe.service.log_tail(1 << 20).splitlines()
+            if " __main__ " in line or " lab_kit.moderation" in line][-40:]
+        return service_stop
+
+    def audit_timeout_s(self) -> float:
+        return 120.0  # audit's default: this drill does not scale it with the posts
+
+
 def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
                    workdir: Path | None = None, progress: bool = False) -> OverloadReport:
     """Backend capacity C; posts at 0.5C, 2C (the overload), 0.5C; the service as its own
     process (the bench's launcher). Then wait until every post has a result and every
     degraded one a recheck. Checker: results missing, lost (posts topic audit), rechecked."""
-    import tempfile
-
-    from lab_kit.harness.pipeline import (
-        Pipeline,
-        Sampler,
-        StampedSubmit,
-        build_timeline,
-        first_verdicts,
-        make_producer,
-        warm_up,
-    )
-    from lab_kit.metrics import percentiles_ms
-    from lab_kit.moderation.stage import moderation_results
-
     settings = settings or OverloadSettings.from_env()
     settings.validate()
     if broker is None:
-        from lab_kit import broker as lab_broker
-
         broker = lab_broker.ensure()
+    run = OverloadRun(settings, broker, workdir=workdir, progress=progress).execute()
+    return _overload_report(run)
 
-    def say(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr, flush=True)
 
-    stamp = run_stamp()
-    prefix = f"drill.moderation-overload.{stamp}."
-    capacity = settings.capacity_per_s
-    phases = settings.phases()
-    load_s = sum(d for _, _, d in phases)
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="lab-drill-")
-        workdir = Path(tmp.name)
-    windows: list[Phase] = []
-    try:
-        with Pipeline(broker, prefix=prefix, workdir=workdir, processes=1,
-                      service_args=OVERLOAD_SERVICE_ARGS,
-                      backend_settings={"capacity_per_s": capacity},
-                      max_seconds=90 + 4 * load_s + 180) as pipe:
-            pipe.start_service()
-            producer = make_producer(pipe)
-            submit = StampedSubmit(producer)
-            recheck_group = f"{pipe.group}-recheck"
-            sampler = Sampler(0.0, submit.count, {
-                "lag": pipe.lag_probe(), "recheck_lag": pipe.lag_probe("recheck", recheck_group),
-            }, max_rows=int(load_s * 5) + 300)
-            probes = [pipe.lag_probe(), pipe.lag_probe("recheck", recheck_group)]
-            try:
-                say(f"moderation-overload: backend capacity {capacity:g} posts/s; waiting "
-                    f"for the service ...")
-                warm_up(pipe, producer, stamp)
-                t0 = sampler.t0 = time.time()
-                sampler.start()
-                posts = Workload(seed=31).iter_posts()
-                for name, rate, seconds in phases:
-                    say(f"  {name}: {rate:,.0f} posts/s for {seconds:g} s")
-                    before, start = submit.count(), time.time()
-                    run_open_loop(submit, posts, rate, seconds)
-                    windows.append(Phase(name, rate, start_s=round(start - t0, 3),
-                                         end_s=round(time.time() - t0, 3),
-                                         submitted=submit.count() - before))
-                producer.flush(timeout=60)
-                say(f"submitted {submit.count():,}; waiting for every result and recheck ...")
-                drained = pipe.wait_drained(probes, timeout_s=60 + 3 * load_s)
-            finally:
-                samples = sampler.stop()
-                producer.close(timeout=30)
-            health = {}
-            with contextlib.suppress(Exception):
-                health = pipe.backend.health()
-            service_stop = pipe.stop_service()
-            # the service's own rare events (breaker, shedding, assignments), for the reader
-            service_events = [line for line in pipe.service.log_tail(1 << 20).splitlines()
-                              if " __main__ " in line or " lab_kit.moderation" in line][-40:]
-            pipe.backend.stop()
-            ids = submit.ids
-            results = moderation_results(pipe.cfg, pipe.names["results"],
-                                         timeout_s=max(60.0, len(ids) / 2000))
-            landed = audit(pipe.cfg, pipe.names["posts"], ids, dlq_topic=pipe.names["dlq"])
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
-    over = next(w for w in windows if w.phase == "overload")
+def _overload_report(run: OverloadRun) -> OverloadReport:
+    ids, results, firsts, t0 = run.ids, run.results, run.firsts, run.t0
+    over = next(w for w in run.windows if w.phase == "overload")
     o_start, o_end = t0 + over.start_s, t0 + over.end_s
-    firsts, duplicates, missing = first_verdicts(results, ids)
     degraded = {pid for pid, r in firsts.items() if r.get("degraded")}
     recheck_times: dict[str, float] = {}
     for pid in ids:
@@ -311,27 +299,28 @@ def overload_drill(broker=None, settings: OverloadSettings | None = None, *,
         if times:
             recheck_times[pid] = min(times)
     rechecked = degraded & set(recheck_times)
-    lost = len({pid for pid in ids if pid not in firsts} | set(landed.lost_ids))
     e2e = [r["moderated_at"] - r["created_at"] for r in firsts.values()
            if o_start <= r.get("created_at", 0.0) < o_end]
     p = percentiles_ms(e2e)
     last_recheck = max(recheck_times.values(), default=None)
     causes = Counter(str(firsts[pid].get("fallback_cause")) for pid in degraded)
     return OverloadReport(
-        capacity_per_s=capacity,
+        capacity_per_s=run.settings.capacity_per_s,
         offered_rate_overload=round(over.submitted / max(over.end_s - over.start_s, 1e-9), 1),
-        phases=windows, overload_window=(over.start_s, over.end_s), submitted=len(ids),
+        phases=run.windows, overload_window=(over.start_s, over.end_s), submitted=len(ids),
         e2e_p50_ms=None if p["p50_ms"] is None else round(p["p50_ms"], 1),
         e2e_p99_ms=None if p["p99_ms"] is None else round(p["p99_ms"], 1),
         degraded=len(degraded), fallback_causes=dict(causes.most_common()),
         rechecked=len(rechecked), rechecked_missing=len(degraded - rechecked),
-        results_missing=missing, duplicates=duplicates, lost=lost, posts_lost=landed.lost,
+        results_missing=run.missing, duplicates=run.duplicates, lost=run.lost,
+        posts_lost=run.landed.lost,
         recheck_drained_s=None if last_recheck is None else round(last_recheck - o_end, 2),
-        drained=drained,
-        backend={k: health.get(k) for k in ("requests", "posts", "rejected_429",
-                                            "rejected_503")},
-        service_stop=service_stop, service_events=service_events, topic_prefix=prefix,
-        timeline=build_timeline(samples, firsts, t0, lag_keys=("lag", "recheck_lag"),
+        drained=run.drained,
+        backend={k: run.health.get(k) for k in ("requests", "posts", "rejected_429",
+                                                "rejected_503")},
+        service_stop=run.service_stop, service_events=run.service_events,
+        topic_prefix=run.prefix,
+        timeline=build_timeline(run.samples, firsts, t0, lag_keys=("lag", "recheck_lag"),
                                 events={"rechecked": list(recheck_times.values())}))
 
 

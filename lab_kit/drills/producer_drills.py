@@ -1,10 +1,11 @@
 """The producer drills: broker-outage, broker-pause, leader-failover.
 
 Workload (:mod:`.workload`): posts submitted open-loop through ``AsyncPostProducer`` with a
-durable spool. Nemesis (:mod:`.nemesis`): kill -9 or SIGSTOP a broker node, or kill the
-leader of partition 0 on a 3-node cluster, healed after ``outage_s``. Checker
-(:mod:`.checker`): the topic and its DLQ read back by post id, and no spooled post cost the
-caller a Kafka client call. The result is a :class:`~lab_kit.drills.report.DrillReport`.
+durable spool. Nemesis (:mod:`lab_kit.harness.nemesis`): kill -9 or SIGSTOP a broker node, or
+kill the leader of partition 0 on a 3-node cluster, healed after ``outage_s``. Checker
+(:mod:`lab_kit.harness.checker`): the topic and its DLQ read back by post id, and no spooled
+post cost the caller a Kafka client call. The result is a
+:class:`~lab_kit.drills.report.DrillReport`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from lab_kit.drills.report import DrillReport, ProducerChecks
 from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
 from lab_kit.harness.checker import KafkaCallWatch, audit
 from lab_kit.harness.nemesis import Nemesis, broker_kill, broker_pause
+from lab_kit.harness.open_loop import run_open_loop
 from lab_kit.machine import run_stamp
 from lab_kit.metrics import MetricsRecorder
-from lab_kit.posts import Workload, run_open_loop
+from lab_kit.posts import Workload
+from lab_kit.producer import AsyncPostProducer
 from lab_kit.topics import ensure_topics, wait_for_leaders
 
 PRODUCER_DRILLS = ("broker-outage", "broker-pause", "leader-failover")
@@ -63,8 +66,6 @@ def nemesis_for(name: str, broker, cfg: dict, topic: str, settings: DrillSetting
 def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                    progress: bool = False) -> DrillReport:
     """broker-outage / broker-pause / leader-failover: the producer side under a broker fault."""
-    from lab_kit.producer import AsyncPostProducer
-
     cfg = broker.client_config()
     topic, dlq = fresh_topics(cfg, name)
     metrics = MetricsRecorder()

@@ -1,9 +1,9 @@
 """The drills' reports: typed results with named fields, written to disk as JSON.
 
 * :class:`DrillReport` — broker-outage, broker-pause, leader-failover, moderation-outage,
-  moderation-slow: the audit (:class:`lab_kit.audit.AuditReport`), the fault windows, the
-  ``submit()`` latency during the fault, the caller check, plus :class:`ProducerChecks` or
-  :class:`ModerationChecks`;
+  moderation-slow: the audit (:class:`lab_kit.harness.readback.AuditReport`), the fault
+  windows, the ``submit()`` latency during the fault, the caller check, plus
+  :class:`ProducerChecks` or :class:`ModerationChecks`;
 * :class:`OverloadReport` — moderation-overload;
 * :class:`ApiDrillReport` — api-broker-outage (HTTP).
 
@@ -51,7 +51,8 @@ class _Json:
 
 
 def audit_from_dict(d: dict[str, Any]) -> AuditReport:
-    """An :class:`~lab_kit.audit.AuditReport` from a saved report's keys (others ignored)."""
+    """An :class:`~lab_kit.harness.readback.AuditReport` from a saved report's keys (others
+    ignored)."""
     return AuditReport(**{f.name: d[f.name] for f in fields(AuditReport) if f.name in d})
 
 
@@ -393,8 +394,9 @@ class NemesisRun:
 class ApiDrillReport(_Json):
     """``api-broker-outage``: open-loop ``POST /posts`` while the broker is killed.
 
-    The JSON has :func:`lab_kit.api_bench.run_condition`'s keys; ``load`` (the workload's
-    :class:`~lab_kit.api_bench.LoadRun`, per-request data) is kept in memory only."""
+    The JSON has :func:`lab_kit.harness.api_condition.run_condition`'s keys; ``load`` (the
+    workload's :class:`~lab_kit.harness.http_load.LoadRun`, per-request data) is kept in memory
+    only."""
 
     settings: ApiDrillSettings
     variant: str

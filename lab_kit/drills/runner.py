@@ -11,7 +11,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from lab_kit import broker as lab_broker
 from lab_kit import lab_env
+from lab_kit.broker import local
+from lab_kit.drills.api import main_from_drill
 from lab_kit.drills.moderation import moderation_drill, overload_drill, overload_main
 from lab_kit.drills.producer_drills import producer_drill
 from lab_kit.drills.report import DrillReport, OverloadReport
@@ -40,11 +43,7 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
     settings.validate()
     own_cluster = None
     if broker is None:
-        from lab_kit import broker as lab_broker
-
         if name == "leader-failover":
-            from lab_kit.broker import local
-
             own_cluster = broker = local.up(nodes=3,
                                             state_dir=lab_env.state_dir() / "drill-cluster")
         else:
@@ -82,9 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")
     if args.name == "api-broker-outage":
-        # imported here: the HTTP drill pulls in lab_kit.api_bench, which imports the nemesis
-        from lab_kit.drills.api import main_from_drill
-
         return main_from_drill(args)
     if args.name == "moderation-overload":
         return overload_main(args)

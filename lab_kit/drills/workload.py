@@ -1,9 +1,10 @@
 """The drills' workload: posts submitted open-loop at a fixed rate, and what it records.
 
 :class:`DrillSettings` says how many posts, how fast, and when the nemesis strikes;
-:class:`TimedSubmit` is the submit the open loop (:func:`lab_kit.posts.run_open_loop`) calls
-for every post: it remembers the accepted ids (for the checker) and how long ``submit()`` took
-while the fault was on; :class:`RssSampler` samples this process's memory meanwhile.
+:class:`TimedSubmit` is the submit the open loop (:func:`lab_kit.harness.open_loop.
+run_open_loop`) calls for every post: it remembers the accepted ids (for the checker) and how
+long ``submit()`` took while the fault was on; :class:`RssSampler` samples this process's
+memory meanwhile.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class RssSampler:
 class TimedSubmit:
     """The workload's submit: remembers every accepted post id, how long each ``submit``
     took while the nemesis was active (the user-facing latency during the fault, for the
-    report), and — with a :class:`~lab_kit.drills.checker.KafkaCallWatch` on the caller's
+    report), and — with a :class:`~lab_kit.harness.checker.KafkaCallWatch` on the caller's
     thread — how many posts ``submit()`` spooled and how many of those made a Kafka client
     call on the way (the check: none; ``kafka_calls_while_spooling`` is None without a
     watch)."""

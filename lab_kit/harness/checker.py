@@ -1,7 +1,8 @@
 """The drills' checkers: what landed, read back, never what the producer believes.
 
-* :func:`lab_kit.audit.audit` (re-exported here) reads the posts topic and its DLQ back and
-  counts every submitted post by id: delivered once, duplicated, dead-lettered, lost;
+* :func:`lab_kit.harness.readback.audit` (re-exported here) reads the posts topic and its
+  DLQ back and counts every submitted post by id: delivered once, duplicated, dead-lettered,
+  lost;
 * :func:`check_results` reads the moderation results back: every post has a verdict, every
   degraded verdict was re-checked (:class:`ResultsCheck`);
 * :class:`KafkaCallWatch` counts the Kafka client calls made on the workload's thread: a post
@@ -17,7 +18,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from kafka import KafkaProducer
+
 from lab_kit.harness.readback import AuditReport, audit
+from lab_kit.harness.results import first_verdicts
 
 __all__ = ["WATCHED_METHODS", "AuditReport", "KafkaCallWatch", "ResultsCheck", "audit",
            "check_results"]
@@ -28,7 +32,7 @@ class ResultsCheck:
     """The moderation checker's verdict, from the results topic read back, by post_id.
 
     A post's *first verdict* is its earliest result that is not a recheck
-    (:func:`lab_kit.pipeline_bench.first_verdicts`): a post with only a recheck result has no
+    (:func:`lab_kit.harness.results.first_verdicts`): a post with only a recheck result has no
     verdict of its own and counts as missing. ``results_duplicates`` are extra first-verdict
     results (at-least-once re-processing); ``degraded`` posts had a fallback verdict and each
     needs a recheck result (``rechecked_missing`` lists those without one).
@@ -71,8 +75,6 @@ def check_results(results: dict[str, list[dict]], submitted_ids: list[str] | set
                   ) -> ResultsCheck:
     """Check ``results`` (:func:`lab_kit.moderation.moderation_results` of the results topic)
     against the submitted post ids; ids not submitted are ignored."""
-    from lab_kit.harness.pipeline import first_verdicts
-
     ids = list(dict.fromkeys(submitted_ids))
     firsts, duplicates, missing = first_verdicts(results, ids)
     degraded = {pid for pid, r in firsts.items() if r.get("degraded")}
@@ -118,8 +120,6 @@ class KafkaCallWatch:
 
     @classmethod
     def _install(cls) -> None:
-        from kafka import KafkaProducer
-
         for name in WATCHED_METHODS:
             original = KafkaProducer.__dict__[name]
             cls._originals[name] = original
@@ -136,8 +136,6 @@ class KafkaCallWatch:
 
     @classmethod
     def _uninstall(cls) -> None:
-        from kafka import KafkaProducer
-
         for name, original in cls._originals.items():
             setattr(KafkaProducer, name, original)
         cls._originals = {}

@@ -2,6 +2,6 @@
 
 import sys
 
-from lab_kit.moderation.stage import main
+from lab_kit.moderation.cli import main
 
 sys.exit(main())

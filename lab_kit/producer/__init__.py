@@ -7,7 +7,12 @@ Start with :mod:`.async_producer`: ``AsyncPostProducer.submit`` hands a post to 
   into), the set of posts in flight;
 * :mod:`.failover`: the state machine ``SENDING → SPOOLING → REPLAYING → SENDING``, the health
   probe, spool and replay, the stuck-client check;
-* :mod:`.dead_letters`: posts Kafka refuses for good go to ``posts.dlq``;
+* :mod:`.spool`: the durable SQLite spool the failover writes to and replays from;
+* :mod:`.dead_letters`: posts Kafka refuses for good go to ``posts.dlq`` (and the dead-letter
+  record format, which the moderation stage writes too);
+* :mod:`.callbacks`: delivery handlers for the lessons (collecting, logging, offloaded, slow,
+  raising) and the two callback pitfalls as experiments;
+* :mod:`.asyncio_bridge`: ``await`` a post's delivery from an event loop (the post API uses it);
 * :mod:`.kafka_quirks`: kafka-python 3.0 behaviours worked around (used by moderation too);
 * :mod:`.encoding`: post → record, with its validation fast path;
 * :mod:`.errors`: what ``submit`` and the futures raise.

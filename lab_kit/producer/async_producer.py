@@ -43,6 +43,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
+from lab_kit import broker
 from lab_kit.kafka_settings import check_producer_settings
 from lab_kit.metrics import MetricsRecorder
 from lab_kit.posts import Post
@@ -57,6 +58,7 @@ from lab_kit.producer.errors import (
 from lab_kit.producer.failover import Action, Failover, State, bootstrap_probe, decide_on_error
 from lab_kit.producer.future import Delivery, InFlight, PostFuture
 from lab_kit.producer.kafka_quirks import force_close, is_sender_thread
+from lab_kit.producer.spool import Spool
 from lab_kit.topics import POSTS, POSTS_DLQ
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,6 @@ class AsyncPostProducer:
         _check_options(mode, max_in_flight, on_full, spool_path, max_block_s, probe_interval_s,
                        stall_timeout_s)
         if bootstrap_servers is None:
-            from lab_kit import broker
 
             cfg = broker.ensure().client_config()
             bootstrap_servers = cfg.pop("bootstrap_servers")
@@ -137,7 +138,6 @@ class AsyncPostProducer:
         self._dead_letters = DeadLetters(self._kafka_config, topic, dlq_topic)
         self.spool = None
         if spool_path:
-            from lab_kit.producer.spool import Spool
 
             # No checkpoint (an fsync) inside a caller's append: the health thread does them.
             self.spool = Spool(spool_path, autocheckpoint=False)

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from lab_kit.posts import Post
+from lab_kit.producer.async_producer import AsyncPostProducer
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,6 @@ def blocking_callback_experiment(bootstrap_servers: str, topic: str, posts: list
     Returns one row per variant with ack p50/p99 (ms) and throughput: the sender-thread
     variant delays every ack behind the sleeping callback.
     """
-    from lab_kit.producer import AsyncPostProducer
 
     rows = []
     variants = {
@@ -210,7 +210,6 @@ def flush_inside_callback_demo(bootstrap_servers: str, topic: str, post: Post,
     ``AsyncPostProducer`` refuses with a clear RuntimeError (the sender thread would wait for
     itself). Returns the message the callback caught.
     """
-    from lab_kit.producer import AsyncPostProducer
 
     caught: list[str] = []
     done = threading.Event()

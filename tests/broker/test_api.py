@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lab_kit import topics as lab_topics
-from lab_kit.api.app import MAX_BODY_BYTES, ApiServer
+from lab_kit.api import MAX_BODY_BYTES, ApiServer
 from lab_kit.harness.readback import end_offsets, post_ids_in
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -165,7 +165,7 @@ def test_cli_refuses_bad_values_with_exit_code_2():
 
 
 def test_users_posting_feed_for_the_instructor_panel(api, client):
-    from lab_kit.api.app import UsersPostingFeed
+    from lab_kit.api import UsersPostingFeed
 
     feed = UsersPostingFeed(api.url)
     feed.poll()
@@ -188,7 +188,7 @@ def test_the_served_app_hides_its_startup_objects_from_the_collector(bootstrap, 
 
     from starlette.testclient import TestClient
 
-    from lab_kit.api.app import create_app
+    from lab_kit.api import create_app
 
     assert gc.get_freeze_count() == 0
     app = create_app(topic=api_topic, bootstrap=bootstrap, spool_dir=tmp_path,

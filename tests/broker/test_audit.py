@@ -16,9 +16,9 @@ import pytest
 from kafka import KafkaProducer
 
 from lab_kit.harness.checker import check_results
-from lab_kit.harness.pipeline import first_verdicts
 from lab_kit.harness.readback import audit, end_offsets, post_ids_in, read_topic
-from lab_kit.moderation.stage import moderation_results
+from lab_kit.harness.results import first_verdicts
+from lab_kit.moderation import moderation_results
 from lab_kit.posts import Workload
 from lab_kit.producer import AsyncPostProducer
 from lab_kit.producer.dead_letters import dlq_record

@@ -87,7 +87,7 @@ def test_bad_arguments_name_the_option(args, needle):
     ["-m", "lab_kit", "bench"],
     ["-m", "lab_kit", "bench", "pipeline"],
     ["-m", "lab_kit", "bench", "api"],
-    ["-m", "lab_kit.api_bench"],
+    ["-m", "lab_kit.bench.api"],
 ])
 @pytest.mark.parametrize("where", ["/nonexistent/dir/x.json", "{tmp}"])
 def test_an_unwritable_json_path_exits_2_before_any_work(cmd, where, tmp_path):

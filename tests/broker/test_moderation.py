@@ -19,15 +19,15 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from lab_kit.moderation.backend.server import ModerationBackend
-from lab_kit.moderation.rules import RepeatTracker, score_post
-from lab_kit.moderation.stage import (
+from lab_kit.moderation import (
     TOPIC_KEYS,
     ModerationService,
     RecheckWorker,
     moderation_results,
     topic_names,
 )
+from lab_kit.moderation.backend import ModerationBackend
+from lab_kit.moderation.rules import RepeatTracker, score_post
 from lab_kit.posts import POST_FIELDS, Post, Workload, malformed_records
 
 from ..kafka_helpers import read_all

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lab_kit.moderation.stage import ModerationService, moderation_results
+from lab_kit.moderation import ModerationService, moderation_results
 from lab_kit.posts import Post, Workload, malformed_records
 
 from ..kafka_helpers import read_all

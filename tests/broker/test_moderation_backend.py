@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab_kit.moderation.backend.server import (
+from lab_kit.moderation.backend import (
     DEFAULT_SETTINGS,
     FAULT_KEYS,
     MAX_BATCH_POSTS,
@@ -30,9 +30,8 @@ from lab_kit.moderation.backend.server import (
     ModerationBackendError,
     ModerationClient,
     ModerationResult,
-    _parse_batch,
-    _parse_result,
 )
+from lab_kit.moderation.backend.client import _parse_batch, _parse_result
 from lab_kit.moderation.rules import (
     BLOCKLIST,
     RepeatTracker,
@@ -740,7 +739,7 @@ def test_parse_batch_names_what_is_wrong() -> None:
 
 
 def test_overloaded_error_is_a_retryable_backend_error() -> None:
-    import lab_kit.moderation.backend.server as mb
+    import lab_kit.moderation.backend as mb
 
     assert "BackendOverloaded" in mb.__all__
     assert issubclass(BackendOverloaded, BackendError)

@@ -17,8 +17,9 @@ import time
 
 import pytest
 
+from lab_kit.bench.pipeline import PipelineSettings
 from lab_kit.drills.report import OverloadReport
-from lab_kit.harness.pipeline import PipelineSettings, build_timeline, steady_rate
+from lab_kit.harness.results import build_timeline, steady_rate
 
 from ..conftest import delete_topics_with_prefix
 

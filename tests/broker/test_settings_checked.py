@@ -17,7 +17,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient
 
-from lab_kit.moderation.stage import ModerationService, RecheckWorker, topic_names
+from lab_kit.moderation import ModerationService, RecheckWorker, topic_names
 
 from .test_moderation import wait_until
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import ipywidgets as w  # noqa: E402
 
 from lab_kit.broker import BrokerError, local  # noqa: E402
-from lab_kit.moderation.backend.server import ModerationBackend  # noqa: E402
+from lab_kit.moderation.backend import ModerationBackend  # noqa: E402
 from lab_kit.widgets import Dashboard, LoadGenerator, iter_widgets  # noqa: E402
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]

@@ -237,9 +237,9 @@ def test_kafka_pythons_own_defaults_pass():
 
 
 def test_the_labs_own_settings_pass():
+    from lab_kit import moderation
     from lab_kit.bench import producers as bench
     from lab_kit.moderation import clients as stage_clients
-    from lab_kit.moderation import stage as moderation
     from lab_kit.producer import LAB_DEFAULTS
 
     boot = {"bootstrap_servers": "127.0.0.1:9092"}
@@ -277,7 +277,7 @@ def test_the_labs_own_settings_pass():
 def test_the_moderation_stage_checks_its_kafka_settings_when_built(kwargs, message):
     import threading
 
-    from lab_kit.moderation.stage import ModerationService, RecheckWorker
+    from lab_kit.moderation import ModerationService, RecheckWorker
 
     kwargs = {"bootstrap_servers": "127.0.0.1:1", **kwargs}
     before = set(threading.enumerate())

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
+from lab_kit.harness.open_loop import OpenLoopRun, run_open_loop
 from lab_kit.posts import (
     BLOCKLIST,
     DEFAULT_MAX_REQUEST_SIZE,
@@ -15,7 +16,6 @@ from lab_kit.posts import (
     MAX_TEXT_CHARS,
     MAX_URL_CHARS,
     MAX_USER_ID_CHARS,
-    OpenLoopRun,
     Post,
     PostValidationError,
     Workload,
@@ -24,7 +24,6 @@ from lab_kit.posts import (
     malformed_records,
     open_loop_schedule,
     oversized_post,
-    run_open_loop,
     validate_post,
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab_kit.api.app import StatusTable
+from lab_kit.api import StatusTable
 
 
 def test_the_table_keeps_the_newest_posts_and_forgets_the_oldest() -> None:

@@ -1,96 +1,52 @@
-"""StreamSocial moderation backend: a real local HTTP service, its process manager and client.
+"""The service: a stdlib :class:`~http.server.ThreadingHTTPServer` bound to loopback only.
 
-Three parts:
+Run it with ``python -m lab_kit.moderation.backend --port P`` (the old name
+``python -m lab_kit.moderation_backend`` still works). Routes, bodies and status codes are in
+:mod:`lab_kit.moderation.backend.protocol`; this file answers them.
 
-* **The service** (``python -m lab_kit.moderation_backend --port P``): a stdlib
-  :class:`~http.server.ThreadingHTTPServer` bound to loopback only.
+**Cost model.** Each moderation request sleeps ``request_ms * (1 + U(-0.25, +0.25)) +
+n * post_ms`` (``n`` posts; a seeded RNG; defaults 1.0 ms and 0.02 ms) plus the injected
+latency ``max(0, latency_ms + U(-jitter_ms, +jitter_ms))`` (once per request). The sleep
+models work that runs elsewhere (a model server); the real scoring CPU
+(:func:`lab_kit.moderation.rules.score_post`, with a per-process
+:class:`~lab_kit.moderation.rules.RepeatTracker`) happens too. Then, per request, with
+probability ``error_rate`` it answers HTTP 503, else with probability ``garbage_rate`` a 200
+whose body is not JSON, else the verdicts.
 
-  ========================  ===================================================================
-  ``POST /moderate``        ``{"post_id","user_id","text"}`` ->
-                            ``{"post_id","label","score","reasons","latency_ms"}``
-                            (body at most 64 KiB)
-  ``POST /moderate/batch``  ``{"posts": [{"post_id","user_id","text"}, ...]}`` (1 to
-                            :data:`MAX_BATCH_POSTS` = 1000 posts, body at most 4 MiB) ->
-                            ``{"results": [...], "latency_ms"}``: one entry per post, same
-                            order, ``{"post_id","label","score","reasons"}`` or, for a bad post,
-                            ``{"post_id": <as given or null>, "error", "field"}`` (one bad post
-                            never fails the others)
-  ``GET /health``           ``{"ok": true, "pid", "port", "uptime_s", "requests", "posts",
-                            "rejected_429", "rejected_503", "in_flight", ...faults, ...settings}``
-  ``GET /faults``           the current fault model and settings
-  ``POST /faults``          update some of the faults ``latency_ms``, ``jitter_ms``,
-                            ``error_rate``, ``garbage_rate`` and of the settings ``request_ms``,
-                            ``post_ms``, ``capacity_per_s``, ``max_concurrent`` (unspecified
-                            keys keep their value); answers like ``GET /faults``
-  ``POST /faults/reset``    back to no faults and to the settings the process started with
-  ========================  ===================================================================
+**Capacity.** Two limits are checked, in this order, before any of that:
 
-  ``/health`` and ``/faults`` are never subject to faults, capacity or concurrency limits.
+* ``max_concurrent`` (default 16, 0 = unlimited): requests being served at once. One more
+  gets **503** ``{"error": "overloaded: N requests in progress", "field": "max_concurrent"}``.
+* ``capacity_per_s`` (default 50000 posts/s, 0 = unlimited): a token bucket of posts,
+  refilled at that rate, holding at most ``BURST_S`` = 0.2 s worth (at least 1 post). A
+  request of ``n`` posts needs ``min(n, burst)`` tokens and takes ``n``: a batch bigger than
+  the burst is admitted when the bucket is full and leaves it in debt, so one max batch can
+  always get through and the long-run rate never exceeds the capacity. Too few tokens ->
+  **429** ``{"error": "overloaded: capacity N posts/s", "field": "capacity_per_s",
+  "retry_after_s": x}`` with a ``Retry-After`` header (whole seconds, rounded up).
 
-  **Status codes** of the moderation routes: 200; 400 ``{"error", "field"}`` for a bad request
-  (the field and the limit are named); 413 body too large; 429 and 503 when overloaded (see
-  below, answered at once, without any service time); 503 ``{"error": "injected fault: ..."}``
-  for an injected error; 404 unknown route.
-
-  **Cost model.** Each moderation request sleeps ``request_ms * (1 + U(-0.25, +0.25)) +
-  n * post_ms`` (``n`` posts; a seeded RNG; defaults 1.0 ms and 0.02 ms) plus the injected
-  latency ``max(0, latency_ms + U(-jitter_ms, +jitter_ms))`` (once per request). The sleep
-  models work that runs elsewhere (a model server); the real scoring CPU
-  (:func:`lab_kit.rules.score_post`, with a per-process :class:`~lab_kit.rules.RepeatTracker`)
-  happens too. Then, per request, with probability ``error_rate`` it answers HTTP 503, else with
-  probability ``garbage_rate`` a 200 whose body is not JSON, else the verdicts.
-
-  **Capacity.** Two limits are checked, in this order, before any of that:
-
-  * ``max_concurrent`` (default 16, 0 = unlimited): requests being served at once. One more
-    gets **503** ``{"error": "overloaded: N requests in progress", "field": "max_concurrent"}``.
-  * ``capacity_per_s`` (default 50000 posts/s, 0 = unlimited): a token bucket of posts,
-    refilled at that rate, holding at most ``BURST_S`` = 0.2 s worth (at least 1 post). A
-    request of ``n`` posts needs ``min(n, burst)`` tokens and takes ``n``: a batch bigger than
-    the burst is admitted when the bucket is full and leaves it in debt, so one max batch can
-    always get through and the long-run rate never exceeds the capacity. Too few tokens ->
-    **429** ``{"error": "overloaded: capacity N posts/s", "field": "capacity_per_s",
-    "retry_after_s": x}`` with a ``Retry-After`` header (whole seconds, rounded up).
-
-  Settings are CLI flags (``--request-ms``, ``--post-ms``, ``--capacity-per-s``,
-  ``--max-concurrent``), can be changed at run time through ``POST /faults`` (a new capacity
-  starts with a full bucket) and go back to their start values on ``POST /faults/reset``.
-  Counters in ``/health``: ``requests`` and ``posts`` admitted (including injected faults),
-  ``rejected_429``, ``rejected_503``, ``errors_injected``, ``garbage_injected``. No
-  per-request logging.
-
-* **The process manager** :class:`ModerationBackend`: starts the service as a detached
-  process (like a broker), and produces *real* outages: :meth:`~ModerationBackend.stop`,
-  :meth:`~ModerationBackend.kill` (SIGKILL), :meth:`~ModerationBackend.pause` (SIGSTOP: the
-  port still accepts connections but nothing answers), :meth:`~ModerationBackend.set_faults`
-  (slow / failing / garbage answers, or other settings). A JSON state file lets another
-  process find it again (:meth:`ModerationBackend.load`). Only a pid whose command line
-  contains ``lab_kit.moderation_backend`` and whose start time matches the record is ever
-  signalled.
-
-* **The client** :class:`ModerationClient`: one persistent keep-alive ``http.client``
-  connection with a per-operation timeout, raising typed errors (all subclasses of
-  :class:`ModerationBackendError`); :meth:`ModerationClient.moderate_batch` sends many posts in
-  one request. Not thread-safe: one client per thread.
+Settings are CLI flags (``--request-ms``, ``--post-ms``, ``--capacity-per-s``,
+``--max-concurrent``), can be changed at run time through ``POST /faults`` (a new capacity
+starts with a full bucket) and go back to their start values on ``POST /faults/reset``.
+Counters in ``/health``: ``requests`` and ``posts`` admitted (including injected faults),
+``rejected_429``, ``rejected_503``, ``errors_injected``, ``garbage_injected``. No
+per-request logging.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import ipaddress
 import json
 import math
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
@@ -99,381 +55,27 @@ from urllib.parse import urlsplit
 import psutil
 
 from lab_kit.machine import write_json_atomic
-from lab_kit.moderation.rules import LABELS, RepeatTracker, Verdict, score_post, score_post_fields
-
-__all__ = [
-    "ModerationBackendError",
-    "BackendUnavailable",
-    "BackendTimeout",
-    "BackendError",
-    "BackendGarbage",
-    "BackendBadRequest",
-    "BackendOverloaded",
-    "ModerationResult",
-    "ModerationClient",
-    "ModerationBackend",
-    "default_state_dir",
-    "FAULT_KEYS",
-    "SETTING_KEYS",
-    "DEFAULT_SETTINGS",
-    "MAX_BATCH_POSTS",
-    "main",
-]
-
-MODULE = "lab_kit.moderation.backend"
-# a backend started before the package layout ran as this module: still found, still stoppable
-LEGACY_MODULES = ("lab_kit.moderation_backend",)
-DEFAULT_HOST = "127.0.0.1"
-FAULT_KEYS = ("latency_ms", "jitter_ms", "error_rate", "garbage_rate")
-SETTING_KEYS = ("request_ms", "post_ms", "capacity_per_s", "max_concurrent")
-DEFAULT_SETTINGS: dict[str, float | int] = {
-    "request_ms": 1.0,  # fixed service time per moderation request
-    "post_ms": 0.02,  # service time per post
-    "capacity_per_s": 50_000.0,  # token bucket of posts per second (0 = unlimited)
-    "max_concurrent": 16,  # requests served at once (0 = unlimited)
-}
-REQUEST_JITTER = 0.25  # request_ms varies by +-25 % (seeded RNG)
-BURST_S = 0.2  # the token bucket holds this many seconds' worth of posts
-MAX_BATCH_POSTS = 1000
-MAX_BODY_BYTES = 64 * 1024  # POST /moderate and the admin routes
-MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024  # POST /moderate/batch
-IDLE_TIMEOUT_S = 30.0  # server closes idle keep-alive connections after this
-STATE_FILE_NAME = "backend.json"
-LOG_FILE_NAME = "backend.log"
-
-
-# =========================================================================================
-# Errors and result
-# =========================================================================================
-
-
-class ModerationBackendError(Exception):
-    """Base class of all client-side moderation backend errors.
-
-    ``retryable`` tells whether trying again later (or falling back) makes sense.
-    """
-
-    retryable = True
-
-
-class BackendUnavailable(ModerationBackendError):
-    """Connection refused / reset / closed: the backend process is not there."""
-
-
-class BackendTimeout(ModerationBackendError):
-    """No answer within the client's timeout (slow or paused backend)."""
-
-
-class BackendError(ModerationBackendError):
-    """The backend answered an HTTP 5xx (or another unexpected non-200 status)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class BackendOverloaded(BackendError):
-    """The backend refused the request because it is at capacity, before doing any work:
-    HTTP 429 (more posts per second than its ``capacity_per_s``) or an "overloaded" 503
-    (``max_concurrent`` requests already in progress). Shed load or retry after
-    ``retry_after_s`` seconds (0.0 when the backend gave no hint). ``field`` names the limit."""
-
-    def __init__(
-        self,
-        message: str,
-        status: int = 429,
-        retry_after_s: float = 0.0,
-        field: str | None = None,
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after_s = retry_after_s
-        self.field = field
-
-
-class BackendGarbage(ModerationBackendError):
-    """The backend answered 200 but the body is not JSON or not the expected schema."""
-
-
-class BackendBadRequest(ModerationBackendError):
-    """HTTP 400: the request itself is wrong (a client bug); retrying will not help."""
-
-    retryable = False
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-@dataclass(frozen=True)
-class ModerationResult:
-    """A verdict from the backend. ``latency_ms`` is server-side, ``rtt_ms`` client-side."""
-
-    label: str
-    score: float
-    reasons: tuple[str, ...]
-    latency_ms: float
-    post_id: str | int | None = None
-    rtt_ms: float = 0.0
-
-    @property
-    def verdict(self) -> Verdict:
-        return Verdict(self.label, self.score, self.reasons)
-
-
-# =========================================================================================
-# Client
-# =========================================================================================
-
-
-def _parse_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.port is None:
-        raise ValueError(f"expected a URL like http://127.0.0.1:8081, got {url!r}")
-    return parts.hostname, parts.port
-
-
-def _snippet(data: bytes, n: int = 60) -> str:
-    return repr(data[:n]) + ("..." if len(data) > n else "")
-
-
-class ModerationClient:
-    """HTTP client for the moderation backend over one persistent keep-alive connection.
-
-    ``timeout_s`` bounds every socket operation (connect, send, each receive). After any
-    failure the connection is dropped and the next call reconnects, so the same client keeps
-    working after the backend is restarted. If a *reused* connection turns out to be closed
-    by the server (idle timeout, restart) the request is retried once on a fresh connection.
-
-    **Not thread-safe**: use one client per thread (concurrent use raises ``RuntimeError``).
-    The connection is the client's state, so several threads sharing one client would
-    serialize on it anyway; one client per thread gives one connection per thread.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 0.5) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        self.url = url.rstrip("/")
-        self.host, self.port = _parse_url(self.url)
-        self.timeout_s = float(timeout_s)
-        self._conn: http.client.HTTPConnection | None = None
-        self._busy = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"ModerationClient({self.url!r}, timeout_s={self.timeout_s})"
-
-    def __enter__(self) -> ModerationClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-    # -- public API ------------------------------------------------------------------------
-
-    def moderate(self, post_id: str | int, user_id: str, text: str) -> ModerationResult:
-        """Ask the backend for a verdict. Raises a :class:`ModerationBackendError` subclass."""
-        t0 = time.perf_counter()
-        payload = {"post_id": post_id, "user_id": user_id, "text": text}
-        _status, doc = self._call("POST", "/moderate", payload)
-        rtt_ms = (time.perf_counter() - t0) * 1000.0
-        return _parse_result(doc, post_id, rtt_ms)
-
-    def moderate_batch(
-        self, posts: Sequence[tuple[str | int, str, str]]
-    ) -> list[ModerationResult | BackendBadRequest]:
-        """Verdicts for many ``(post_id, user_id, text)`` posts in ONE request.
-
-        Returns one entry per post, in order: a :class:`ModerationResult`, or a
-        :class:`BackendBadRequest` *instance* (not raised; ``.field`` names the bad field) for
-        a post the backend refused on its own. ``latency_ms`` / ``rtt_ms`` are those of the
-        whole request. An empty ``posts`` returns ``[]`` without a request. Whole-request
-        failures raise as for :meth:`moderate`: :class:`BackendOverloaded` (429, or 503
-        "overloaded"), :class:`BackendError` (other 5xx), :class:`BackendGarbage` (not JSON,
-        wrong schema, wrong number of results), :class:`BackendBadRequest` (e.g. more than
-        :data:`MAX_BATCH_POSTS` posts), :class:`BackendTimeout`, :class:`BackendUnavailable`.
-        """
-        if not posts:
-            return []
-        t0 = time.perf_counter()
-        payload = {"posts": [{"post_id": p, "user_id": u, "text": t} for p, u, t in posts]}
-        _status, doc = self._call("POST", "/moderate/batch", payload)
-        rtt_ms = (time.perf_counter() - t0) * 1000.0
-        return _parse_batch(doc, posts, rtt_ms)
-
-    def health(self) -> dict[str, Any]:
-        return self._call("GET", "/health")[1]
-
-    def get_faults(self) -> dict[str, float]:
-        return self._call("GET", "/faults")[1]
-
-    def set_faults(self, **faults: float) -> dict[str, float]:
-        """Update some fault knobs (:data:`FAULT_KEYS`) and/or settings (:data:`SETTING_KEYS`);
-        returns the full fault model and settings."""
-        return self._call("POST", "/faults", faults)[1]
-
-    def reset_faults(self) -> dict[str, float]:
-        return self._call("POST", "/faults/reset", {})[1]
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _call(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("ModerationClient is not thread-safe: use one client per thread")
-        try:
-            status, data = self._roundtrip(method, path, payload)
-        finally:
-            self._busy.release()
-        return status, _decode(status, data)
-
-    def _roundtrip(self, method: str, path: str, payload: Any) -> tuple[int, bytes]:
-        body = None if payload is None else json.dumps(payload).encode("utf-8")
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        for attempt in (0, 1):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(
-                    self.host, self.port, timeout=self.timeout_s
-                )
-            conn = self._conn
-            reused = conn.sock is not None
-            try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                if resp.will_close:
-                    self.close()
-                return resp.status, data
-            except TimeoutError as e:
-                self.close()
-                raise BackendTimeout(
-                    f"no answer from {self.url}{path} within {self.timeout_s:g}s"
-                ) from e
-            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
-                # includes http.client.RemoteDisconnected
-                self.close()
-                if reused and attempt == 0:
-                    continue  # stale keep-alive connection: retry once on a fresh one
-                raise BackendUnavailable(f"connection to {self.url} lost: {e!r}") from e
-            except http.client.IncompleteRead as e:
-                self.close()
-                raise BackendUnavailable(f"{self.url} closed mid-answer: {e!r}") from e
-            except http.client.HTTPException as e:
-                self.close()
-                raise BackendGarbage(f"malformed HTTP answer from {self.url}: {e!r}") from e
-            except OSError as e:  # ConnectionRefusedError, unreachable, ...
-                self.close()
-                raise BackendUnavailable(f"cannot reach {self.url}: {e!r}") from e
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _decode(status: int, data: bytes) -> Any:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        doc = None
-    if status == 200:
-        if doc is None:
-            raise BackendGarbage(f"response body is not JSON: {_snippet(data)}")
-        return doc
-    is_dict = isinstance(doc, dict)
-    field = doc.get("field") if is_dict else None
-    msg = doc.get("error") if is_dict else _snippet(data)
-    if status == 400:
-        raise BackendBadRequest(f"HTTP 400: {msg}", field=field)
-    if status == 429 or (status == 503 and isinstance(msg, str) and msg.startswith("overloaded")):
-        retry = doc.get("retry_after_s") if is_dict else None
-        if isinstance(retry, bool) or not isinstance(retry, int | float) or not retry >= 0:
-            retry = 0.0
-        raise BackendOverloaded(
-            f"HTTP {status}: {msg}", status=status, retry_after_s=float(retry), field=field
-        )
-    raise BackendError(f"HTTP {status}: {_snippet(data)}", status=status)
-
-
-def _parse_result(doc: Any, post_id: str | int, rtt_ms: float) -> ModerationResult:
-    if not isinstance(doc, dict):
-        raise BackendGarbage(f"expected a JSON object, got {type(doc).__name__}")
-    for key in ("post_id", "label", "score", "reasons", "latency_ms"):
-        if key not in doc:
-            raise BackendGarbage(f"answer lacks field {key!r}")
-    label, score, reasons, latency = doc["label"], doc["score"], doc["reasons"], doc["latency_ms"]
-    if doc["post_id"] != post_id:
-        raise BackendGarbage(f"field 'post_id' is {doc['post_id']!r}, expected {post_id!r}")
-    if label not in LABELS:
-        raise BackendGarbage(f"field 'label' is {label!r}, not one of {LABELS}")
-    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
-        raise BackendGarbage(f"field 'score' is {score!r}, not a number in [0, 1]")
-    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-        raise BackendGarbage(f"field 'reasons' is {reasons!r}, not a list of strings")
-    if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
-        raise BackendGarbage(f"field 'latency_ms' is {latency!r}, not a number >= 0")
-    return ModerationResult(
-        label, float(score), tuple(reasons), float(latency), post_id=post_id, rtt_ms=rtt_ms
-    )
-
-
-_LABEL_SET = frozenset(LABELS)
-
-
-def _bad_result(i: int, key: str, value: Any, problem: str) -> BackendGarbage:
-    return BackendGarbage(f"results[{i}]{key} is {_snippet(repr(value).encode())}, {problem}")
-
-
-def _parse_batch(
-    doc: Any, posts: Sequence[tuple[str | int, str, str]], rtt_ms: float
-) -> list[ModerationResult | BackendBadRequest]:
-    """Check a ``/moderate/batch`` answer against the posts sent. On the hot path (thousands
-    of posts per second), so one tight loop with exact type checks."""
-    if not isinstance(doc, dict):
-        raise BackendGarbage(f"expected a JSON object, got {type(doc).__name__}")
-    results, latency = doc.get("results"), doc.get("latency_ms")
-    if type(results) is not list:
-        raise BackendGarbage(f"field 'results' is {_snippet(repr(results).encode())}, "
-                             "not a list")
-    if len(results) != len(posts):
-        raise BackendGarbage(f"{len(results)} results for {len(posts)} posts")
-    if isinstance(latency, bool) or not isinstance(latency, int | float) or not latency >= 0:
-        raise BackendGarbage(f"field 'latency_ms' is {latency!r}, not a number >= 0")
-    latency = float(latency)
-    out: list[ModerationResult | BackendBadRequest] = []
-    append = out.append
-    for (post_id, _user, _text), r in zip(posts, results, strict=False):  # same length
-        if type(r) is not dict:
-            raise _bad_result(len(out), "", r, "not an object")
-        label = r.get("label")
-        if type(label) is str and label in _LABEL_SET:
-            score, reasons = r.get("score"), r.get("reasons")
-            if r.get("post_id") != post_id:
-                raise _bad_result(len(out), ".post_id", r.get("post_id"), f"not {post_id!r}")
-            ts = type(score)
-            if not ((ts is float or ts is int) and 0 <= score <= 1):
-                raise _bad_result(len(out), ".score", score, "not a number in [0, 1]")
-            if type(reasons) is not list or (
-                reasons and not all(type(x) is str for x in reasons)
-            ):
-                raise _bad_result(len(out), ".reasons", reasons, "not a list of strings")
-            append(ModerationResult(label, float(score), tuple(reasons), latency, post_id,
-                                    rtt_ms))
-        elif label is None and type(r.get("error")) is str:
-            echoed, field = r.get("post_id"), r.get("field")
-            if echoed is not None and echoed != post_id:
-                raise _bad_result(len(out), ".post_id", echoed, f"not {post_id!r}")
-            append(BackendBadRequest(f"post {post_id!r}: {r['error']}",
-                                     field=field if type(field) is str else None))
-        else:
-            raise _bad_result(len(out), ".label", label, f"not one of {LABELS}")
-    return out
-
-
-# =========================================================================================
-# Server
-# =========================================================================================
+from lab_kit.moderation.backend.protocol import (
+    BURST_S,
+    DEFAULT_HOST,
+    DEFAULT_SETTINGS,
+    FAULT_KEYS,
+    IDLE_TIMEOUT_S,
+    MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_POSTS,
+    MAX_BODY_BYTES,
+    MODULE,
+    REQUEST_JITTER,
+    SETTING_KEYS,
+    _check_setting,
+    _read_state,
+    _settings,
+)
+from lab_kit.moderation.rules import RepeatTracker, score_post, score_post_fields
+
+# the first line of the one-file module's docstring, kept as the --help description
+_DESCRIPTION = ("StreamSocial moderation backend: a real local HTTP service, its process "
+                "manager and client.")
 
 
 class _RequestError(Exception):
@@ -493,39 +95,9 @@ class _RequestError(Exception):
         self.extra, self.headers = extra or {}, headers or {}
 
 
-def _check_setting(key: str, value: Any, name: str | None = None) -> float | int:
-    """``value`` validated for the fault or setting ``key`` (see :data:`FAULT_KEYS`,
-    :data:`SETTING_KEYS`): a finite number >= 0, a rate within [0, 1], ``max_concurrent`` a
-    whole number (returned as int). Raises ``ValueError`` naming ``name`` (default ``key``)."""
-    name = name or key
-    if key not in FAULT_KEYS and key not in SETTING_KEYS:
-        raise ValueError(f"unknown setting {key!r}; known: {FAULT_KEYS + SETTING_KEYS}")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if key.endswith("_rate") and not 0 <= value <= 1:
-        raise ValueError(f"{name} must be within [0, 1], got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if key == "max_concurrent":
-        if value != int(value):
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
-        return int(value)
-    return float(value)
-
-
 def _number(x: float) -> str:
     """50000.0 -> "50000", 2.5 -> "2.5" (never an exponent)."""
     return str(int(x)) if x == int(x) else repr(x)
-
-
-def _settings(overrides: dict[str, Any] | None = None) -> dict[str, float | int]:
-    """DEFAULT_SETTINGS updated with validated ``overrides`` (ValueError if one is bad)."""
-    out = dict(DEFAULT_SETTINGS)
-    for key, value in (overrides or {}).items():
-        if key not in SETTING_KEYS:
-            raise ValueError(f"unknown setting {key!r}; known: {SETTING_KEYS}")
-        out[key] = _check_setting(key, value)
-    return out
 
 
 class _ServiceState:
@@ -891,18 +463,6 @@ def _check_loopback(host: str) -> str:
     return host
 
 
-def _read_state(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int):
-        return None
-    if not isinstance(doc.get("port"), int):
-        return None
-    return doc
-
-
 def _raise_exit(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -956,8 +516,7 @@ class _OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = _OneLineArgumentParser(prog=f"python -m {MODULE}",
-                               description=__doc__.splitlines()[0])
+    p = _OneLineArgumentParser(prog=f"python -m {MODULE}", description=_DESCRIPTION)
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = pick a free one)")
     p.add_argument("--host", default=DEFAULT_HOST, help="loopback address to bind")
     p.add_argument("--state-file", type=Path, default=None, help="write pid/port JSON here")
@@ -982,348 +541,3 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(e))
     serve(host, a.port, a.state_file, a.seed, settings)
 
-
-# =========================================================================================
-# Process manager
-# =========================================================================================
-
-
-def default_state_dir() -> Path:
-    from lab_kit import lab_env
-    return lab_env.state_dir() / "moderation"  # follows LAB_STATE_DIR, like the broker
-
-
-def _exited(pid: int | None, create_time: float | None) -> bool:
-    """True once that process is gone or a zombie. (Not :func:`_verified_process`: while a
-    killed process is torn down its command line reads empty, yet it still holds its port.)"""
-    if pid is None or pid <= 0:
-        return True
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return create_time is not None and abs(proc.create_time() - create_time) > 0.5
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return True
-    except psutil.AccessDenied:  # someone else's process: it exists
-        return False
-
-
-def _verified_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    """The live (non-zombie) backend process with that pid, or None. Never a stranger."""
-    if _exited(pid, create_time):
-        return None
-    try:
-        proc = psutil.Process(pid)
-        names = (MODULE, *LEGACY_MODULES)
-        return proc if any(n in part for part in proc.cmdline() for n in names) else None
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
-class ModerationBackend:
-    """Start, stop, kill, pause and resume a moderation backend process.
-
-    >>> backend = ModerationBackend(state_dir=tmp).start()      # doctest: +SKIP
-    >>> client = ModerationClient(backend.url, timeout_s=0.5)   # doctest: +SKIP
-    >>> backend.kill(); backend.restart()                      # same port # doctest: +SKIP
-
-    The process is detached (own session): it survives the Python process that started it,
-    until :meth:`stop`/:meth:`kill`. ``state_dir`` holds ``backend.json`` (pid, port, start
-    time, settings) and ``backend.log`` (the process' stdout/stderr).
-
-    ``request_ms``, ``post_ms``, ``capacity_per_s`` and ``max_concurrent`` are the service's
-    cost model and capacity (see the module docstring; defaults in :data:`DEFAULT_SETTINGS`),
-    passed on the command line at every :meth:`start` / :meth:`restart`; ``ValueError`` if one
-    is out of range. :meth:`set_faults` changes them at run time, :meth:`reset_faults` puts
-    these start values back.
-    """
-
-    def __init__(
-        self,
-        state_dir: str | os.PathLike[str] | None = None,
-        *,
-        host: str = DEFAULT_HOST,
-        seed: int = 0,
-        startup_timeout_s: float = 10.0,
-        request_ms: float = DEFAULT_SETTINGS["request_ms"],
-        post_ms: float = DEFAULT_SETTINGS["post_ms"],
-        capacity_per_s: float = DEFAULT_SETTINGS["capacity_per_s"],
-        max_concurrent: int = int(DEFAULT_SETTINGS["max_concurrent"]),
-    ) -> None:
-        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self.state_file = self.state_dir / STATE_FILE_NAME
-        self.log_file = self.state_dir / LOG_FILE_NAME
-        self.host = _check_loopback(host)
-        self.seed = seed
-        self.settings: dict[str, float | int] = _settings(
-            {"request_ms": request_ms, "post_ms": post_ms, "capacity_per_s": capacity_per_s,
-             "max_concurrent": max_concurrent}
-        )
-        self.startup_timeout_s = startup_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pid: int | None = None
-        self._create_time: float | None = None
-        self._port: int | None = None
-
-    def __repr__(self) -> str:
-        status = "running" if self.is_running() else "stopped"
-        return f"<ModerationBackend {status} pid={self._pid} url={self.url}>"
-
-    def __enter__(self) -> ModerationBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- properties ------------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def port(self) -> int | None:
-        return self._port
-
-    @property
-    def url(self) -> str | None:
-        return None if self._port is None else f"http://{self.host}:{self._port}"
-
-    # -- discovery -------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, state_dir: str | os.PathLike[str] | None = None) -> ModerationBackend | None:
-        """The backend recorded in ``state_dir`` if it is still running, else None."""
-        self = cls(state_dir)
-        doc = _read_state(self.state_file)
-        if doc is None:
-            return None
-        if _verified_process(doc["pid"], doc.get("create_time")) is None:
-            return None
-        self.host = _check_loopback(doc.get("host", DEFAULT_HOST))
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self.settings = _settings(doc.get("settings"))  # so restart() keeps them
-        self._pid, self._port = doc["pid"], doc["port"]
-        self._create_time = doc.get("create_time")
-        return self
-
-    @classmethod
-    def ensure(
-        cls, state_dir: str | os.PathLike[str] | None = None, port: int | None = None
-    ) -> ModerationBackend:
-        """Reuse the running backend of ``state_dir`` or start one (notebook friendly)."""
-        found = cls.load(state_dir)
-        if found is not None and (port is None or found.port == port):
-            return found
-        if found is not None:
-            found.stop()
-        return cls(state_dir).start(port)
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def _process(self) -> psutil.Process | None:
-        if self._proc is not None:
-            self._proc.poll()  # reap our own child if it died, so it is not a zombie
-        return _verified_process(self._pid, self._create_time)
-
-    def is_running(self) -> bool:
-        """True while the process exists (also when paused)."""
-        return self._process() is not None
-
-    def is_paused(self) -> bool:
-        proc = self._process()
-        try:
-            return proc is not None and proc.status() == psutil.STATUS_STOPPED
-        except psutil.Error:
-            return False
-
-    def start(self, port: int | None = None) -> ModerationBackend:
-        """Spawn the service (``port=None``: a free port chosen by the OS) and wait for it."""
-        if self.is_running():
-            raise RuntimeError(f"{self!r} is already running; stop() or restart() it")
-        other = ModerationBackend.load(self.state_dir)
-        if other is not None:
-            raise RuntimeError(
-                f"a backend is already running for {self.state_dir} (pid {other.pid}, "
-                f"{other.url}); use ModerationBackend.load() / ensure() or stop it first"
-            )
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_file.unlink()
-        cmd = [
-            sys.executable, "-m", MODULE,
-            "--host", self.host,
-            "--port", str(port or 0),
-            "--state-file", str(self.state_file),
-            "--seed", str(self.seed),
-        ]
-        for key, value in self.settings.items():
-            cmd += ["--" + key.replace("_", "-"), str(value)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        pkg_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (pkg_root, env.get("PYTHONPATH", "")) if p
-        )
-        with open(self.log_file, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env=env,
-            )
-        self._proc, self._pid, self._create_time = proc, proc.pid, None
-        try:
-            self._wait_ready(proc, port)
-        except BaseException:
-            self._terminate(signal.SIGKILL, timeout_s=5.0)
-            raise
-        return self
-
-    def _wait_ready(self, proc: subprocess.Popen[bytes], port: int | None) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"moderation backend exited with code {proc.returncode} during startup;"
-                    f" log tail ({self.log_file}):\n{self.log_tail()}"
-                )
-            doc = _read_state(self.state_file)
-            if doc is not None and doc["pid"] == proc.pid:
-                self._port, self._create_time = doc["port"], doc.get("create_time")
-                try:
-                    if ModerationClient(self.url, timeout_s=1.0).health().get("ok") is True:
-                        return
-                except ModerationBackendError:
-                    pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"moderation backend (port {port or 'auto'}) not healthy after "
-                    f"{self.startup_timeout_s:g}s; log tail ({self.log_file}):\n"
-                    f"{self.log_tail()}"
-                )
-            time.sleep(0.05)
-
-    def log_tail(self, max_bytes: int = 2000) -> str:
-        try:
-            with open(self.log_file, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return "<no log>"
-
-    def _wait_gone(self, timeout_s: float) -> bool:
-        """Wait until our process is gone (or a zombie); reap it if it is our child."""
-        if self._proc is not None and self._proc.pid == self._pid:
-            try:
-                self._proc.wait(timeout=timeout_s)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(self._pid, os.WNOHANG)  # type: ignore[arg-type]
-            if _exited(self._pid, self._create_time):
-                return True
-            time.sleep(0.02)
-        return False
-
-    def _terminate(self, sig: int, timeout_s: float) -> None:
-        proc = self._process()
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-            if sig != signal.SIGKILL:
-                os.kill(proc.pid, signal.SIGCONT)  # a paused process must wake up to exit
-        if not self._wait_gone(timeout_s) and sig != signal.SIGKILL:
-            with contextlib.suppress(ProcessLookupError):
-                if self._process() is not None:
-                    os.kill(proc.pid, signal.SIGKILL)
-            self._wait_gone(5.0)
-
-    def _forget_state_file(self) -> None:
-        doc = _read_state(self.state_file)
-        if doc is not None and doc["pid"] == self._pid:
-            with contextlib.suppress(OSError):
-                self.state_file.unlink()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Graceful stop: SIGTERM (and SIGCONT if paused), SIGKILL after ``timeout_s``."""
-        self._terminate(signal.SIGTERM, timeout_s)
-        self._forget_state_file()
-
-    def kill(self) -> None:
-        """Crash it: SIGKILL, no cleanup by the process (the state file stays, stale)."""
-        self._terminate(signal.SIGKILL, timeout_s=5.0)
-
-    def _signal(self, sig: int) -> None:
-        proc = self._process()
-        if proc is None:
-            raise RuntimeError(f"{self!r} is not running")
-        os.kill(proc.pid, sig)
-
-    def pause(self) -> None:
-        """SIGSTOP: the port still accepts TCP connections but nothing answers (timeouts)."""
-        self._signal(signal.SIGSTOP)
-        self._wait_paused(True)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        self._signal(signal.SIGCONT)
-        self._wait_paused(False)
-
-    def _wait_paused(self, paused: bool, timeout_s: float = 5.0) -> None:
-        """Signals are delivered asynchronously: wait until the kernel shows the new state."""
-        deadline = time.monotonic() + timeout_s
-        while self.is_paused() != paused and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    def restart(self) -> ModerationBackend:
-        """Stop if running, then start again on the SAME port (clients just reconnect)."""
-        if self._port is None:
-            raise RuntimeError("restart() needs a backend that was started or loaded before")
-        port = self._port
-        self.stop()
-        return self.start(port)
-
-    # -- fault injection / introspection -------------------------------------------------------
-
-    def client(self, timeout_s: float = 0.5) -> ModerationClient:
-        if self.url is None:
-            raise RuntimeError("backend not started")
-        return ModerationClient(self.url, timeout_s=timeout_s)
-
-    def _admin(self) -> ModerationClient:
-        return self.client(timeout_s=5.0)
-
-    def health(self) -> dict[str, Any]:
-        with self._admin() as c:
-            return c.health()
-
-    def faults(self) -> dict[str, float]:
-        with self._admin() as c:
-            return c.get_faults()
-
-    def set_faults(self, **faults: float) -> dict[str, float]:
-        """Update fault knobs (``latency_ms``, ``jitter_ms``, ``error_rate``, ``garbage_rate``)
-        and/or settings (``request_ms``, ``post_ms``, ``capacity_per_s``, ``max_concurrent``)
-        of the running process; returns all of them. Not remembered across a restart."""
-        with self._admin() as c:
-            return c.set_faults(**faults)
-
-    def reset_faults(self) -> dict[str, float]:
-        """No faults, and the settings this process was started with."""
-        with self._admin() as c:
-            return c.reset_faults()
-
-
-if __name__ == "__main__":
-    main()

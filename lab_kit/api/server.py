@@ -1,0 +1,182 @@
+"""Serving the post API: the command line (``python -m lab_kit.api`` and ``python -m lab_kit
+api``: flags, checks, uvicorn) and :class:`ApiServer`, which runs that command in a child
+process on a free loopback port for notebooks, benches, drills and tests.
+
+uvicorn imports the app by name (``lab_kit.api:create_app_from_env``), once per worker, so
+nothing here imports :mod:`lab_kit.api.app`; ``httpx`` (the client side) is imported where it
+is used, so the served workers, which import this package, never load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab_kit.api.errors import MAX_BODY_BYTES, VARIANTS
+from lab_kit.machine import free_port
+from lab_kit.topics import POSTS
+
+#: ``--help``'s description (the first line of the served app's docstring)
+DESCRIPTION = "StreamSocial's post-submission HTTP API: the user's side of the async producer."
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (1-8)")
+    p.add_argument("--variant", choices=VARIANTS, default="async",
+                   help="blocking = send().get() inside async def (the lesson's mistake)")
+    p.add_argument("--topic", default=POSTS)
+    p.add_argument("--bootstrap", default=None, help="default: the lab's broker")
+    p.add_argument("--spool-dir", default=None,
+                   help="default $LAB_STATE_DIR/api-spool (one spool file per worker)")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    p.add_argument("--verdicts", choices=("auto", "on", "off"), default="auto",
+                   help="read moderation.results for GET /posts/{id} (auto: on for 'posts')")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``python -m lab_kit api ...`` (registered by lab_kit.cli)."""
+    p = sub.add_parser("api", help="serve the post-submission HTTP API (uvicorn)")
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn  # why here: only serving needs the server (lab_kit.cli imports this module)
+
+    if not 1 <= args.workers <= 8:
+        raise ValueError(f"--workers must be between 1 and 8, got {args.workers}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_body_bytes < 1024:
+        raise ValueError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    os.environ.update({
+        "LAB_API_VARIANT": args.variant, "LAB_API_TOPIC": args.topic,
+        "LAB_API_BOOTSTRAP": args.bootstrap or "", "LAB_API_SPOOL_DIR": args.spool_dir or "",
+        "LAB_API_MAX_BODY_BYTES": str(args.max_body_bytes),
+        "LAB_API_VERDICTS": {"on": "1", "off": "0"}.get(args.verdicts, "")})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run("lab_kit.api:create_app_from_env", factory=True, host=args.host,
+                port=args.port, workers=args.workers, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lab_kit.api", description=DESCRIPTION)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return main(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- a served API for notebooks, benches, drills and tests ---------------------------------------
+
+class ApiServer:
+    """``python -m lab_kit.api`` in a child process, on a free loopback port.
+
+    ``with ApiServer(topic=...) as api: httpx.post(api.url + "/posts", json=...)``;
+    ``stop()`` sends SIGTERM (the app flushes, or spools what is left) and waits.
+    """
+
+    def __init__(self, *, variant: str = "async", topic: str = POSTS, workers: int = 1,
+                 port: int | None = None, spool_dir: str | Path | None = None,
+                 verdicts: str = "auto", bootstrap: str | None = None,
+                 log_path: str | Path | None = None):
+        self.variant, self.topic, self.workers = variant, topic, workers
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.spool_dir, self.verdicts, self.bootstrap = spool_dir, verdicts, bootstrap
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 30.0) -> ApiServer:
+        cmd = [sys.executable, "-m", "lab_kit.api", "--port", str(self.port),
+               "--variant", self.variant, "--topic", self.topic,
+               "--workers", str(self.workers), "--verdicts", self.verdicts]
+        if self.spool_dir:
+            cmd += ["--spool-dir", str(self.spool_dir)]
+        if self.bootstrap:
+            cmd += ["--bootstrap", self.bootstrap]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out if self.log_path else None)
+        self.wait_ready(timeout_s)
+        return self
+
+    def health(self) -> dict:
+        import httpx  # why here: the served workers import this module (see the docstring)
+
+        return httpx.get(self.url + "/healthz", timeout=5).json()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        import httpx  # why here: the served workers import this module (see the docstring)
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = ""
+                if self.log_path and Path(self.log_path).exists():
+                    tail = ": " + Path(self.log_path).read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"the API exited with code {self.proc.returncode}{tail}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the API did not answer on {self.url} within {timeout_s} s")
+
+    def counters(self) -> dict[str, float]:
+        """The ``lab_api_*`` samples of ``/metrics`` without labels (posts, spool, broker)."""
+        import httpx  # why here: the served workers import this module (see the docstring)
+
+        out = {}
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("lab_api_") and "{" not in line:
+                name, _, value = line.partition(" ")
+                out[name] = float(value)
+        return out
+
+    def wait_drained(self, timeout_s: float = 120.0) -> dict:
+        """Wait until nothing is in flight and the spool is empty (the broker must be up)."""
+        import httpx  # why here: the served workers import this module (see the docstring)
+
+        deadline = time.monotonic() + timeout_s
+        h: dict = {"in_flight": None, "spool_depth": None}
+        while time.monotonic() < deadline:
+            try:
+                h = self.health()
+            except httpx.HTTPError:  # a stalled (blocking) server: ask again
+                continue
+            if not (h["in_flight"] or h["spool_depth"]):
+                break
+            time.sleep(0.2)
+        return h
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def __enter__(self) -> ApiServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,193 @@
+"""``bench api``: what a user's HTTP request sees, healthy and with the broker killed.
+
+Every variant of the post API (``async``, ``blocking``) under every condition (``healthy``,
+``broker_killed``) ``rounds`` times, medians reported; then the highest rate the async API
+holds with p99 <= 100 ms (:func:`max_rate`), and the driver's own ceiling. One run of one
+condition is :func:`lab_kit.harness.api_condition.run_condition`; the open-loop driver (latency
+from each request's intended send time, no coordinated omission) is
+:mod:`lab_kit.harness.http_load`.
+
+``python -m lab_kit.bench.api [--rate R] [--seconds S] [--rounds N] [--json PATH] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab_kit import broker as lab_broker
+from lab_kit import lab_env
+from lab_kit.cli_support import run_cli
+from lab_kit.harness.api_condition import CONDITIONS, own_broker, run_condition
+from lab_kit.harness.http_load import driver_ceiling
+from lab_kit.output_paths import check_output_path
+
+MEDIAN_KEYS = ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "max_ms", "errors",
+               "p99_during_outage_ms", "p999_during_outage_ms")
+
+
+def _median_of(rounds: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in MEDIAN_KEYS:
+        vals = [r[k] for r in rounds if r.get(k) is not None]
+        if vals:
+            out[k] = round(statistics.median(vals), 3)
+    for k in ("lost", "duplicates"):
+        vals = [r[k] for r in rounds if r.get(k) is not None]
+        if vals:
+            out[k + "_max"] = max(vals)
+    out["accepted_all"] = all(r["accepted"] == r["sent"] for r in rounds)
+    return out
+
+
+def max_rate(rates: tuple[float, ...], seconds: float, workers: int, broker=None
+             ) -> dict[str, Any]:
+    """The highest rate (of ``rates``, tried in order, stopping at the first miss) at which
+    the async API keeps HTTP p99 <= 100 ms, errors 0 and >= 98 % of the target rate."""
+    steps, best = [], None
+    for rate in rates:
+        r = run_condition("async", "healthy", rate, seconds, workers=workers, broker=broker,
+                          audit_topic=False)
+        r.pop("load")
+        ok = (r["p99_ms"] is not None and r["p99_ms"] <= 100 and r["errors"] == 0
+              and r["achieved_rate"] >= 0.98 * rate)
+        steps.append({k: r[k] for k in ("target_rate", "achieved_rate", "p50_ms", "p99_ms",
+                                        "p999_ms", "errors")} | {"ok": ok})
+        if not ok:
+            break
+        best = rate
+    return {"workers": workers, "max_rate_p99_le_100ms": best, "steps": steps}
+
+
+def run_bench(rate: float = 2000, seconds: float = 30, rounds: int = 3, outage_s: float = 10,
+              variants: tuple[str, ...] = ("async", "blocking"),
+              conditions: tuple[str, ...] = CONDITIONS,
+              max_rates: tuple[float, ...] = (1000, 2000, 3000, 4000, 5000),
+              max_rate_seconds: float = 10, ceiling: bool = True,
+              progress: bool = True, json_path: str | Path | None = None,
+              isolated: bool = True, broker_warmup_s: float = 15) -> dict[str, Any]:
+    """Every variant x condition ``rounds`` times (medians), the max-rate search, the
+    driver's ceiling. With ``json_path`` the report is rewritten after every run, so an
+    interrupted bench keeps what it measured. ``isolated``: on a broker of its own (purged
+    after), so nobody else's restarts race the nemesis and nobody else's topics slow its
+    recovery; else on the lab's broker. ``broker_warmup_s``: one unmeasured async run first
+    (a fresh broker JVM compiles its hot paths under its first load; measured here, the first
+    two healthy rounds on a cold broker had twice the p99 of the third)."""
+    broker = own_broker("api-bench") if isolated else lab_broker.ensure()
+    try:
+        return _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions,
+                          max_rates, max_rate_seconds, ceiling, progress, json_path,
+                          broker_warmup_s)
+    finally:
+        if isolated:
+            broker.down(purge=True)
+
+
+def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, max_rates,
+               max_rate_seconds, ceiling, progress, json_path,
+               broker_warmup_s) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "bench": "api", "kafka_version": broker.kafka_version or lab_env.KAFKA_VERSION,
+        "settings": {"rate": rate, "seconds": seconds, "rounds": rounds, "outage_s": outage_s,
+                     "broker_warmup_s": broker_warmup_s},
+        "driver": {"kind": "open loop on asyncio streams (HTTP/1.1 keep-alive, 256 "
+                           "connections, uvloop); latency from the intended send time"},
+        "runs": {}}
+    if ceiling:
+        result["driver"]["ceiling"] = driver_ceiling()
+    if broker_warmup_s:
+        run_condition("async", "healthy", rate, broker_warmup_s, broker=broker,
+                      audit_topic=False)
+    for variant in variants:
+        for condition in conditions:
+            rs = []
+            for i in range(rounds):
+                r = run_condition(variant, condition, rate, seconds, outage_s=outage_s,
+                                  broker=broker)
+                r.pop("load")
+                rs.append(r)
+                if progress:
+                    print(f"{variant:8} {condition:13} round {i + 1}: rate {r['achieved_rate']}"
+                          f" p50 {r['p50_ms']} p99 {r['p99_ms']} p99.9 {r['p999_ms']} ms, "
+                          f"errors {r['errors']}, lost {r.get('lost')}", flush=True)
+                result["runs"].setdefault(variant, {})[condition] = {
+                    "median": _median_of(rs), "rounds": rs}
+                if json_path:
+                    Path(json_path).write_text(json.dumps(result, indent=2))
+    if max_rates:
+        result["max_rate"] = [max_rate(max_rates, max_rate_seconds, w, broker) for w in (1, 2)]
+        if progress:
+            for m in result["max_rate"]:
+                print(f"max rate with p99 <= 100 ms, workers={m['workers']}: "
+                      f"{m['max_rate_p99_le_100ms']}", flush=True)
+    a = result["runs"].get("async", {})
+    h, k = a.get("healthy", {}).get("median", {}), a.get("broker_killed", {}).get("median", {})
+    result["targets"] = {
+        "healthy_p99_le_20ms": h.get("p99_ms") is not None and h["p99_ms"] <= 20,
+        "healthy_p999_le_100ms": h.get("p999_ms") is not None and h["p999_ms"] <= 100,
+        "healthy_errors_0": h.get("errors") == 0,
+        "killed_p99_le_100ms": k.get("p99_ms") is not None and k["p99_ms"] <= 100,
+        "killed_every_post_accepted": bool(k.get("accepted_all")),
+        "killed_lost_0": k.get("lost_max") == 0,
+    }
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate", type=float, default=2000, help="requests per second (default 2000)")
+    p.add_argument("--seconds", type=float, default=30, help="per run (default 30)")
+    p.add_argument("--rounds", type=int, default=3, help="runs per variant and condition")
+    p.add_argument("--outage", type=float, default=10, help="broker killed for S seconds")
+    p.add_argument("--quick", action="store_true",
+                   help="10 s runs, 1 round, 5 s outage, short max-rate search")
+    p.add_argument("--no-max-rate", action="store_true", help="skip the max-rate search")
+    p.add_argument("--json", dest="json_path", default=None)
+
+
+def main(args: argparse.Namespace) -> int:
+    check_output_path(args.json_path, "--json")
+    if not 1 <= args.rounds <= 10:
+        raise ValueError(f"--rounds must be between 1 and 10, got {args.rounds}")
+    if args.quick:
+        res = run_bench(args.rate, 10, 1, 5, max_rates=() if args.no_max_rate else
+                        (2000, 4000), max_rate_seconds=5, json_path=args.json_path,
+                        broker_warmup_s=5)
+    else:
+        res = run_bench(args.rate, args.seconds, args.rounds, args.outage,
+                        max_rates=() if args.no_max_rate else (1000, 2000, 3000, 4000, 5000),
+                        json_path=args.json_path)
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.json_path}")
+    return 0 if all(res["targets"].values()) else 1
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli("python -m lab_kit.bench.api", __doc__, add_arguments, main, argv)
+
+
+def main_from_bench(args: argparse.Namespace) -> int:
+    """``python -m lab_kit bench api ...`` (the shared ``bench`` parser: unset flags are None)."""
+    for flag, value, low, high in (("--rate", args.rate, 1, 50_000),
+                                   ("--seconds", getattr(args, "seconds", None), 1, 3600),
+                                   ("--rounds", args.rounds, 1, 20),
+                                   ("--outage", getattr(args, "outage", None), 1, 600)):
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
+    ns = argparse.Namespace(
+        rate=args.rate if args.rate is not None else 2000,
+        seconds=getattr(args, "seconds", None) or 30,
+        rounds=args.rounds if args.rounds is not None else 3,
+        outage=getattr(args, "outage", None) or 10,
+        quick=args.quick, no_max_rate=getattr(args, "no_max_rate", False),
+        json_path=args.json_path)
+    return main(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

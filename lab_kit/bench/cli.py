@@ -1,0 +1,63 @@
+"""``python -m lab_kit bench [producer|pipeline|api]``: one ``bench`` parser, three suites.
+
+:func:`add_parser` adds the ``bench`` subcommand to ``python -m lab_kit``; :func:`main` checks
+``--json`` before any work and hands the arguments to the suite: :func:`lab_kit.bench.producers.
+main` (the default), :func:`lab_kit.bench.pipeline.main`, :func:`lab_kit.bench.api.
+main_from_bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lab_kit.bench import producers
+from lab_kit.bench.pipeline import main as pipeline_main
+from lab_kit.output_paths import check_output_path
+
+__all__ = ["add_parser", "main"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark the producers (default) or the whole pipeline")
+    p.add_argument("suite", nargs="?", choices=("producer", "pipeline", "api"),
+                   default="producer",
+                   help="producer: sync / raw / lab_kit / confluent / open loop (default); "
+                        "pipeline: producer -> Kafka -> moderation service -> results; "
+                        "api: open-loop HTTP load on the post API (async vs blocking)")
+    p.add_argument("--quick", action="store_true",
+                   help="producer: fewer posts and a 5 s open loop; pipeline: 2000/s for 5 s")
+    p.add_argument("--json", dest="json_path", default=None, help="write the report here")
+    p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds (median)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open-loop posts per second (default 10000; pipeline --quick: 2000)")
+    p.add_argument("--duration", type=float, default=None, help="open-loop seconds (producer)")
+    g = p.add_argument_group("pipeline suite")
+    g.add_argument("--seconds", type=float, default=None,
+                   help="seconds of load (default 30; --quick: 5)")
+    g.add_argument("--processes", type=int, default=None,
+                   help="moderation member processes of one consumer group (1-32, default 1)")
+    g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
+                   help="the moderation service's Kafka client (default kafka-python)")
+    g.add_argument("--backlog", type=int, default=None,
+                   help="write N posts first, then time the service draining them")
+    g.add_argument("--shed-after-ms", type=float, default=None,
+                   help="passed to the service (0: never shed; default: the service's)")
+    a = p.add_argument_group("api suite")
+    a.add_argument("--outage", type=float, default=None,
+                   help="seconds the broker is killed in the broker_killed condition")
+    a.add_argument("--no-max-rate", action="store_true",
+                   help="skip the search for the highest rate with p99 <= 100 ms")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    check_output_path(args.json_path, "--json")  # every suite: before any work
+    if args.suite == "api":
+        # imported here: `python -m lab_kit.bench.api` imports this package (and so this
+        # module) first; a top-level import would have runpy warn that it ran a module twice
+        from lab_kit.bench.api import main_from_bench
+
+        return main_from_bench(args)
+    if args.suite == "pipeline":
+        return pipeline_main(args)
+    return producers.main(args)
