@@ -7,10 +7,12 @@ draw. Sizes follow ``LAB_SCALE`` (see :func:`scaled`): small in CI, large for a 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -69,9 +71,32 @@ def scaled(n: int, scale: float | None = None, minimum: int = 1) -> int:
     return max(minimum, int(round(n * scale)))
 
 
-def setup(nodes: int = 1) -> Lab:
-    """Start (or reuse) the broker and create the StreamSocial topics."""
+CLIENT_LOGGERS = ("kafka", "confluent_kafka", "lab_kit")
 
+
+def quiet_client_logs() -> Path:
+    """Send the Kafka clients' connection chatter (and lab_kit's own log lines) to a file, so a
+    cell shows results, not ``ECONNREFUSED`` warnings from a broker the lesson just killed.
+    Returns the file; calling it again changes nothing."""
+    path = lab_env.state_dir() / "notebook-clients.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "lab_kit_notebook_log", False) for h in logger.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.lab_kit_notebook_log = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.propagate = False
+    return path
+
+
+def setup(nodes: int = 1) -> Lab:
+    """Start (or reuse) the broker and create the StreamSocial topics. Client log lines go to
+    a file (one line printed says where)."""
+    log_path = quiet_client_logs()
+    print(f"Kafka client logs: {log_path}")
     b = broker.ensure(nodes=nodes)
     cfg = b.client_config()
     ensure_topics(cfg)

@@ -18,8 +18,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from lab_kit.moderation import ModerationService, RecheckWorker, topic_names
-
-from .test_moderation import wait_until
+from tests.broker.moderation.test_moderation import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -79,7 +78,7 @@ def test_the_same_service_with_good_settings_does_create_them(client_config, bac
         assert f"{prefix}posts" in _groups_and_topics(client_config)[1]
     finally:
         assert svc.stop(timeout=20)
-        from ..conftest import delete_topics_with_prefix
+        from tests.conftest import delete_topics_with_prefix
 
         delete_topics_with_prefix(prefix)
 

@@ -136,7 +136,7 @@ def test_docker_backend_env_matches_compose_single_node(compose):
 @pytest.mark.timeout(600)
 def test_docker_backend_round_trip(tmp_path):
     """Records produced to the container's broker are read back, also after pause/resume."""
-    from ..kafka_helpers import create_topic, produce_values, read_all
+    from tests.kafka_helpers import create_topic, produce_values, read_all
 
     ok, why = docker_available()
     if not ok:

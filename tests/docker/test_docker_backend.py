@@ -24,8 +24,7 @@ from lab_kit.broker import BrokerError, choose_backend, ensure
 from lab_kit.broker.docker import LABEL, DockerBroker, choose_image, docker_available
 from lab_kit.drills.report import load_report
 from lab_kit.machine import free_port
-
-from ..kafka_helpers import create_topic, produce_values, read_all
+from tests.kafka_helpers import create_topic, produce_values, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

@@ -22,8 +22,7 @@ from lab_kit import lab_env
 from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 from lab_kit.broker.docker import LOCAL_IMAGE, docker_available
 from lab_kit.machine import free_port
-
-from ..kafka_helpers import create_topic, produce_values, read_all
+from tests.kafka_helpers import create_topic, produce_values, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

@@ -22,8 +22,8 @@ from lab_kit.broker.docker import kafka_env
 from lab_kit.machine import free_port
 from lab_kit.producer import AsyncPostProducer, api_versions_probe
 from lab_kit.topics import ensure_topics
+from tests.kafka_helpers import read_all
 
-from ..kafka_helpers import read_all
 from .test_docker_backend import _docker_or_skip
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]

@@ -20,8 +20,7 @@ import pytest
 from lab_kit.bench.pipeline import PipelineSettings
 from lab_kit.drills.report import OverloadReport
 from lab_kit.harness.results import build_timeline, steady_rate
-
-from ..conftest import delete_topics_with_prefix
+from tests.conftest import delete_topics_with_prefix
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 

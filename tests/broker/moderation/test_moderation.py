@@ -29,8 +29,7 @@ from lab_kit.moderation import (
 from lab_kit.moderation.backend import ModerationBackend
 from lab_kit.moderation.rules import RepeatTracker, score_post
 from lab_kit.posts import POST_FIELDS, Post, Workload, malformed_records
-
-from ..kafka_helpers import read_all
+from tests.kafka_helpers import read_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 

@@ -16,8 +16,7 @@ from lab_kit import broker as lab_broker
 from lab_kit.broker import BrokerError, ExternalBroker, LocalBroker
 from lab_kit.broker import local as local_mod
 from lab_kit.topics import TOPIC_NAMES, describe, ensure_topics
-
-from ..kafka_helpers import create_topic, read_all
+from tests.kafka_helpers import create_topic, read_all
 
 pytestmark = pytest.mark.timeout(240)
 

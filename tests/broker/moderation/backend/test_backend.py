@@ -702,10 +702,13 @@ def test_settings_at_start_at_run_time_and_reset(tmp_path: Path) -> None:
         (["--post-ms", "nan"], "--post-ms must be a finite number"),
     ],
 )
-def test_cli_rejects_bad_settings_with_one_line(args: list[str], expected: str) -> None:
-    root = Path(__file__).resolve().parents[2]
+@pytest.mark.parametrize("module", ["lab_kit.moderation.backend", "lab_kit.moderation_backend"])
+def test_cli_rejects_bad_settings_with_one_line(args: list[str], expected: str,
+                                                module: str) -> None:
+    # the module's name before the package layout still starts the same command line
+    root = Path(__file__).resolve().parents[4]
     env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, "-m", "lab_kit.moderation_backend", *args],
+    proc = subprocess.run([sys.executable, "-m", module, *args],
                           capture_output=True, text=True, timeout=30, env=env, cwd=root)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

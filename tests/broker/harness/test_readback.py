@@ -24,8 +24,7 @@ from lab_kit.producer import AsyncPostProducer
 from lab_kit.producer.dead_letters import dlq_record
 from lab_kit.producer.spool import Spool
 from lab_kit.topics import ensure_topics
-
-from ..kafka_helpers import UnknownTopicError, read_all
+from tests.kafka_helpers import UnknownTopicError, read_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 

@@ -14,9 +14,13 @@ import pytest
 
 from lab_kit.moderation import ModerationService, moderation_results
 from lab_kit.posts import Post, Workload, malformed_records
-
-from ..kafka_helpers import read_all
-from .test_moderation import expected_labels, produce, wait_results, wait_until
+from tests.broker.moderation.test_moderation import (
+    expected_labels,
+    produce,
+    wait_results,
+    wait_until,
+)
+from tests.kafka_helpers import read_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 

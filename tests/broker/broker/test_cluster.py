@@ -12,8 +12,7 @@ from kafka import KafkaProducer
 from lab_kit.broker import local as local_mod
 from lab_kit.drills.producer_drills import leader_of
 from lab_kit.topics import POSTS, describe, ensure_topics
-
-from ..kafka_helpers import read_all
+from tests.kafka_helpers import read_all
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 

@@ -22,8 +22,7 @@ from lab_kit.producer.callbacks import (
     blocking_callback_experiment,
     flush_inside_callback_demo,
 )
-
-from ..kafka_helpers import create_topic, read_all
+from tests.kafka_helpers import create_topic, read_all
 
 pytestmark = pytest.mark.timeout(180)
 
