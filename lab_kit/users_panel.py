@@ -1,9 +1,9 @@
 """The instructor demo's "users posting" panel: the user's side of the same story.
 
 :class:`UsersPostingPanel` serves the post API (:mod:`lab_kit.api`) on the lab's broker, has
-simulated users post to it over HTTP at a rate you set (open loop, :func:`lab_kit.api_bench.
-run_load`, in chunks of ``chunk_s`` so a new rate applies within seconds), and shows what those
-users feel, polled from the API's ``/metrics`` once a second
+simulated users post to it over HTTP at a rate you set (open loop,
+:func:`lab_kit.harness.http_load.run_load`, in chunks of ``chunk_s`` so a new rate applies
+within seconds), and shows what those users feel, polled from the API's ``/metrics`` once a second
 (:class:`lab_kit.api.UsersPostingFeed`): requests/s, accepted/s, spooled/s, the share answered
 within 100 ms, broker health and spool depth. Kill the broker from the dashboard and watch the
 users keep posting: answers stay fast, posts go to the API's spool and come back.

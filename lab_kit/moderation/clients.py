@@ -14,7 +14,7 @@ Two implementations:
 The stage works with records that have ``topic, partition, offset, timestamp (ms), key,
 value, headers`` attributes (kafka-python's ``ConsumerRecord``, or :class:`Rec`), and with
 partitions as ``(topic, partition)`` tuples. Delivery results go to ``chunk.output_done(err)``
-(:class:`lab_kit.offsets.Chunk`): on kafka-python's sender thread, or for confluent in
+(:class:`lab_kit.moderation.offsets.Chunk`): on kafka-python's sender thread, or for confluent in
 :meth:`ConfluentClients.serve` on the stage's own thread.
 """
 
