@@ -2,17 +2,32 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+LOCK   := requirements.lock
 
-.PHONY: setup lab test test-unit lint notebooks bench broker-up broker-down doctor clean kafka-image
+.PHONY: setup lock lab test test-unit lint notebooks bench broker-up broker-down doctor clean kafka-image
 
+## reproducible: every package at the version and hash in requirements.lock (Python 3.11 on
+## Linux x86_64; pip refuses a file whose hash differs), then lab_kit itself, editable, adding
+## nothing (its build backend, setuptools, comes from the lock too). pyproject.toml keeps its
+## ranges for those who use lab_kit as a library; `make lock` re-pins after changing them.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,notebooks,confluent]"
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
+
+## re-pin requirements.lock from pyproject.toml (keeps every pin that still fits; UPGRADE=1
+## moves everything to the newest allowed versions), with uv in a throw-away venv
+lock:
+	rm -rf .lock-tools && $(PYTHON) -m venv .lock-tools && .lock-tools/bin/pip install --quiet uv
+	echo "setuptools>=68" | .lock-tools/bin/uv pip compile pyproject.toml - \
+	    --extra test --extra notebooks --extra confluent --generate-hashes \
+	    --python-version 3.11.7 --python-platform x86_64-unknown-linux-gnu \
+	    --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	rm -rf .lock-tools
 
 ## start the broker (reused if running) and open JupyterLab on the notebooks
 lab: setup

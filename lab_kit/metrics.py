@@ -35,6 +35,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,8 @@ def percentiles_ms(values_seconds: Sequence[float]) -> dict[str, Any]:
         return _empty_summary()
     out: dict[str, Any] = {"count": n, "mean_ms": math.fsum(values) / n * 1000.0}
     for key, p in _SUMMARY_PERCENTILES:
-        rank = max(1, math.ceil(p / 100.0 * n))
+        # exact: in floats 99.9 / 100 * 1000 is 999.0000000000001, and ceil() would say 1000
+        rank = max(1, math.ceil(Fraction(str(p)) * n / 100))
         out[key] = values[rank - 1] * 1000.0
     out["max_ms"] = values[-1] * 1000.0
     return {k: out[k] for k in SUMMARY_KEYS}

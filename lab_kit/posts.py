@@ -19,6 +19,7 @@ import math
 import random
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,19 @@ MAX_TEXT_CHARS = 5000
 MAX_USER_ID_CHARS = 64
 MAX_MEDIA_URLS = 10
 MAX_URL_CHARS = 2048
+#: ``post_id`` and ``reply_to``: 1-64 characters of ``A-Z a-z 0-9 . _ : -``, starting with a
+#: letter or digit (ids travel in URLs: ``GET /posts/{post_id}``). Generated ids (uuid4 hex,
+#: the workload's ``p-42-00000001``) fit.
+MAX_POST_ID_CHARS = 64
+POST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+#: ``lang``: a language tag such as ``en`` or ``pt-BR`` (BCP 47's shape), at most 35 characters.
+MAX_LANG_CHARS = 35
+LANG_PATTERN = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*")
+#: ``created_at``: epoch seconds from 2000-01-01 to a day ahead of this machine's clock.
+MIN_CREATED_AT = 946_684_800.0
+MAX_CREATED_AT_AHEAD_S = 86_400.0
+#: an unknown field's name is quoted at most this long in the error
+MAX_FIELD_NAME_CHARS = 64
 
 #: kafka-python's default ``max_request_size`` (1 MiB).
 DEFAULT_MAX_REQUEST_SIZE = 1_048_576
@@ -123,6 +137,10 @@ class Post:
             raise PostValidationError("value", limit, f"not valid UTF-8 ({exc.reason})") from exc
         except json.JSONDecodeError as exc:
             raise PostValidationError("value", limit, f"not JSON ({exc.msg})") from exc
+        except RecursionError as exc:  # [[[[... nested deeper than the parser's stack
+            raise PostValidationError("value", limit, "nested too deeply") from exc
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise PostValidationError("value", limit, f"not JSON ({exc})") from exc
         if not isinstance(data, dict):
             kind = type(data).__name__
             raise PostValidationError("value", limit, f"JSON {kind} is not an object")
@@ -151,17 +169,67 @@ def _check_utf8(name: str, value: str) -> None:
         ) from exc
 
 
+#: Letters that draw nothing (Hangul fillers, the blank Braille pattern): not "visible".
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_char(value: str) -> bool:
+    """True if ``value`` shows something: one character that is not whitespace, a control or
+    format character (zero-width space, joiners, BOM, bidi marks...), a lone combining mark,
+    unassigned or a blank filler. Stops at the first visible character (normal text: the
+    first)."""
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat[0] not in "CZ" and cat not in ("Mn", "Me") and ch not in _BLANK_LETTERS:
+            return True
+    return False
+
+
 def _check_str(name: str, value: Any, *, max_chars: int | None = None) -> None:
-    """A non-empty str that encodes to UTF-8 and is not longer than max_chars."""
+    """A str with a visible character, that encodes to UTF-8 and is not longer than
+    max_chars."""
     if not isinstance(value, str):
         raise PostValidationError(name, "str", f"expected str, got {type(value).__name__}")
-    if not value.strip():
-        raise PostValidationError(name, "non-empty", "must be a non-empty string")
-    _check_utf8(name, value)
-    if max_chars is not None and len(value) > max_chars:
+    if max_chars is not None and len(value) > max_chars:  # first: the scans below are O(n)
         raise PostValidationError(
             name, max_chars, f"{len(value)} characters exceeds the limit of {max_chars}"
         )
+    if not has_visible_char(value):
+        raise PostValidationError(name, "non-empty", "must be a non-empty string (blank, "
+                                  "zero-width and control characters do not count)")
+    _check_utf8(name, value)
+
+
+def _check_id(name: str, value: Any) -> None:
+    """A post id (``post_id``, ``reply_to``): see :data:`POST_ID_PATTERN`."""
+    _check_str(name, value, max_chars=MAX_POST_ID_CHARS)
+    if not POST_ID_PATTERN.fullmatch(value):
+        raise PostValidationError(name, "A-Z a-z 0-9 . _ : -", "may hold only letters, digits "
+                                  "and . _ : - and must start with a letter or digit")
+
+
+def _check_lang(value: Any) -> None:
+    _check_str("lang", value, max_chars=MAX_LANG_CHARS)
+    if not LANG_PATTERN.fullmatch(value):
+        raise PostValidationError("lang", "language tag", f"{value!r} is not a language tag "
+                                  "such as en or pt-BR")
+
+
+def _check_created_at(created_at: Any) -> None:
+    # bool is a subclass of int in Python, so reject it explicitly.
+    if isinstance(created_at, bool) or not isinstance(created_at, int | float):
+        raise PostValidationError(
+            "created_at", "number", f"expected a number, got {type(created_at).__name__}"
+        )
+    if isinstance(created_at, float) and not math.isfinite(created_at):
+        raise PostValidationError("created_at", "finite number", f"{created_at} is not finite")
+    latest = time.time() + MAX_CREATED_AT_AHEAD_S
+    if not MIN_CREATED_AT <= created_at <= latest:  # compares big ints without a float
+        shown = created_at if isinstance(created_at, float) or abs(created_at) < 10**20 \
+            else f"an integer of {len(str(abs(created_at)))} digits"
+        raise PostValidationError(
+            "created_at", f"{MIN_CREATED_AT:.0f}..now+{MAX_CREATED_AT_AHEAD_S:.0f}",
+            f"{shown} is outside 2000-01-01 .. a day from now (epoch seconds)")
 
 
 def _build_post(data: dict[str, Any], created_at: float, media_urls: Any) -> Post:
@@ -198,8 +266,11 @@ def validate_post(
 
     for key in data:
         if key not in POST_FIELDS:
+            name = str(key)
+            if len(name) > MAX_FIELD_NAME_CHARS:
+                name = name[:MAX_FIELD_NAME_CHARS] + "..."
             raise PostValidationError(
-                str(key), "known field", f"unknown field (known fields: {', '.join(POST_FIELDS)})"
+                name, "known field", f"unknown field (known fields: {', '.join(POST_FIELDS)})"
             )
     for name in ("user_id", "text"):
         if name not in data:
@@ -208,16 +279,10 @@ def validate_post(
     _check_str("user_id", data["user_id"], max_chars=MAX_USER_ID_CHARS)
     _check_str("text", data["text"], max_chars=MAX_TEXT_CHARS)
     if "post_id" in data:
-        _check_str("post_id", data["post_id"])
+        _check_id("post_id", data["post_id"])
 
     created_at = data.get("created_at", time.time())
-    # bool is a subclass of int in Python, so reject it explicitly.
-    if isinstance(created_at, bool) or not isinstance(created_at, int | float):
-        raise PostValidationError(
-            "created_at", "number", f"expected a number, got {type(created_at).__name__}"
-        )
-    if not math.isfinite(created_at):
-        raise PostValidationError("created_at", "finite number", f"{created_at} is not finite")
+    _check_created_at(created_at)
 
     media_urls = data.get("media_urls", ())
     if not isinstance(media_urls, list | tuple):
@@ -233,9 +298,10 @@ def validate_post(
     for url in media_urls:
         _check_str("media_urls", url, max_chars=MAX_URL_CHARS)
 
-    for name in ("lang", "reply_to"):
-        if data.get(name) is not None:
-            _check_str(name, data[name])
+    if data.get("lang") is not None:
+        _check_lang(data["lang"])
+    if data.get("reply_to") is not None:
+        _check_id("reply_to", data["reply_to"])
 
     if isinstance(obj, Post) and isinstance(obj.media_urls, tuple) \
             and isinstance(obj.created_at, float):

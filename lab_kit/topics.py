@@ -1,17 +1,43 @@
 """The StreamSocial topics, in one place, and an idempotent ``ensure_topics()``.
 
-Replication fits the cluster: on 1 node every topic has RF 1; on 3 nodes RF 3 with
-``min.insync.replicas=2``, so an ``acks=all`` write survives the loss of any one node.
+Replication fits the cluster's *configured* size, not the brokers that happen to be up: on 1
+node every topic has RF 1; on 3 nodes RF 3 with ``min.insync.replicas=2``, so an
+``acks=all`` write survives the loss of any one node, even for a topic created while one node
+is down. The size is the largest of (:func:`cluster_size_of`):
+
+* ``cluster_size=`` passed by the caller, or the ``LAB_CLUSTER_SIZE`` setting (an external
+  cluster: say how many brokers it is meant to have);
+* the lab's broker state (``broker.json`` in ``LAB_STATE_DIR``): the nodes it was started with;
+* the brokers the cluster has registered, fenced (down) ones included (``describe_cluster``).
+
+Existing topics are checked (partitions, replication factor, ``min.insync.replicas``): a
+mismatch is a :class:`TopicMismatchWarning`, or a :class:`TopicMismatchError` with
+``strict=True``. The lab's brokers do not create topics on first use
+(``auto.create.topics.enable=false``): a producer started before ``ensure_topics`` must not
+create ``posts`` with the broker's default partitions.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+
+from lab_kit import lab_env
+
+log = logging.getLogger(__name__)
+
+CLUSTER_SIZE_ENV = "LAB_CLUSTER_SIZE"
+MAX_CLUSTER_SIZE = 1000
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,48 @@ TOPICS: tuple[TopicSpec, ...] = (
 TOPIC_NAMES = tuple(t.name for t in TOPICS)
 
 
+class TopicMismatchWarning(UserWarning):
+    """An existing topic is not laid out as the lab expects (see :class:`Mismatch`)."""
+
+
+class TopicMismatchError(RuntimeError):
+    """``strict=True``: existing topics are not laid out as the lab expects."""
+
+    def __init__(self, mismatches: list[Mismatch]):
+        self.mismatches = mismatches
+        super().__init__("; ".join(str(m) for m in mismatches))
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    topic: str
+    setting: str  # "partitions", "replication_factor" or "min_insync_replicas"
+    wanted: int
+    actual: int | None
+
+    def __str__(self) -> str:
+        hint = {
+            "partitions": "was it auto-created by a client before ensure_topics ran, or made "
+                          "by an earlier run with other settings? Delete it and run again",
+            "replication_factor": "it was created while fewer brokers were up, or elsewhere: "
+                                  "reassign its replicas, or delete and re-create it",
+            "min_insync_replicas": "set it with kafka-configs.sh --alter --entity-type topics "
+                                   f"--entity-name {self.topic} --add-config "
+                                   f"min.insync.replicas={self.wanted}",
+        }[self.setting]
+        if self.actual is None:
+            return f"topic {self.topic!r} does not exist (ensure_topics creates it)"
+        return (f"topic {self.topic!r}: {self.setting} is {self.actual}, the lab expects "
+                f"{self.wanted} ({hint})")
+
+
+@dataclass(frozen=True)
+class ClusterSize:
+    configured: int  # the nodes the cluster is meant to have
+    live: int  # brokers registered and not fenced (up) right now
+    source: str  # where ``configured`` came from
+
+
 def replication_for(n_brokers: int) -> tuple[int, int]:
     """(replication factor, min.insync.replicas) for a cluster of ``n_brokers``."""
     if n_brokers >= 3:
@@ -48,38 +116,190 @@ def replication_for(n_brokers: int) -> tuple[int, int]:
     return 1, 1
 
 
-def ensure_topics(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
-                  timeout_s: float = 30, partitions: dict[str, int] | None = None,
-                  configs: dict[str, dict[str, str]] | None = None) -> dict:
-    """Create the lab's topics if missing; wait until every partition has a leader.
+def declared_size(value: int | str | None, name: str = CLUSTER_SIZE_ENV) -> int | None:
+    """A cluster size given by a caller or a setting: None if not given; else a whole number
+    1..1000, or a ``ValueError`` naming the setting and the limit."""
+    if value is None or value == "":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or n > MAX_CLUSTER_SIZE or str(n) != str(value).strip():
+        raise ValueError(f"{name}: must be a whole number of brokers from 1 to "
+                         f"{MAX_CLUSTER_SIZE}, got {value!r}")
+    return n
 
-    ``client_config`` is a broker's ``client_config()`` or a bootstrap string; ``configs``
-    adds topic settings per name (e.g. ``{"t": {"max.message.bytes": "2048"}}``). Returns
-    ``{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}``.
-    """
+
+def state_file_size(bootstrap_servers: str, state_dir: Path | None = None) -> int | None:
+    """The nodes the lab's own broker was started with, if ``bootstrap_servers`` is that
+    broker (a loopback address on one of its ports); None otherwise."""
+    path = Path(state_dir or lab_env.state_dir()) / "broker.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    nodes = state.get("nodes") if state.get("backend") == "local" else None
+    ports = ({n.get("port") for n in nodes if isinstance(n, dict)} if isinstance(nodes, list)
+             else {state.get("port")} if state.get("backend") == "docker" else set())
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if host in _LOOPBACK and port.isdigit() and int(port) in ports:
+            return len(nodes) if isinstance(nodes, list) else 1
+    return None
+
+
+def configured_size(*, declared: int | None, state: int | None,
+                    registered: int) -> tuple[int, str]:
+    """The cluster's configured size and where it came from: the largest of what the caller
+    or a setting declared, the lab's broker state, and the brokers registered (down or up)."""
+    candidates = [(registered, "registered brokers")]
+    if state is not None:
+        candidates.append((state, "the lab's broker state"))
+    if declared is not None:
+        candidates.append((declared, f"cluster_size / {CLUSTER_SIZE_ENV}"))
+    return max(candidates, key=lambda c: c[0])
+
+
+def cluster_size_of(admin: KafkaAdminClient, bootstrap_servers: str,
+                    declared: int | None = None) -> ClusterSize:
+    """How many nodes the cluster is meant to have (see the module's docstring)."""
+    brokers = admin.describe_cluster()["brokers"]
+    live = sum(1 for b in brokers if not b.get("is_fenced"))
+    if declared is None:
+        declared = declared_size(os.environ.get(CLUSTER_SIZE_ENV))
+    n, source = configured_size(declared=declared, state=state_file_size(bootstrap_servers),
+                                registered=len(brokers))
+    return ClusterSize(n, live, source)
+
+
+def _bootstrap_string(cfg: dict) -> str:
+    servers = cfg.get("bootstrap_servers", "")
+    return servers if isinstance(servers, str) else ",".join(servers)
+
+
+def _admin(client_config: dict | str) -> tuple[KafkaAdminClient, str]:
     cfg = {"bootstrap_servers": client_config} if isinstance(client_config, str) \
         else dict(client_config)
-    specs = {t.name: t for t in TOPICS}
-    admin = KafkaAdminClient(**cfg, request_timeout_ms=10000)
+    return KafkaAdminClient(**cfg, request_timeout_ms=10000), _bootstrap_string(cfg)
+
+
+def ensure_topics(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
+                  timeout_s: float = 30, partitions: dict[str, int] | None = None,
+                  configs: dict[str, dict[str, str]] | None = None, *,
+                  cluster_size: int | None = None, strict: bool = False) -> dict:
+    """Create the lab's topics if missing; wait until every partition has a leader; check
+    the existing ones.
+
+    ``client_config`` is a broker's ``client_config()`` or a bootstrap string; ``configs``
+    adds topic settings per name (e.g. ``{"t": {"max.message.bytes": "2048"}}``);
+    ``cluster_size`` declares how many brokers the cluster is meant to have. Returns
+    ``{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}`` as
+    the topics are; a topic not as wanted is a :class:`TopicMismatchWarning` (or, with
+    ``strict=True``, a :class:`TopicMismatchError` naming every difference).
+    """
+    declared = declared_size(cluster_size, "cluster_size")
+    admin, bootstrap = _admin(client_config)
     try:
-        n_brokers = len(admin.describe_cluster()["brokers"])
-        rf, isr = replication_for(n_brokers)
-        wanted = []
-        for name in names:
-            n_parts = (partitions or {}).get(name) or (specs[name].partitions if name in specs
-                                                        else 3)
-            wanted.append(NewTopic(name, n_parts, rf, topic_configs={
-                "min.insync.replicas": str(isr), **(configs or {}).get(name, {})}))
+        size = cluster_size_of(admin, bootstrap, declared)
+        wanted = _wanted(names, size, partitions, configs)
         existing = set(admin.list_topics())
-        missing = [t for t in wanted if t.name not in existing]
+        missing = [t for t in wanted.values() if t.name not in existing]
         if missing:
-            try:
-                admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: fine
-        wait_for_leaders(admin, list(names), timeout_s)
-        return {t.name: {"partitions": t.num_partitions, "replication_factor": rf,
-                         "min_insync_replicas": isr} for t in wanted}
+            _create(admin, missing, size, timeout_s)
+        actual = _describe(admin, list(names), timeout_s)
+        mismatches = compare(wanted, actual)
+        report(mismatches, strict)
+        return actual
+    finally:
+        admin.close()
+
+
+def _wanted(names: tuple[str, ...], size: ClusterSize, partitions: dict[str, int] | None,
+            configs: dict[str, dict[str, str]] | None) -> dict[str, NewTopic]:
+    specs = {t.name: t for t in TOPICS}
+    rf, isr = replication_for(size.configured)
+    if size.live < size.configured:
+        log.warning("%d of the cluster's %d brokers are up (%s): topics get replication %d "
+                    "anyway, under-replicated until the others return", size.live,
+                    size.configured, size.source, rf)
+    wanted = {}
+    for name in names:
+        n_parts = (partitions or {}).get(name) or (specs[name].partitions if name in specs
+                                                    else 3)
+        wanted[name] = NewTopic(name, n_parts, rf, topic_configs={
+            "min.insync.replicas": str(isr), **(configs or {}).get(name, {})})
+    return wanted
+
+
+def _create(admin: KafkaAdminClient, missing: list[NewTopic], size: ClusterSize,
+            timeout_s: float) -> None:
+    try:
+        admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
+    except TopicAlreadyExistsError:
+        pass  # created concurrently by another process: fine (checked like any other)
+    except InvalidReplicationFactorError as exc:
+        raise InvalidReplicationFactorError(
+            f"cannot create {[t.name for t in missing]} with replication "
+            f"{missing[0].replication_factor}: the cluster is meant to have "
+            f"{size.configured} brokers ({size.source}) and {size.live} are up. Start the "
+            f"missing brokers (`python -m lab_kit broker start`), or declare the real size "
+            f"with {CLUSTER_SIZE_ENV}") from exc
+
+
+def compare(wanted: dict[str, NewTopic], actual: dict[str, dict]) -> list[Mismatch]:
+    """Every way the topics as they are differ from the topics as wanted."""
+    out = []
+    for name, t in wanted.items():
+        have = actual.get(name)
+        if have is None:
+            out.append(Mismatch(name, "partitions", t.num_partitions, None))
+            continue
+        isr = int(t.topic_configs.get("min.insync.replicas", 1))
+        for setting, want in (("partitions", t.num_partitions),
+                              ("replication_factor", t.replication_factor),
+                              ("min_insync_replicas", isr)):
+            if have.get(setting) != want:
+                out.append(Mismatch(name, setting, want, have.get(setting)))
+    return out
+
+
+def report(mismatches: list[Mismatch], strict: bool) -> None:
+    """Raise (``strict``) or warn, once per mismatch, in words a student can act on."""
+    if mismatches and strict:
+        raise TopicMismatchError(mismatches)
+    for m in mismatches:
+        log.warning("%s", m)
+        warnings.warn(TopicMismatchWarning(str(m)), stacklevel=3)
+
+
+def check_topics(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
+                 partitions: dict[str, int] | None = None, *, cluster_size: int | None = None,
+                 timeout_s: float = 15) -> list[Mismatch]:
+    """Check existing topics without creating any: every difference from what
+    :func:`ensure_topics` would create (a missing topic has ``actual=None``)."""
+    declared = declared_size(cluster_size, "cluster_size")
+    admin, bootstrap = _admin(client_config)
+    try:
+        wanted = _wanted(names, cluster_size_of(admin, bootstrap, declared), partitions, None)
+        present = [n for n in names if n in set(admin.list_topics())]
+        return compare(wanted, _describe(admin, present, timeout_s) if present else {})
+    finally:
+        admin.close()
+
+
+def broker_auto_creates_topics(client_config: dict | str) -> bool:
+    """True if the answering broker creates a topic when a client first asks for it."""
+    admin, _ = _admin(client_config)
+    try:
+        node = admin.describe_cluster()["brokers"][0]["broker_id"]
+        res = admin.describe_configs([ConfigResource(
+            ConfigResourceType.BROKER, str(node), {"auto.create.topics.enable": None})],
+            config_filter="all")
+        entries = res.get("broker", {}).get(str(node), {})
+        return str(entries["auto.create.topics.enable"]["value"]).lower() == "true"
     finally:
         admin.close()
 
@@ -104,26 +324,28 @@ def wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float
         time.sleep(0.2)
 
 
+def _describe(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> dict:
+    out = {}
+    for t in wait_for_leaders(admin, names, timeout_s):
+        out[t["name"]] = {"partitions": len(t["partitions"]),
+                          "replication_factor": len(t["partitions"][0]["replica_nodes"])}
+    res = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n, {"min.insync.replicas": None})
+         for n in names], config_filter="all")
+    for name, entries in res.get("topic", {}).items():
+        if name in out and "min.insync.replicas" in entries:
+            out[name]["min_insync_replicas"] = int(entries["min.insync.replicas"]["value"])
+    return out
+
+
 def describe(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,
              timeout_s: float = 15) -> dict:
     """{topic: {"partitions": n, "replication_factor": rf, "min_insync_replicas": isr}}.
 
     Waits (up to ``timeout_s``) until the answering broker knows every partition's leader.
     """
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    cfg = {"bootstrap_servers": client_config} if isinstance(client_config, str) \
-        else dict(client_config)
-    admin = KafkaAdminClient(**cfg, request_timeout_ms=10000)
+    admin, _ = _admin(client_config)
     try:
-        out = {}
-        for t in wait_for_leaders(admin, list(names), timeout_s):
-            out[t["name"]] = {"partitions": len(t["partitions"]),
-                              "replication_factor": len(t["partitions"][0]["replica_nodes"])}
-        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
-        for name, entries in res.get("topic", {}).items():
-            if name in out and "min.insync.replicas" in entries:
-                out[name]["min_insync_replicas"] = int(entries["min.insync.replicas"]["value"])
-        return out
+        return _describe(admin, list(names), timeout_s)
     finally:
         admin.close()

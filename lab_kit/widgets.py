@@ -7,37 +7,127 @@ Two pieces, both usable without a browser (the tests drive them headlessly):
   loop; the rate is re-read on every tick, so moving the slider changes the load at once. When a
   run ends, its posts are read back from the topic: ``lost`` comes from that read.
 * :class:`Dashboard` puts sliders, fault buttons, a status line and a three-panel live figure
-  (throughput, ack latency, error rate, fault windows shaded) in one ipywidgets layout::
+  (throughput, ack latency p50 and p99 per second, error rate, fault windows shaded) in one
+  ipywidgets layout::
 
       from lab_kit.widgets import Dashboard
       Dashboard().display()
 
 Every button handler is a plain method (``on_pause_clicked()``, ...), so a test or a notebook cell
-can press a button without a browser.
+can press a button without a browser. :meth:`Dashboard.timeseries_frame` is the table the figure
+draws: the generator's per-second counts plus ``ack_p50_ms`` and ``ack_p99_ms`` of each second
+(:class:`WindowPercentiles`), the percentiles the lessons teach, never a mean.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import math
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import ipywidgets as w
+import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from lab_kit import broker as lab_broker
 from lab_kit.harness.load_generator import LoadGenerator
+from lab_kit.metrics import MetricsRecorder, percentiles_ms
 from lab_kit.plots import WINDOW_ALPHA, WINDOW_COLOR, register_notebook_display
 from lab_kit.producer import CloseReport
 
-__all__ = ["ACKS_OPTIONS", "Dashboard", "LoadGenerator", "RATE_MAX", "RATE_MIN"]
+__all__ = ["ACKS_OPTIONS", "Dashboard", "LoadGenerator", "RATE_MAX", "RATE_MIN",
+           "WindowPercentiles"]
 
 RATE_MIN, RATE_MAX = 100, 20_000  # posts per second (the slider's range)
 ACKS_OPTIONS: tuple[tuple[str, str | int], ...] = (("all", "all"), ("1", 1), ("0", 0))
 SLOW_BACKEND_MS = 300
+
+
+# --------------------------------------------------------------------------------------------
+# p50 and p99 per window
+# --------------------------------------------------------------------------------------------
+class WindowPercentiles(MetricsRecorder):
+    """A :class:`~lab_kit.metrics.MetricsRecorder` that also keeps, for every time-series
+    window (``interval_s`` wide, the same windows as :meth:`timeseries_frame`), the p50 and
+    p99 of one latency (``"ack"``): nearest rank over that window's own values
+    (:func:`lab_kit.metrics.percentiles_ms`), as the lessons compute them.
+
+    Percentiles do not add up, so they cannot be derived from the per-window mean and max the
+    base class keeps: each latency is also appended (one list append, no lock, as in
+    :meth:`observe`) to a buffer; a window's values are kept until the window is over, then
+    reduced to four numbers (``acks``, ``p50_ms``, ``p99_ms``, ``max_ms``). A window with fewer
+    than 100 acks has its maximum as its p99 (nearest rank).
+    """
+
+    def __init__(self, *args: Any, latency: str = "ack", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.latency = latency
+        self._pct_lock = threading.Lock()
+        self._pct_reset()
+
+    def _pct_reset(self) -> None:
+        self._pct_pending: list[complex] = []  # (seconds, now) packed, as the base class does
+        self._pct_open: dict[int, list[np.ndarray]] = {}  # window index -> latencies (s)
+        self._pct_done: dict[int, tuple[int, float, float, float]] = {}
+
+    def observe(self, counter: str, latency: str, seconds: float, now: float) -> None:
+        if latency == self.latency:
+            self._pct_pending.append(complex(seconds, now))
+        super().observe(counter, latency, seconds, now)
+
+    def record_latency(self, name: str, seconds: float, now: float | None = None) -> None:
+        if name == self.latency:
+            now = self.clock() if now is None else now
+            self._pct_pending.append(complex(seconds, now))
+        super().record_latency(name, seconds, now)
+
+    def reset(self) -> None:
+        with self._pct_lock:
+            super().reset()
+            self._pct_reset()
+
+    def _pct_fold_unlocked(self) -> None:
+        pending = self._pct_pending
+        n = len(pending)
+        if n:
+            arr = np.asarray(pending[:n], dtype=np.complex128)
+            del pending[:n]  # appends racing with this land after index n and are kept
+            secs = arr.real
+            idx = np.maximum(((arr.imag - self.start) / self.interval_s).astype(np.int64), 0)
+            for i in np.unique(idx):
+                if int(i) not in self._pct_done:  # (a value later than its window's end: dropped)
+                    self._pct_open.setdefault(int(i), []).append(secs[idx == i])
+        # a window two intervals in the past gets no more values: reduce it to its numbers
+        current = int(max(self.clock() - self.start, 0.0) / self.interval_s)
+        for i in [i for i in self._pct_open if i < current - 1]:
+            self._pct_done[i] = self._reduce(self._pct_open.pop(i))
+        while len(self._pct_done) > self.max_buckets:
+            del self._pct_done[min(self._pct_done)]
+
+    @staticmethod
+    def _reduce(chunks: list[np.ndarray]) -> tuple[int, float, float, float]:
+        values = np.concatenate(chunks)
+        p = percentiles_ms(values)
+        return p["count"], p["p50_ms"], p["p99_ms"], p["max_ms"]
+
+    def percentile_frame(self) -> pd.DataFrame:
+        """One row per window that saw the latency, indexed by ``t_s`` (window start, seconds
+        since start, as in :meth:`timeseries_frame`): ``acks``, ``p50_ms``, ``p99_ms``,
+        ``max_ms``. The window in progress is included, computed from what it holds so far."""
+        with self._pct_lock:
+            self._pct_fold_unlocked()
+            rows = dict(self._pct_done)
+            rows.update({i: self._reduce(chunks) for i, chunks in self._pct_open.items()})
+        index = pd.Index([i * self.interval_s for i in sorted(rows)], name="t_s", dtype=float)
+        cols = ("acks", "p50_ms", "p99_ms", "max_ms")
+        frame = pd.DataFrame([rows[i] for i in sorted(rows)], index=index, columns=list(cols))
+        return frame.astype({"acks": "int64", "p50_ms": float, "p99_ms": float,
+                             "max_ms": float})
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,7 +144,7 @@ class Dashboard:
     """Controls, fault buttons, a status line and a live figure for one load generator.
 
     ``broker`` (default: :func:`lab_kit.broker.ensure`) is both where posts go and what the
-    broker fault buttons act on; ``backend`` is a :class:`~lab_kit.moderation_backend.
+    broker fault buttons act on; ``backend`` is a :class:`~lab_kit.moderation.backend.
     ModerationBackend` for the backend buttons (they are disabled without one).
     """
 
@@ -85,7 +175,10 @@ class Dashboard:
         self.generator = LoadGenerator(bootstrap, topic, spool_path=spool_path,
                                        max_seconds=max_seconds, max_posts=max_posts,
                                        kafka_config=cfg)
-        self.metrics = self.generator.metrics
+        # before any producer exists: every producer the generator creates records into this
+        # one, which also keeps the p50 and p99 of each second's acks for the latency panel
+        self.generator.metrics = WindowPercentiles()
+        self.metrics: WindowPercentiles = self.generator.metrics
         self.message = ""  # result of the last button press
         self.last_error: str | None = None
         self._open_faults: set[str] = set()
@@ -322,6 +415,7 @@ class Dashboard:
         snap["backend_running"] = self.backend.is_running() if self.backend is not None else None
         snap["open_faults"] = sorted(self._open_faults)
         snap["windows"] = self.metrics.windows
+        snap["last_second"] = self.last_second()
         return snap
 
     def wait_for(self, condition: Any, timeout_s: float = 30.0, what: str = "the condition"
@@ -351,6 +445,10 @@ class Dashboard:
             f"broker: {nodes}",
             f"producer {healthy}",
         ]
+        last = s["last_second"]
+        if last is not None and not math.isnan(last["p99_ms"]):
+            parts.append(f"ack p50 {last['p50_ms']:.1f} ms, p99 {last['p99_ms']:.1f} ms "
+                         f"(second {last['t_s']:g})")
         if s["rejected"] or s["skipped"]:
             parts.append(f"rejected {s['rejected']:,}, skipped {s['skipped']:,}")
         if s["ended"] and not s["running"]:
@@ -361,9 +459,33 @@ class Dashboard:
             p if p.startswith("<b>") else html.escape(p) for p in parts)
         return s
 
-    def render_figure(self) -> Figure:
-        """Three panels over time: throughput, ack latency, error rate; fault windows shaded."""
+    def timeseries_frame(self) -> pd.DataFrame:
+        """What the figure draws, one row per second (``t_s``): the generator's counts
+        (submitted, acked, spooled ...), ``throughput_per_s``, ``error_rate``, and the ack
+        latency of that second as ``ack_p50_ms`` and ``ack_p99_ms`` (NaN in a second
+        without acks)."""
         ts = self.metrics.timeseries_frame()
+        pct = self.metrics.percentile_frame()
+        ts = ts.join(pct[["p50_ms", "p99_ms"]].rename(columns=lambda c: f"ack_{c}"), how="left")
+        ts = ts.drop(columns=["ack_mean_ms", "ack_max_ms"], errors="ignore")
+        ts.attrs["interval_s"] = self.metrics.interval_s
+        return ts
+
+    def last_second(self) -> dict[str, Any] | None:
+        """``t_s``, ``acks``, ``p50_ms``, ``p99_ms`` of the last whole second with acks (None
+        before the first): what the status line shows."""
+        pct = self.metrics.percentile_frame()
+        whole = pct[pct.index + self.metrics.interval_s <= self.metrics.elapsed()]
+        if whole.empty:
+            return None
+        t_s, row = whole.index[-1], whole.iloc[-1]
+        return {"t_s": float(t_s), "acks": int(row["acks"]), "p50_ms": float(row["p50_ms"]),
+                "p99_ms": float(row["p99_ms"])}
+
+    def render_figure(self) -> Figure:
+        """Three panels over time: throughput, ack latency (p50 and p99 of each second),
+        error rate; fault windows shaded."""
+        ts = self.timeseries_frame()
         interval = ts.attrs.get("interval_s", 1.0)
         now = self.metrics.elapsed()
         ts = ts[(ts.index + interval <= now) & (ts.index >= now - self.history_s)]  # whole buckets
@@ -382,13 +504,14 @@ class Dashboard:
                 ax_tp.plot(t, col(name, 1 / interval), label=f"{name}/s", color=color, ls="--")
         ax_tp.set_ylabel("posts/s")
         # markers too: a second with acks between two without shows as a dot, not nothing
-        ax_lat.plot(t, col("ack_mean_ms"), ".-", label="mean", color="tab:green")
-        ax_lat.plot(t, col("ack_max_ms"), ".-", label="max", color="tab:orange")
+        ax_lat.plot(t, col("ack_p50_ms"), ".-", label="p50", color="tab:green")
+        ax_lat.plot(t, col("ack_p99_ms"), ".-", label="p99", color="tab:orange")
         ax_lat.set_ylabel("ack latency (ms)")
         ax_err.plot(t, col("error_rate", 100.0), label="error rate", color="tab:red")
         ax_err.set_ylabel("errors (%)")
         ax_err.set_xlabel("time since start (s)")
-        for ax, title in ((ax_tp, "Throughput"), (ax_lat, "Ack latency per second"),
+        for ax, title in ((ax_tp, "Throughput"),
+                          (ax_lat, "Ack latency of each second's acks: p50 and p99"),
                           (ax_err, "Error rate")):
             for i, (start, end, label) in enumerate(self.metrics.windows):
                 if end >= now - self.history_s:

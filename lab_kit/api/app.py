@@ -6,18 +6,43 @@ An ASGI app (Starlette) served by uvicorn on 127.0.0.1. Routes:
   ``media_urls``, ``lang``, ``reply_to``, ``created_at``). Validated with
   :func:`lab_kit.posts.validate_post`, handed to ``AsyncPostProducer.submit()`` and answered
   ``202 {"post_id", "status": "accepted", "delivery"}`` **without waiting for Kafka**
-  (``delivery`` is ``pending``, or ``spooled`` while the broker is down). ``?wait=ack`` waits
-  for the delivery through the asyncio bridge (:mod:`lab_kit.producer.asyncio_bridge`) and
-  answers ``201``.
-  Bad input: ``400`` (not JSON), ``413`` (body over ``max_body_bytes``, checked before it is
-  read whole), ``415`` (not ``application/json``), ``422`` (a rule of the post), ``503``
-  (backpressure or shutting down), always ``{"error", "field", "limit"}``.
+  (``delivery`` is ``pending``, or ``spooled`` while the broker is down). The query parameter
+  ``wait=ack`` waits for the delivery through the asyncio bridge
+  (:mod:`lab_kit.producer.asyncio_bridge`) and answers ``201`` (any other ``wait`` is 400);
+  past ``wait_ack_timeout_s`` (10 s) it answers ``504`` with ``delivery: pending``: the post
+  stays accepted, only the wait ended.
+  Bad input: ``400`` (not JSON, or nested too deeply), ``408`` (the body did not arrive whole
+  within ``body_timeout_s``), ``409`` (``post_id`` already taken, see below), ``413`` (body
+  over ``max_body_bytes``, checked before it is read whole), ``415`` (not
+  ``application/json``), ``422`` (a rule of the post: :func:`lab_kit.posts.validate_post`).
+  Always ``{"error", "field", "limit"}``, never a traceback (``/posts/...`` 404s and 405s too).
+* **Backpressure, the contract**: when the API cannot accept a post *durably* it answers
+  ``503`` with ``Retry-After`` and the same JSON body, and the post was not accepted: the
+  producer's in-flight bound under ``block``/``reject`` (``field`` ``max_in_flight``,
+  ``Retry-After: 1``); the spool at its cap while the broker is away (``spool_rows``,
+  ``spool_bytes``, ``disk_free``; ``spool_max_rows``/``spool_max_bytes``, defaults 1,000,000
+  posts and 256 MiB, see :mod:`lab_kit.producer.spool`) or the disk full (``disk``),
+  ``Retry-After: 5``; shutting down (``server``). What a ``202`` promises: the post is on
+  Kafka, in the client's buffer (memory), or in the spool (on disk, committed to SQLite's WAL
+  with ``synchronous=NORMAL``: it survives a kill of this process, not a power cut). A post
+  in the client's buffer dies with the process (kill -9, the OOM killer) before Kafka or the
+  spool has it: a 202 survives ``SIGTERM`` (shutdown spools what is left), not ``kill -9``.
+  ``?wait=ack`` (201) is the durable answer: Kafka has the post (``acks=all``) or the spool
+  does. uvicorn adds its own plain ``503`` past
+  ``limit_concurrency`` (:data:`~lab_kit.api.errors.LIMIT_CONCURRENCY`) connections.
+* **A client-chosen** ``post_id`` (1-64 of ``A-Z a-z 0-9 . _ : -``) is unique among the posts
+  this worker tracks: a second post with an id in the table is refused ``409`` and nothing is
+  sent; the first keeps its status row (a retry of an accepted post gets 409 too: it was
+  accepted already). Ids older than the last ``max_tracked`` posts, or taken on another
+  worker, are not checked: omit ``post_id`` to get a fresh uuid.
 * ``GET /posts/{post_id}`` — ``pending | acked | spooled | failed`` and the moderation
   verdict once ``moderation.results`` has one. The table is bounded (``max_tracked``,
   oldest forgotten first): an unknown or forgotten id is ``404``.
-* ``GET /healthz`` — liveness, plus broker health, in-flight count and spool depth.
+* ``GET /healthz`` — liveness, plus broker health, in-flight count and spool depth (read from
+  the spool's counters: no ``COUNT(*)`` on a request).
 * ``GET /metrics`` — Prometheus text format (``prometheus_client``): requests by route and
-  status, latency histograms, posts submitted/acked/spooled/failed/rejected, in flight.
+  status, latency histograms, posts submitted/acked/spooled/failed/rejected, in flight. Every
+  label value comes from a fixed set (:data:`lab_kit.api.metrics.REJECT_FIELDS`, routes).
 
 ``variant="blocking"`` (``--variant blocking``) is the lesson's mistake, kept out of the
 default app: ``POST /posts`` calls ``send().get()`` (``submit_sync``) inside ``async def``, so
@@ -32,6 +57,7 @@ a killed one left) and its own ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import gc
@@ -41,23 +67,36 @@ import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lab_kit import broker
 from lab_kit.api.body import parse_post, read_body
-from lab_kit.api.errors import BLOCKING_TIMEOUT_S, MAX_BODY_BYTES, MAX_TRACKED, VARIANTS, ApiError
-from lab_kit.api.metrics import ApiMetrics, Timing
+from lab_kit.api.errors import (
+    BLOCKING_TIMEOUT_S,
+    BODY_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_TRACKED,
+    RETRY_AFTER_BUSY_S,
+    RETRY_AFTER_FULL_S,
+    VARIANTS,
+    WAIT_ACK_TIMEOUT_S,
+    ApiError,
+)
+from lab_kit.api.metrics import ApiMetrics, Timing, field_label
 from lab_kit.api.status import StatusTable, VerdictReader
 from lab_kit.producer import BackpressureError, ProducerClosedError
 from lab_kit.producer.asyncio_bridge import AioPostProducer, wrap_future
+from lab_kit.producer.spool import SpoolError, SpoolFullError
 from lab_kit.topics import MODERATION_RESULTS, POSTS
 
-# the name it logged under as lab_kit/api.py ("WARNING lab_kit.api: lab_kit.api closed: ...")
+# the name it logged under as lab_kit/api.py ("lab_kit.api: lab_kit.api closed: ...")
 log = logging.getLogger("lab_kit.api")
 
 
@@ -73,6 +112,24 @@ def _spool_slot(spool_dir: Path) -> tuple[Path, Any]:
             continue
         return spool_dir / f"api-{n}.spool.db", handle
     raise RuntimeError(f"no free spool slot in {spool_dir}")
+
+
+def wait_for_ack(query_string: bytes) -> bool:
+    """``?wait=ack`` as a query parameter (not a substring of the query): True for
+    ``wait=ack``, False without ``wait``, 400 for any other value."""
+    if not query_string:
+        return False
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("wait")
+    if values is None:
+        return False
+    if values != ["ack"] * len(values):
+        raise ApiError(400, "wait", "ack", "wait: the only value is ack (?wait=ack)")
+    return True
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "server", "running", "server: shutting down",
+                    retry_after=RETRY_AFTER_FULL_S)
 
 
 def _client_config(bootstrap: str | None) -> dict:
@@ -96,13 +153,19 @@ class PostApi:
 
     def __init__(self, *, variant: str, topic: str, bootstrap: str | None,
                  spool_dir: str | Path | None, max_body_bytes: int, max_tracked: int,
-                 verdicts: bool | None, producer_config: dict | None, freeze_gc: bool):
+                 verdicts: bool | None, producer_config: dict | None, freeze_gc: bool,
+                 body_timeout_s: float = BODY_TIMEOUT_S,
+                 wait_ack_timeout_s: float = WAIT_ACK_TIMEOUT_S):
         if variant not in VARIANTS:
             raise ValueError(f"variant: {variant!r} is not one of {VARIANTS}")
         if max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be >= 1024, got {max_body_bytes}")
         self.variant, self.topic, self.bootstrap = variant, topic, bootstrap
         self.spool_dir, self.max_body_bytes = spool_dir, max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        if not 0 < wait_ack_timeout_s <= 300:
+            raise ValueError(f"wait_ack_timeout_s: must be in (0, 300] s, got {wait_ack_timeout_s}")
+        self.wait_ack_timeout_s = wait_ack_timeout_s
         self.max_tracked = max_tracked
         self.verdicts = (topic == POSTS) if verdicts is None else verdicts
         self.producer_config, self.freeze_gc = producer_config, freeze_gc
@@ -119,7 +182,8 @@ class PostApi:
             Route("/posts/{post_id}", self.get_post, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_route, methods=["GET"]),
-        ], lifespan=self.lifespan)
+        ], lifespan=self.lifespan, exception_handlers={
+            HTTPException: self.http_error, Exception: self.server_error})
         self.starlette.state.metrics = self.metrics
         self.starlette.state.table = self.table
         self.asgi = Timing(self.dispatch, self.metrics)
@@ -147,7 +211,10 @@ class PostApi:
         p = aio.producer
         metrics = self.metrics
         metrics.in_flight.set_function(lambda: p.in_flight)
-        metrics.spool_depth.set_function(lambda: len(p.spool) if p.spool is not None else 0)
+        # the spool's counters: a scrape never counts the table (nor waits for its lock)
+        metrics.spool_depth.set_function(lambda: p.spool.rows if p.spool is not None else 0)
+        metrics.spool_bytes.set_function(
+            lambda: p.spool.payload_bytes if p.spool is not None else 0)
         metrics.broker_healthy.set_function(lambda: 1.0 if p.healthy else 0.0)
         metrics.replayed.set_function(lambda: p.metrics.counters_fast("replayed"))
         self.reader = None
@@ -168,9 +235,14 @@ class PostApi:
         if self.reader is not None:
             self.reader.stop()
         report = await self.aio.close(timeout=30)
-        log.warning("lab_kit.api closed: accepted %d, acked %d, spooled (left on disk) "
-                    "%d, lost %d", report.accepted, report.acked, report.spooled_pending,
-                    report.lost)
+        # the vocabulary of the lessons: acked is not yet "delivered" (read back), a post left
+        # in the spool is not delivered either (the next API on this spool sends it), and
+        # "failed" is what neither Kafka, the spool nor the dead-letter topic holds
+        (log.info if report.lost == 0 else log.error)(
+            "lab_kit.api closed: accepted %d; acked by Kafka %d; left in the spool on disk %d "
+            "(not delivered yet: the next API on this spool sends them); failed (in neither "
+            "Kafka, the spool nor the DLQ) %d", report.accepted, report.acked,
+            report.spooled_pending, report.lost)
         self._spool_lock.close()
 
     # --- POST /posts -----------------------------------------------------------------------------
@@ -185,39 +257,61 @@ class PostApi:
         """POST /posts as a plain ASGI handler: the hot path skips Starlette's request,
         routing and response objects (about half of the server's CPU per post)."""
         headers = dict(scope["headers"])
+        extra: list[tuple[bytes, bytes]] = []
         try:
-            body = await read_body(headers, receive, self.max_body_bytes)
+            wait_ack = wait_for_ack(scope.get("query_string", b""))
+            body = await read_body(headers, receive, self.max_body_bytes, self.body_timeout_s)
             post = parse_post(body, headers.get(b"content-type", b"").decode("latin-1"))
-            status, payload = await self.accept(post,
-                                                b"wait=ack" in scope.get("query_string", b""))
+            status, payload = await self.accept(post, wait_ack)
         except ApiError as err:
-            self.metrics.rejected.labels(err.field).inc()
-            status, payload = err.status, {"error": str(err), "field": err.field,
-                                           "limit": err.limit}
+            self.metrics.rejected.labels(field_label(err.field)).inc()
+            status, payload = err.status, err.body()
+            extra = [(k.encode(), v.encode()) for k, v in err.headers().items()]
+        except Exception:  # noqa: BLE001 - a bug: logged here, a JSON 500 for the client
+            log.exception("POST /posts failed")
+            status, payload = 500, {"error": "server: internal error (logged)",
+                                    "field": "server", "limit": None}
         data = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
+                                (b"content-length", str(len(data)).encode()), *extra]})
         await send({"type": "http.response.body", "body": data})
 
     async def accept(self, post: Any, wait_ack: bool) -> tuple[int, dict]:
         aio = self.aio
-        if self.closing:
-            raise ApiError(503, "server", "running", "server: shutting down")
+        if self.closing or aio is None:
+            raise _shutting_down()
+        if post.post_id in self.table:  # never overwrite another post's status row
+            raise ApiError(409, "post_id", "unique", f"post_id: {post.post_id} was accepted "
+                           "already; the first post keeps it (omit post_id for a new one)")
         if self.variant == "blocking":
             return self.accept_blocking(post)
         try:
             pf = aio.submit(post)  # returns at once: the ack comes on the sender thread
         except BackpressureError as exc:
-            raise ApiError(503, exc.field, exc.limit, str(exc)) from None
+            raise ApiError(503, exc.field, exc.limit, str(exc),
+                           retry_after=RETRY_AFTER_BUSY_S) from None
+        except SpoolFullError as exc:  # the cap, or the disk: not accepted, try later
+            raise ApiError(503, exc.field, exc.limit, str(exc),
+                           retry_after=RETRY_AFTER_FULL_S) from None
+        except SpoolError as exc:  # locked, gone, corrupt: cannot promise durability either
+            log.error("POST /posts: the spool refused a post: %s", exc)
+            raise ApiError(503, "spool", "writable spool", str(exc),
+                           retry_after=RETRY_AFTER_FULL_S) from None
         except ProducerClosedError:
-            raise ApiError(503, "server", "running", "server: shutting down") from None
+            raise _shutting_down() from None
         self.metrics.submitted.inc()
         self.table.add(post.post_id, ("pending", None, None))
         pf.add_done_callback(self.on_done)
         if wait_ack:
-            try:
-                d = await wrap_future(pf)  # the asyncio bridge: the loop keeps serving
+            try:  # the asyncio bridge: the loop keeps serving; the wait has an end
+                d = await asyncio.wait_for(wrap_future(pf), self.wait_ack_timeout_s)
+            except TimeoutError:
+                return 504, {"post_id": post.post_id, "status": "accepted",
+                             "delivery": "pending",
+                             "error": f"no answer from Kafka within wait_ack_timeout_s="
+                                      f"{self.wait_ack_timeout_s:g}; the post stays accepted "
+                                      f"(GET /posts/{post.post_id} tells how it ends)"}
             except Exception as exc:  # noqa: BLE001
                 return 502, {"post_id": post.post_id, "status": "failed", "error": str(exc)}
             return 201, {"post_id": post.post_id, "status": "accepted", "delivery": d.outcome,
@@ -259,7 +353,8 @@ class PostApi:
         post_id = request.path_params["post_id"]
         row, verdict = self.table.get(post_id)
         if row is None:
-            return JSONResponse({"error": f"post_id: {post_id} is unknown (or older than the "
+            shown = post_id if len(post_id) <= 80 else post_id[:80] + "..."
+            return JSONResponse({"error": f"post_id: {shown} is unknown (or older than the "
                                           f"last {self.max_tracked} posts)", "field": "post_id",
                                  "limit": self.max_tracked}, status_code=404)
         return JSONResponse({"post_id": post_id, "delivery": row[0], "partition": row[1],
@@ -270,8 +365,20 @@ class PostApi:
         return JSONResponse({
             "status": "ok", "variant": self.variant, "topic": self.topic, "pid": os.getpid(),
             "broker_healthy": bool(p and p.healthy), "in_flight": p.in_flight if p else 0,
-            "spool_depth": len(p.spool) if p and p.spool is not None else 0,
+            "spool_depth": p.spool.rows if p and p.spool is not None else 0,  # a counter
             "tracked": len(self.table)})
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's 404/405 (and any HTTPException) with the API's JSON error body."""
+        status = getattr(exc, "status_code", 400)
+        err = ApiError(status, "route", None, f"route: {request.method} {request.url.path[:80]}"
+                       f" -> {getattr(exc, 'detail', '')}")
+        return JSONResponse(err.body(), status_code=status, headers=getattr(exc, "headers", None))
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        """A bug in a route: logged by the server, a JSON 500 (no traceback) for the client."""
+        return JSONResponse({"error": "server: internal error (logged)", "field": "server",
+                             "limit": None}, status_code=500)
 
     async def metrics_route(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -280,7 +387,10 @@ class PostApi:
 def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | None = None,
                spool_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                max_tracked: int = MAX_TRACKED, verdicts: bool | None = None,
-               producer_config: dict | None = None, freeze_gc: bool = False) -> Any:
+               producer_config: dict | None = None, freeze_gc: bool = False,
+               spool_max_rows: int | None = None, spool_max_bytes: int | None = None,
+               body_timeout_s: float = BODY_TIMEOUT_S,
+               wait_ack_timeout_s: float = WAIT_ACK_TIMEOUT_S) -> Any:
     """The ASGI app. The producer is made at startup (lifespan) and closed at shutdown.
 
     ``freeze_gc`` (the served process, ``python -m lab_kit api``): once started, move every
@@ -290,19 +400,30 @@ def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | N
 
     ``POST /posts`` is a plain ASGI handler; the other routes and the lifespan are a
     Starlette app (``app.starlette``); ``app.metrics`` is the Prometheus registry's owner.
-    The state and the routes are a :class:`PostApi`'s."""
+    The state and the routes are a :class:`PostApi`'s.
+
+    ``spool_max_rows`` / ``spool_max_bytes``: the spool's caps (None: the producer's defaults,
+    1,000,000 posts and 256 MiB); past them a post is refused with 503 + ``Retry-After``.
+    ``wait_ack_timeout_s``: how long ``?wait=ack`` waits for Kafka before ``504`` (the post
+    stays accepted)."""
+    caps = {k: v for k, v in (("spool_max_rows", spool_max_rows),
+                              ("spool_max_bytes", spool_max_bytes)) if v is not None}
     return PostApi(variant=variant, topic=topic, bootstrap=bootstrap, spool_dir=spool_dir,
                    max_body_bytes=max_body_bytes, max_tracked=max_tracked, verdicts=verdicts,
-                   producer_config=producer_config, freeze_gc=freeze_gc).asgi
+                   producer_config={**caps, **(producer_config or {})}, freeze_gc=freeze_gc,
+                   body_timeout_s=body_timeout_s, wait_ack_timeout_s=wait_ack_timeout_s).asgi
 
 
 def create_app_from_env() -> Any:
-    """uvicorn's factory (one call per worker process): settings from ``LAB_API_*``."""
+    """uvicorn's factory (one call per worker process): settings from ``LAB_API_*``
+    (``LAB_API_SPOOL_MAX_ROWS`` and ``LAB_API_SPOOL_MAX_BYTES``: the spool's caps)."""
     env = os.environ
+    rows, size = env.get("LAB_API_SPOOL_MAX_ROWS"), env.get("LAB_API_SPOOL_MAX_BYTES")
     return create_app(variant=env.get("LAB_API_VARIANT", "async"),
                       topic=env.get("LAB_API_TOPIC", POSTS),
                       bootstrap=env.get("LAB_API_BOOTSTRAP") or None,
                       spool_dir=env.get("LAB_API_SPOOL_DIR") or None,
                       max_body_bytes=int(env.get("LAB_API_MAX_BODY_BYTES", MAX_BODY_BYTES)),
                       verdicts={"1": True, "0": False}.get(env.get("LAB_API_VERDICTS", "")),
-                      freeze_gc=True)
+                      spool_max_rows=int(rows) if rows else None,
+                      spool_max_bytes=int(size) if size else None, freeze_gc=True)

@@ -1,18 +1,31 @@
-"""``POST /posts``'s body: read it (refused at the limit, before it is read whole) and turn it
-into a validated post, or raise :class:`lab_kit.api.errors.ApiError` (400, 413, 415, 422)."""
+"""``POST /posts``'s body: read it (refused at the limit, before it is read whole; and if it
+has not arrived whole within ``timeout_s``) and turn it into a validated post, or raise
+:class:`lab_kit.api.errors.ApiError` (400, 408, 413, 415, 422)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
-from lab_kit.api.errors import ApiError
+from lab_kit.api.errors import BODY_TIMEOUT_S, ApiError
 from lab_kit.posts import PostValidationError, validate_post
 
 
-async def read_body(headers: dict[bytes, bytes], receive: Callable, limit: int) -> bytes:
-    """The body, refused (413) before it is read whole when it is over ``limit`` bytes."""
+async def read_body(headers: dict[bytes, bytes], receive: Callable, limit: int,
+                    timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """The body, refused (413) before it is read whole when it is over ``limit`` bytes, and
+    (408) when it has not arrived whole within ``timeout_s`` (a slow-body client)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(headers, receive, limit)
+    except TimeoutError:
+        raise ApiError(408, "body", f"{timeout_s:g} s",
+                       f"body: not received whole within {timeout_s:g} s") from None
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Callable, limit: int) -> bytes:
     declared = headers.get(b"content-length")
     if declared is not None:
         try:
@@ -45,6 +58,9 @@ def parse_post(body: bytes, content_type: str) -> Any:
         data = json.loads(body)
     except UnicodeDecodeError:
         raise ApiError(400, "body", "UTF-8 JSON object", "body: not valid UTF-8") from None
+    except RecursionError:  # [[[[... deeper than the parser's stack: refused, not a 500
+        raise ApiError(400, "body", "UTF-8 JSON object",
+                       "body: JSON nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, "body", "UTF-8 JSON object", f"body: not JSON ({exc})") from None
     if not isinstance(data, dict):

@@ -10,6 +10,8 @@ is used, so the served workers, which import this package, never load it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -18,18 +20,52 @@ import sys
 import time
 from pathlib import Path
 
-from lab_kit.api.errors import MAX_BODY_BYTES, VARIANTS
+import psutil
+
+from lab_kit.api.errors import LIMIT_CONCURRENCY, MAX_BODY_BYTES, VARIANTS
 from lab_kit.machine import free_port
 from lab_kit.topics import POSTS
 
 #: ``--help``'s description (the first line of the served app's docstring)
 DESCRIPTION = "StreamSocial's post-submission HTTP API: the user's side of the async producer."
 
+#: what a non-loopback ``--host`` hands to every machine that can reach this one
+EXPOSED = ("POST /posts (anyone may submit posts under any user id), GET /posts/{id} (any "
+           "post's status), GET /healthz and GET /metrics (the broker's and the spool's "
+           "state); no authentication, no TLS")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything
+    else, names included (a name may resolve to any address)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, port: int, allow_remote: bool) -> str | None:
+    """None for a loopback ``host``; else the warning to print if ``allow_remote``, or a
+    ValueError (one line) that says how to ask for it."""
+    if is_loopback(host):
+        return None
+    if not allow_remote:
+        raise ValueError(
+            f"--host {host} is not a loopback address: the API has no authentication, so "
+            f"serving it beyond this machine needs --allow-remote as well")
+    return (f"WARNING: --allow-remote: serving http://{host}:{port} to every machine that "
+            f"can reach this one: {EXPOSED}")
+
 
 # --- command line -------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="default 127.0.0.1 (loopback only); any other needs --allow-remote")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="accept a non-loopback --host (prints what it exposes)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (1-8)")
     p.add_argument("--variant", choices=VARIANTS, default="async",
@@ -59,6 +95,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_body_bytes < 1024:
         raise ValueError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    warning = check_exposure(args.host, args.port, getattr(args, "allow_remote", False))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     os.environ.update({
         "LAB_API_VARIANT": args.variant, "LAB_API_TOPIC": args.topic,
         "LAB_API_BOOTSTRAP": args.bootstrap or "", "LAB_API_SPOOL_DIR": args.spool_dir or "",
@@ -67,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run("lab_kit.api:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, limit_concurrency=LIMIT_CONCURRENCY)
     return 0
 
 
@@ -84,11 +123,27 @@ def cli(argv: list[str] | None = None) -> int:
 
 # --- a served API for notebooks, benches, drills and tests ---------------------------------------
 
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live processes (zombies excluded) of process group ``pgid``."""
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
 class ApiServer:
     """``python -m lab_kit.api`` in a child process, on a free loopback port.
 
     ``with ApiServer(topic=...) as api: httpx.post(api.url + "/posts", json=...)``;
-    ``stop()`` sends SIGTERM (the app flushes, or spools what is left) and waits.
+    ``stop()`` sends SIGTERM (the app flushes, or spools what is left) and waits, then
+    SIGKILLs whatever is left of the child's process group (uvicorn's workers included). The
+    child runs in its own session, so that group is exactly the API's processes. A
+    :meth:`start` that fails (the child exits, or never answers) stops the child before it
+    raises; the log file is only open in the parent while the child is being spawned.
     """
 
     def __init__(self, *, variant: str = "async", topic: str = POSTS, workers: int = 1,
@@ -101,6 +156,7 @@ class ApiServer:
         self.spool_dir, self.verdicts, self.bootstrap = spool_dir, verdicts, bootstrap
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self._group_gone = False  # set once stop() saw the child's group empty
 
     def start(self, timeout_s: float = 30.0) -> ApiServer:
         cmd = [sys.executable, "-m", "lab_kit.api", "--port", str(self.port),
@@ -110,9 +166,16 @@ class ApiServer:
             cmd += ["--spool-dir", str(self.spool_dir)]
         if self.bootstrap:
             cmd += ["--bootstrap", self.bootstrap]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out if self.log_path else None)
-        self.wait_ready(timeout_s)
+        with (open(self.log_path, "ab") if self.log_path  # the child keeps its own copy
+              else contextlib.nullcontext(None)) as log:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
+                stderr=log, start_new_session=True)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:  # never leave a half-started API (or its workers) behind
+            self.stop(timeout_s=5)
+            raise
         return self
 
     def health(self) -> dict:
@@ -166,14 +229,37 @@ class ApiServer:
         return h
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL to the whole process group (also
+        when the parent exited but left a worker behind). The exit code, None if never
+        started."""
+        if self.proc is None:
+            return None
+        if self._group_gone:  # never signal that pgid again: the number may be reused
+            return self.proc.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_group()
+        code = self.proc.wait(10)
+        self._group_gone = not group_members(self.proc.pid)
+        return code
+
+    def _kill_group(self) -> None:
+        """SIGKILL every process left in the child's group (its pgid is its pid: it leads its
+        own session), then wait (up to 10 s) until each is gone or a zombie."""
+        assert self.proc is not None
+        pgid = self.proc.pid
         try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return  # no process left in the group
+        deadline = time.monotonic() + 10
+        while group_members(pgid) and time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.05)  # reap the leader
 
     def __enter__(self) -> ApiServer:
         return self.start() if self.proc is None else self

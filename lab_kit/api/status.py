@@ -35,6 +35,9 @@ class StatusTable:
                 old, _row = self._rows.popitem(last=False)
                 self._verdicts.pop(old, None)
 
+    def __contains__(self, post_id: str) -> bool:
+        return post_id in self._rows  # one dict lookup: atomic under the GIL
+
     def update(self, post_id: str, row: tuple) -> None:
         with self._lock:
             if post_id in self._rows:  # keeps its place in the order

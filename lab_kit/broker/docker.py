@@ -93,6 +93,7 @@ def kafka_env(port: int) -> dict[str, str]:
         "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
         "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
         "KAFKA_NUM_PARTITIONS": "3",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",  # the lab creates its topics
         "KAFKA_LOG_CLEANER_DEDUPE_BUFFER_SIZE": str(4 * 1024 * 1024),
         "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
     }

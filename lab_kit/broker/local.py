@@ -5,6 +5,13 @@ cached outside the repo. Each node is broker+controller ("combined" mode); 1 or 
 Ports, pids and data dirs are kept in ``<state_dir>/broker.json`` so the CLI, notebooks and
 tests share one cluster. Data dirs persist across stop/start, so an acked record survives
 ``kill -9`` and a restart.
+
+Supply chain: ``mvn`` runs with ``--strict-checksums`` (a jar whose checksum does not match
+Maven Central's fails the build), and the JVM's classpath is the list of jars Maven resolved
+(``classpath.txt`` beside them), never whatever else sits in the cache folder.
+Deleting: the data folder (``<state_dir>/local``) carries a marker file (:data:`MARKER`) from
+its creation; :meth:`LocalBroker.setup` replaces an old data folder only if it carries the
+marker (e.g. ``broker.json`` was lost), and ``down --purge`` deletes only such a folder.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from lab_kit.broker.base import Broker, BrokerError, NodeInfo
 from lab_kit.machine import free_port, port_free, write_json_atomic
 
 STATE_FILE = "broker.json"
+#: written into every data folder this module creates: only such a folder is ever deleted
+MARKER = ".lab-kit-broker-data"
+#: the jars Maven resolved, one file name a line, in the jars folder
+CLASSPATH_FILE = "classpath.txt"
 _CHILDREN: dict[int, subprocess.Popen] = {}  # keep Popen objects so we can reap our JVMs
 
 
@@ -78,10 +89,11 @@ def jars_dir(version: str = lab_env.KAFKA_VERSION) -> Path:
 
 
 def resolve_jars(version: str = lab_env.KAFKA_VERSION, timeout_s: float = 900) -> Path:
-    """Download (once) the broker jars with Maven; returns the folder holding them."""
+    """Download (once) the broker jars with Maven; returns the folder holding them. Which of
+    them make the classpath is in its ``classpath.txt`` (see :func:`broker_jars`)."""
     libs = jars_dir(version)
     marker = libs / ".complete"
-    if marker.exists():
+    if marker.exists() and (libs / CLASSPATH_FILE).exists():
         return libs
     mvn = shutil.which("mvn")
     if not mvn:
@@ -91,13 +103,10 @@ def resolve_jars(version: str = lab_env.KAFKA_VERSION, timeout_s: float = 900) -
             "environment.yml), or use Docker (--backend docker)."
         )
     libs.mkdir(parents=True, exist_ok=True)
+    listing = libs / "classpath.mvn"
     pom = resources.files("lab_kit.broker").joinpath("pom.xml")
     with resources.as_file(pom) as pom_path:
-        cmd = [
-            mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}", f"-Dkafka.version={version}",
-            f"-Dslf4j.version={lab_env.SLF4J_VERSION}",
-        ]
+        cmd = mvn_command(mvn, pom_path, libs, listing, version)
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
@@ -109,8 +118,52 @@ def resolve_jars(version: str = lab_env.KAFKA_VERSION, timeout_s: float = 900) -
             f"{out.returncode}). Check that Maven Central is reachable (proxy settings in "
             f"~/.m2/settings.xml).\n{tail}"
         )
+    names = resolved_names(listing.read_text(), libs)
+    tmp = libs / (CLASSPATH_FILE + ".tmp")
+    tmp.write_text("".join(n + "\n" for n in names))
+    tmp.replace(libs / CLASSPATH_FILE)
+    listing.unlink(missing_ok=True)
     marker.write_text(version)
     return libs
+
+
+def mvn_command(mvn: str, pom: Path, libs: Path, listing: Path,
+                version: str = lab_env.KAFKA_VERSION) -> list[str]:
+    """One ``mvn`` run: copy the resolved jars into ``libs`` and list them in ``listing``
+    (their paths in the local repository); ``-C`` = ``--strict-checksums``."""
+    return [
+        mvn, "-q", "-B", "-C", "-f", str(pom),
+        "dependency:copy-dependencies", "dependency:build-classpath",
+        f"-DoutputDirectory={libs}", f"-Dmdep.outputFile={listing}",
+        f"-Dkafka.version={version}", f"-Dslf4j.version={lab_env.SLF4J_VERSION}",
+    ]
+
+
+def resolved_names(listing: str, libs: Path) -> list[str]:
+    """The jar file names of ``mvn dependency:build-classpath``'s output (paths joined by the
+    path separator), each checked to be in ``libs``; BrokerError if one is missing."""
+    names = [Path(p).name for p in listing.strip().split(os.pathsep) if p.strip()]
+    missing = [n for n in names if not (libs / n).is_file()]
+    if not names or missing:
+        raise BrokerError(f"mvn listed jars that are not in {libs}: {missing or 'none listed'}")
+    return names
+
+
+def broker_jars(libs: Path | None = None) -> list[Path]:
+    """The jars of the broker's classpath: those Maven resolved (``classpath.txt``), resolving
+    them first if that list is missing; never any other jar in the folder."""
+    libs = Path(libs) if libs else resolve_jars()
+    listed = libs / CLASSPATH_FILE
+    if not listed.exists():  # jars cached by an older lab_kit: list them (mvn, offline-fast)
+        version = libs.parent.name.removeprefix("kafka-")
+        libs = resolve_jars(version if libs == jars_dir(version) else lab_env.KAFKA_VERSION)
+        listed = libs / CLASSPATH_FILE
+    names = [n.strip() for n in listed.read_text().splitlines() if n.strip()]
+    return [libs / n for n in names]
+
+
+def broker_classpath(libs: Path | None = None) -> str:
+    return os.pathsep.join(str(p) for p in broker_jars(libs))
 
 
 # --- ports and processes -------------------------------------------------------------------
@@ -214,7 +267,9 @@ def _server_properties(node: dict, voters: str, n_nodes: int) -> str:
         "broker.heartbeat.interval.ms": 500,
         "log.cleaner.dedupe.buffer.size": 4 * 1024 * 1024,
         "log.segment.bytes": 64 * 1024 * 1024,
-        "auto.create.topics.enable": "true",
+        # the lab creates its topics (topics.ensure_topics): a client that asks for a missing
+        # one must not create it with the broker's defaults (3 partitions, no min ISR)
+        "auto.create.topics.enable": "false",
     }
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
@@ -315,15 +370,14 @@ class LocalBroker(Broker):
                 "props": str(ndir / "server.properties"),
                 "log": str(ndir / "kafka.log"), "pid": None,
             })
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
+        _replace_data_dir(data_dir)
         voters = ",".join(f"{n['id']}@127.0.0.1:{n['controller_port']}" for n in node_list)
         cluster_id = _random_cluster_id()
         for n in node_list:
             Path(n["dir"]).mkdir(parents=True, exist_ok=True)
             Path(n["props"]).write_text(_server_properties(n, voters, nodes))
             out = subprocess.run(
-                [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
+                [java, "-cp", broker_classpath(libs), "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", n["props"]],
                 capture_output=True, text=True, timeout=120,
             )
@@ -353,7 +407,7 @@ class LocalBroker(Broker):
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
             "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn",
-            "-cp", f"{self.state['libs']}/*", "kafka.Kafka", n["props"],
+            "-cp", broker_classpath(Path(self.state["libs"])), "kafka.Kafka", n["props"],
         ]
         with open(n["log"], "ab") as log:
             proc = subprocess.Popen(
@@ -466,6 +520,10 @@ class LocalBroker(Broker):
         if purge:
             data = self.state.get("data_dir")
             if data and Path(data).exists():
+                if not _made_by_lab(Path(data), self.state_dir):
+                    raise BrokerError(
+                        f"{data} (the data folder {self.state_path} names) was not made by "
+                        f"this lab (no {MARKER} in it): not deleted; remove it yourself")
                 shutil.rmtree(data)
             self.state_path.unlink(missing_ok=True)
             self.state = {}
@@ -477,6 +535,32 @@ class LocalBroker(Broker):
             if proc is not None:
                 out[n["id"]] = proc.memory_info().rss
         return out
+
+
+def _made_by_lab(data_dir: Path, state_dir: Path | None = None) -> bool:
+    """True if this module created ``data_dir``: it holds :data:`MARKER`, or (a folder from
+    before the marker) it is ``<state_dir>/local`` of a state file that names it."""
+    if (data_dir / MARKER).is_file():
+        return True
+    return state_dir is not None and data_dir == Path(state_dir) / "local"
+
+
+def _replace_data_dir(data_dir: Path) -> None:
+    """Make ``data_dir`` a new, empty data folder carrying :data:`MARKER`. An old one is
+    deleted only if it carries the marker (the lab made it); an empty one is reused; anything
+    else is left alone: BrokerError."""
+    if data_dir.exists():
+        if (data_dir / MARKER).is_file():
+            shutil.rmtree(data_dir)
+        elif any(data_dir.iterdir()):
+            raise BrokerError(
+                f"{data_dir} exists, but no state file describes it and it has no {MARKER}: "
+                f"this lab did not make it (or an older lab_kit did), so it is not deleted. "
+                f"Move it away (or delete it yourself), or choose another LAB_STATE_DIR.")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text(
+        "Made by lab_kit's local Kafka broker; `python -m lab_kit broker down --purge` "
+        "deletes this folder.\n")
 
 
 def _random_cluster_id() -> str:
@@ -507,5 +591,8 @@ def up(nodes: int = 1, port: int | None = None, state_dir: Path | None = None,
         )
     if not b.exists:
         b.setup(nodes=nodes, port=port)
+    elif b.data_dir and Path(b.data_dir).is_dir() and _made_by_lab(Path(b.data_dir),
+                                                                   b.state_dir):
+        Path(b.data_dir, MARKER).touch()  # made before the marker existed: mark it now
     b.start(timeout_s=timeout_s)
     return b

@@ -14,10 +14,13 @@ Open next, in this order:
   caller a Kafka client call (all three re-exported here);
 * :mod:`lab_kit.drills.report` — the typed results (:class:`DrillReport`,
   :class:`OverloadReport`, :class:`ApiDrillReport`): ``ok``, ``summary()``, ``to_json()``;
-* the drills themselves: :mod:`lab_kit.drills.producer_drills` (broker-outage, broker-pause,
-  leader-failover), :mod:`lab_kit.drills.moderation` (moderation-outage, moderation-slow,
-  moderation-overload), :mod:`lab_kit.drills.api` (api-broker-outage, through HTTP, on
-  :mod:`lab_kit.harness.api_condition`);
+* the drills themselves: :mod:`lab_kit.drills.producer_drills` (broker-outage,
+  broker-outage-long, broker-pause, leader-failover), :mod:`lab_kit.drills.moderation`
+  (moderation-outage, moderation-slow, moderation-overload), :mod:`lab_kit.drills.api`
+  (api-broker-outage, through HTTP, on :mod:`lab_kit.harness.api_condition`),
+  :mod:`lab_kit.drills.full_spool` (api-full-spool: the API's capped spool fills while the
+  broker is down; 202 or 503 + Retry-After, never a 500, every 202 delivered; its
+  :class:`~lab_kit.drills.full_spool.FullSpoolReport`);
 * :mod:`lab_kit.drills.runner` — ``run_drill(name)`` and ``python -m lab_kit drill NAME``
   (imported from there, not from this package: the runner loads the HTTP drill, and
   ``python -m lab_kit.drills.api`` must not find its own module imported by this package first).

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lab_kit.cli_support import run_cli
-from lab_kit.drills.report import API_DRILL, ApiDrillReport, ApiDrillSettings
+from lab_kit.drills.report import API_DRILL, ApiDrillReport, ApiDrillSettings, print_and_save
 from lab_kit.harness.api_condition import own_broker as start_own_broker
 from lab_kit.harness.api_condition import run_condition
 from lab_kit.output_paths import check_output_path
@@ -82,11 +81,7 @@ def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")
     report = run_api_drill(args.posts, args.rate, args.outage, args.lead, args.workers,
                            own_broker=getattr(args, "own_broker", False))
-    print(report.summary())
-    if args.json_path:
-        Path(args.json_path).write_text(report.to_json())
-        print(f"wrote {args.json_path}")
-    return 0 if report.ok else 1
+    return print_and_save(report, args.json_path)
 
 
 def main_from_drill(args: argparse.Namespace) -> int:

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_kit import broker as lab_broker
-from lab_kit.drills.report import DrillReport, ModerationChecks, OverloadReport, Phase
+from lab_kit.drills.report import (
+    DrillReport,
+    ModerationChecks,
+    OverloadReport,
+    Phase,
+    print_and_save,
+)
 from lab_kit.drills.workload import DrillSettings, RssSampler, TimedSubmit
 from lab_kit.harness.checker import KafkaCallWatch, audit, check_results
 from lab_kit.harness.nemesis import Nemesis
@@ -335,8 +341,4 @@ def overload_main(args) -> int:
     settings.validate()
     check_output_path(args.json_path, "--json")
     report = overload_drill(settings=settings, progress=True)
-    print(report.summary())
-    if args.json_path:
-        Path(args.json_path).write_text(report.to_json())
-        print(f"wrote {args.json_path}")
-    return 0 if report.ok else 1
+    return print_and_save(report, args.json_path)

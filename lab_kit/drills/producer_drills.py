@@ -1,4 +1,10 @@
-"""The producer drills: broker-outage, broker-pause, leader-failover.
+"""The producer drills: broker-outage, broker-outage-long, broker-pause, leader-failover.
+
+``broker-outage-long`` keeps the broker down for longer than the producer's
+``delivery_timeout_ms`` (:data:`LONG_OUTAGE_DELIVERY_TIMEOUT_MS`, lowered so the drill takes
+seconds, not minutes): the posts inside the client when it died leave it only by failing, after
+newer posts of their users went to the spool. The checker reads the topic back and counts, per
+user, any post that landed after a newer one (order violations): the drill fails on one.
 
 Workload (:mod:`.workload`): posts submitted open-loop through ``AsyncPostProducer`` with a
 durable spool. Nemesis (:mod:`lab_kit.harness.nemesis`): kill -9 or SIGSTOP a broker node, or
@@ -25,7 +31,12 @@ from lab_kit.posts import Workload
 from lab_kit.producer import AsyncPostProducer
 from lab_kit.topics import ensure_topics, wait_for_leaders
 
-PRODUCER_DRILLS = ("broker-outage", "broker-pause", "leader-failover")
+PRODUCER_DRILLS = ("broker-outage", "broker-outage-long", "broker-pause", "leader-failover")
+#: broker-outage-long: the producer gives up on a post after this long (kafka-python's default
+#: is 120 s); the outage lasts longer, so posts time out inside the client during it
+LONG_OUTAGE_DELIVERY_TIMEOUT_MS = 5_000
+LONG_OUTAGE_CLIENT = {"delivery_timeout_ms": LONG_OUTAGE_DELIVERY_TIMEOUT_MS,
+                      "request_timeout_ms": 4_000}
 
 
 def fresh_topics(cfg: dict, name: str) -> tuple[str, str]:
@@ -51,7 +62,7 @@ def leader_of(cfg: dict, topic: str, partition: int = 0, timeout_s: float = 15) 
 def nemesis_for(name: str, broker, cfg: dict, topic: str, settings: DrillSettings,
                 metrics: MetricsRecorder) -> Nemesis:
     """The fault of drill ``name`` on ``broker``."""
-    if name == "broker-outage":
+    if name in ("broker-outage", "broker-outage-long"):
         return broker_kill(broker, broker.node_ids()[0], settings.lead_s, settings.outage_s,
                            metrics)
     if name == "broker-pause":
@@ -65,27 +76,43 @@ def nemesis_for(name: str, broker, cfg: dict, topic: str, settings: DrillSetting
 
 def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
                    progress: bool = False) -> DrillReport:
-    """broker-outage / broker-pause / leader-failover: the producer side under a broker fault."""
+    """broker-outage / broker-pause / leader-failover: the producer side under a broker fault.
+
+    Torn down in a ``finally`` whatever fails: the nemesis is joined and its fault healed
+    again (``broker.start``/``resume`` are idempotent), the producer closed."""
     cfg = broker.client_config()
     topic, dlq = fresh_topics(cfg, name)
     metrics = MetricsRecorder()
     spool_path = workdir / f"{name}.spool.db"
     extra = broker.extra_config()
+    if name == "broker-outage-long":
+        if settings.outage_s * 1000 <= LONG_OUTAGE_DELIVERY_TIMEOUT_MS:
+            raise ValueError(f"--outage must be longer than the drill's delivery_timeout_ms "
+                             f"({LONG_OUTAGE_DELIVERY_TIMEOUT_MS} ms), got {settings.outage_s} s")
+        extra = {**extra, **LONG_OUTAGE_CLIENT}
     producer = AsyncPostProducer(cfg["bootstrap_servers"], topic, dlq_topic=dlq,
                                  spool_path=str(spool_path), metrics=metrics,
                                  probe_interval_s=0.25, stall_timeout_s=2.0,
                                  max_in_flight=5_000, **extra)
-    nemesis = nemesis_for(name, broker, cfg, topic, settings, metrics)
-    with RssSampler() as rss, KafkaCallWatch() as watch:
-        submit = TimedSubmit(producer, nemesis, watch)
-        nemesis.start()
-        run = run_open_loop(submit, Workload(seed=17).iter_posts(), settings.rate,
-                            settings.duration_s, max_posts=settings.posts, progress=progress)
-        nemesis.join(timeout=settings.lead_s + settings.outage_s + 300)  # heal waits <= 240 s
-        producer.flush(timeout=60)
-        left = producer.drain_spool(timeout=120)
-        drained_at = metrics.clock()
-        closed = producer.close(timeout=60)
+    nemesis: Nemesis | None = None
+    launched = ok = False
+    try:
+        nemesis = nemesis_for(name, broker, cfg, topic, settings, metrics)
+        with RssSampler() as rss, KafkaCallWatch() as watch:
+            submit = TimedSubmit(producer, nemesis, watch)
+            nemesis.start()
+            launched = True
+            run = run_open_loop(submit, Workload(seed=17).iter_posts(), settings.rate,
+                                settings.duration_s, max_posts=settings.posts,
+                                progress=progress)
+            nemesis.join(timeout=settings.lead_s + settings.outage_s + 300)  # heal <= 240 s
+            producer.flush(timeout=60)
+            left = producer.drain_spool(timeout=120)
+            drained_at = metrics.clock()
+            closed = producer.close(timeout=60)
+        ok = True
+    finally:
+        teardown(producer, nemesis if launched else None, settings, failed=not ok)
     counters = metrics.counters()
     landed = audit(cfg, topic, submit.submitted, dlq_topic=dlq, counters=counters)
     checks = ProducerChecks(
@@ -95,3 +122,28 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
         client_rebuilds=counters.get("client_rebuilds", 0))
     return DrillReport.build(name, broker, settings, run, landed, metrics, nemesis, submit, rss,
                              topic=topic, producer=checks)
+
+
+def teardown(producer, nemesis: Nemesis | None, settings: DrillSettings, *,
+             failed: bool) -> None:
+    """Leave the broker healed and the producer closed, also when the drill failed midway.
+
+    A started ``nemesis`` is waited for (it strikes after ``lead_s`` and heals on its own
+    ``outage_s`` later: nothing strikes after this returns); if it struck, after a failure or
+    a heal that raised, its heal runs once more (start/resume of a running node does
+    nothing). An error here is raised only if the drill itself succeeded."""
+    errors: list[BaseException] = []
+    if nemesis is not None:
+        nemesis.join(timeout=settings.lead_s + settings.outage_s + 300)
+        if nemesis.started_at is not None and (failed or nemesis.error is not None):
+            try:
+                nemesis.heal()
+            except Exception as exc:  # noqa: BLE001 - reported below (or by the drill's error)
+                errors.append(exc)
+    if not producer.closed:
+        try:
+            producer.close(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - as above
+            errors.append(exc)
+    if errors and not failed:
+        raise errors[0]

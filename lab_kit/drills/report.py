@@ -33,7 +33,7 @@ API_DRILL = "api-broker-outage"
 OVERLOAD_DRILL = "moderation-overload"
 #: the audit counts a summary line shows, in this order
 AUDIT_KEYS = ("submitted", "acked", "spooled", "replayed", "delivered_unique", "duplicates",
-              "lost", "dead_lettered")
+              "lost", "dead_lettered", "out_of_order", "users_out_of_order")
 
 
 class _Json:
@@ -167,9 +167,11 @@ class DrillReport(_Json):
 
     @property
     def ok(self) -> bool:
-        """Lost 0 and the nemesis did its job; broker drills: no Kafka call while spooling;
-        moderation drills: every post has a result and every degraded one a recheck."""
-        ok = self.audit.lost == 0 and self.nemesis_error is None
+        """Lost 0, every user's posts in submit order on the topic, and the nemesis did its
+        job; broker drills: no Kafka call while spooling; moderation drills: every post has a
+        result and every degraded one a recheck."""
+        ok = (self.audit.lost == 0 and not self.audit.out_of_order
+              and self.nemesis_error is None)
         if self.producer is not None:
             ok = ok and self.caller.kafka_calls_while_spooling == 0
         if self.moderation is not None:
@@ -504,3 +506,13 @@ def report_from_dict(d: dict[str, Any]) -> Report:
 def load_report(path: str | Path) -> Report:
     """A report saved by ``python -m lab_kit drill NAME --json PATH``."""
     return report_from_dict(json.loads(Path(path).read_text()))
+
+
+def print_and_save(report: Any, json_path: str | None) -> int:
+    """What every ``drill`` command line ends with: the summary printed, the JSON written if
+    asked for, and the exit code (0 if the drill's checks held, else 1)."""
+    print(report.summary())
+    if json_path:
+        Path(json_path).write_text(report.to_json())
+        print(f"wrote {json_path}")
+    return 0 if report.ok else 1

@@ -15,14 +15,16 @@ from lab_kit import broker as lab_broker
 from lab_kit import lab_env
 from lab_kit.broker import local
 from lab_kit.drills.api import main_from_drill
+from lab_kit.drills.full_spool import main_from_drill as full_spool_main
 from lab_kit.drills.moderation import moderation_drill, overload_drill, overload_main
 from lab_kit.drills.producer_drills import producer_drill
-from lab_kit.drills.report import DrillReport, OverloadReport
+from lab_kit.drills.report import DrillReport, OverloadReport, print_and_save
 from lab_kit.drills.workload import DrillSettings
 from lab_kit.output_paths import check_output_path
 
-DRILLS = ("broker-outage", "broker-pause", "leader-failover", "moderation-outage",
-          "moderation-slow", "moderation-overload", "api-broker-outage")
+DRILLS = ("broker-outage", "broker-outage-long", "broker-pause", "leader-failover",
+          "moderation-outage", "moderation-slow", "moderation-overload", "api-broker-outage",
+          "api-full-spool")
 
 
 def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
@@ -37,6 +39,10 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
         raise ValueError("api-broker-outage drives the HTTP API: use "
                          "lab_kit.drills.api.run_api_drill (or `python -m lab_kit drill "
                          "api-broker-outage`)")
+    if name == "api-full-spool":
+        raise ValueError("api-full-spool drives the HTTP API on a broker of its own: use "
+                         "lab_kit.drills.full_spool.run_full_spool_drill (or `python -m "
+                         "lab_kit drill api-full-spool`)")
     if name == "moderation-overload":  # its own shape: rates follow the backend's capacity
         return overload_drill(broker, workdir=workdir, progress=progress)
     settings = settings or DrillSettings.for_drill(name)
@@ -82,13 +88,11 @@ def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")
     if args.name == "api-broker-outage":
         return main_from_drill(args)
+    if args.name == "api-full-spool":
+        return full_spool_main(args)
     if args.name == "moderation-overload":
         return overload_main(args)
     settings = DrillSettings.for_drill(args.name, posts=args.posts, rate=args.rate,
                                        outage_s=args.outage, lead_s=args.lead)
     report = run_drill(args.name, settings, progress=True)
-    print(report.summary())
-    if args.json_path:
-        Path(args.json_path).write_text(report.to_json())
-        print(f"wrote {args.json_path}")
-    return 0 if report.ok else 1
+    return print_and_save(report, args.json_path)

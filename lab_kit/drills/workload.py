@@ -48,7 +48,12 @@ class DrillSettings:
     def for_drill(cls, name: str, **overrides: Any) -> DrillSettings:
         """Defaults per drill: moderation calls an HTTP service per post, so its drills run
         at a rate one consumer can moderate (~150 posts/s) instead of 2,000 posts/s."""
-        base = cls(posts=1_500, rate=150.0) if name.startswith("moderation") else cls()
+        if name.startswith("moderation"):
+            base = cls(posts=1_500, rate=150.0)
+        elif name == "broker-outage-long":  # down 12 s: past the drill's 5 s delivery timeout
+            base = cls(posts=24_000, rate=1_000.0, outage_s=12.0, lead_s=3.0)
+        else:
+            base = cls()
         for k, v in overrides.items():
             if v is not None:
                 setattr(base, k, v)
@@ -103,12 +108,12 @@ class TimedSubmit:
         calls = self.watch.calls if self.watch is not None else 0
         t0 = time.perf_counter()
         future = self.producer.submit(post, intended_at=intended_at)
+        settled = future.done()  # at once: later, the worker may have re-spooled a sent post
         took = time.perf_counter() - t0
         self.submitted.append(post.post_id)
         if self.nemesis.active:
             self.during.append(took)
-        if future.done() and future.exception(0) is None \
-                and future.result(0).outcome == "spooled":
+        if settled and future.exception(0) is None and future.result(0).outcome == "spooled":
             self.spooled_by_caller += 1
             if self.watch is not None and self.watch.calls != calls:
                 self._kafka_calls_while_spooling += 1

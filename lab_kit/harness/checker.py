@@ -127,6 +127,12 @@ class KafkaCallWatch:
             def wrapper(*args: Any, _name: str = name, _original: Any = original,
                         **kwargs: Any) -> Any:
                 ident = threading.get_ident()
+                if _name == "close" and args and getattr(args[0], "_closed", True):
+                    # a no-op: kafka-python's __del__ closes a client closed long ago (or
+                    # one whose __init__ failed), on whatever thread the garbage collector
+                    # runs (measured: the caller's, inside a spool append); it returns at
+                    # once, it cannot wait on Kafka
+                    return _original(*args, **kwargs)
                 for watch in KafkaCallWatch._active:
                     if watch.thread_id == ident:
                         watch._seen(_name)

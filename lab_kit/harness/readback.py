@@ -1,7 +1,8 @@
 """The read-back checker: read a topic back and count what landed, by post id.
 
 "Lost" is decided here and only here: a post accepted by the lab and never found in the topic.
-The producer's own counters are never trusted for it.
+The producer's own counters are never trusted for it. So is "in order": per user, no post lands
+after a newer post of the same user (:func:`order_violations`, given the submit order).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -80,18 +82,50 @@ def read_topic(client_config: dict, topic: str, timeout_s: float = 60.0,
         consumer.close()
 
 
-def post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0,
-                start: dict[int, int] | None = None) -> list[str]:
-    """The ``post_id`` of every record of ``topic`` (records without one are skipped)."""
-    ids = []
+def keyed_post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0,
+                      start: dict[int, int] | None = None) -> list[tuple[bytes | None, str]]:
+    """``(key, post_id)`` of every record of ``topic``, partition by partition in offset
+    order (records without a post_id are skipped)."""
+    out = []
     for record in read_topic(client_config, topic, timeout_s, start):
         try:
             pid = json.loads(record.value).get("post_id")
         except (ValueError, AttributeError, TypeError):
             continue
         if pid:
-            ids.append(pid)
-    return ids
+            out.append((record.key, pid))
+    return out
+
+
+def post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0,
+                start: dict[int, int] | None = None) -> list[str]:
+    """The ``post_id`` of every record of ``topic`` (records without one are skipped)."""
+    return [pid for _key, pid in keyed_post_ids_in(client_config, topic, timeout_s, start)]
+
+
+def order_violations(landed: Iterable[tuple[Any, str]], submitted_in_order: Sequence[str]
+                     ) -> tuple[list[str], set[Any]]:
+    """Per key (a user), posts that landed after a newer post of the same key: Jepsen's
+    per-key order check. ``landed`` is ``(key, post_id)`` in the order a consumer reads them
+    (offset order: a key lives in one partition); ``submitted_in_order`` is the order the
+    producer accepted them. A duplicate copy is a duplicate, not a reordering: only the first
+    copy of a post counts. Returns the late posts and the keys they belong to."""
+    rank = {pid: i for i, pid in enumerate(submitted_in_order)}
+    newest: dict[Any, int] = {}
+    seen: set[str] = set()
+    late: list[str] = []
+    keys: set[Any] = set()
+    for key, pid in landed:
+        r = rank.get(pid)
+        if r is None or pid in seen:
+            continue
+        seen.add(pid)
+        if r < newest.get(key, -1):
+            late.append(pid)
+            keys.add(key)
+        else:
+            newest[key] = r
+    return late, keys
 
 
 @dataclass
@@ -115,10 +149,15 @@ class AuditReport:
     lost_ids: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
     dead_lettered_ids: list[str] = field(default_factory=list)
+    #: posts that landed after a newer post of their user, and those users (None: the
+    #: submitted ids came as a set, with no order to check against)
+    out_of_order: int | None = None
+    users_out_of_order: int | None = None
+    out_of_order_ids: list[str] = field(default_factory=list)
 
     def to_dict(self, max_ids: int = 20) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("lost_ids", "duplicate_ids", "dead_lettered_ids"):
+        for key in ("lost_ids", "duplicate_ids", "dead_lettered_ids", "out_of_order_ids"):
             d[key] = d[key][:max_ids]
         return d
 
@@ -136,9 +175,12 @@ def audit(client_config: dict, topic: str, submitted_ids: list[str] | set[str], 
     """
     submitted = set(submitted_ids)
     since = since or {}
-    landed = Counter(pid for pid in post_ids_in(client_config, topic, timeout_s,
-                                                since.get(topic))
-                     if pid in submitted)
+    keyed = keyed_post_ids_in(client_config, topic, timeout_s, since.get(topic))
+    landed = Counter(pid for _key, pid in keyed if pid in submitted)
+    late: list[str] | None = None
+    late_users: set = set()
+    if not isinstance(submitted_ids, set | frozenset):  # a sequence: the submit order
+        late, late_users = order_violations(keyed, list(submitted_ids))
     dead: set[str] = set()
     if dlq_topic:
         dead = set(post_ids_in(client_config, dlq_topic, timeout_s, since.get(dlq_topic))) \
@@ -152,4 +194,7 @@ def audit(client_config: dict, topic: str, submitted_ids: list[str] | set[str], 
         spooled=counters.get("spooled", 0), replayed=counters.get("replayed", 0),
         delivered_unique=len(landed), duplicates=sum(n - 1 for n in landed.values()),
         lost=len(lost_ids), dead_lettered=len(dead), pending=len(pending),
-        lost_ids=lost_ids, duplicate_ids=dup_ids, dead_lettered_ids=sorted(dead))
+        lost_ids=lost_ids, duplicate_ids=dup_ids, dead_lettered_ids=sorted(dead),
+        out_of_order=None if late is None else len(late),
+        users_out_of_order=None if late is None else len(late_users),
+        out_of_order_ids=late or [])

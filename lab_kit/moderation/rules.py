@@ -1,6 +1,6 @@
 """Content-moderation rules for StreamSocial posts (pure Python, no I/O).
 
-Shared by the moderation backend service (:mod:`lab_kit.moderation_backend`) and by the
+Shared by the moderation backend service (:mod:`lab_kit.moderation.backend`) and by the
 Kafka consumer's local fallback, so both agree on what the labels mean.
 
 Labels (``Verdict.label``):

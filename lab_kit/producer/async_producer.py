@@ -20,8 +20,9 @@ producer adds to the plain client, each in its own module of this folder:
 Threads: the caller runs ``submit`` (validation, ``client.send``, or a spool append while not
 ``SENDING``). kafka-python's sender thread runs the delivery callbacks (:meth:`on_ack`,
 :meth:`on_send_error`): they only count, settle the future, call the handlers and queue work.
-One worker thread does what blocks (client replacement, lone re-sends, dead letters, spooling a
-failed post). With a spool, the health thread probes the broker and replays.
+Two worker threads do what blocks: one spools failed posts and replaces clients, the other
+re-sends a post alone and writes dead letters (so the first never waits behind the broker).
+With a spool, the health thread probes the broker and replays.
 
 Kafka settings pass through as keyword arguments (``acks``, ``linger_ms``, ``batch_size``,
 ``compression_type``, ...), checked when the producer is built. Lab defaults differ from
@@ -57,8 +58,13 @@ from lab_kit.producer.errors import (
 )
 from lab_kit.producer.failover import Action, Failover, State, bootstrap_probe, decide_on_error
 from lab_kit.producer.future import Delivery, InFlight, PostFuture
-from lab_kit.producer.kafka_quirks import force_close, is_sender_thread
-from lab_kit.producer.spool import Spool
+from lab_kit.producer.kafka_quirks import (
+    TopicMetadataTimeout,
+    force_close,
+    is_sender_thread,
+    warm_metadata,
+)
+from lab_kit.producer.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, Spool, SpoolError
 from lab_kit.topics import POSTS, POSTS_DLQ
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ log = logging.getLogger(__name__)
 LAB_DEFAULTS: dict[str, Any] = {"linger_ms": 5, "bootstrap_timeout_ms": 3000}
 
 ON_FULL_POLICIES = ("spool", "block", "reject")
+#: The close report names at most this many failed posts (it counts them all).
+MAX_FAILED_IDS = 10_000
 MODES = ("async", "sync")
 
 
@@ -79,6 +87,9 @@ class AsyncPostProducer:
       ``"spool"`` (default with a spool: the post goes to disk, the caller does not wait),
       ``"block"`` (wait up to ``max_block_s``, then raise :class:`BackpressureError`) or
       ``"reject"`` (raise at once). A raised post was never accepted (counted as ``rejected``).
+    * **A bound on the spool** (``spool_max_rows``, default 1,000,000 posts; ``spool_max_bytes``,
+      default 256 MiB; see "Size caps" in :mod:`.spool`): a post that would wait behind the
+      spool while it is at its cap raises :class:`~.spool.SpoolFullError` (not accepted).
     * **Per-post timing**: ``submit`` duration, and ack latency measured from the post's
       *intended* send time (an open-loop load test cannot hide queueing delay).
     * **Failover** (``spool_path=``): see :mod:`lab_kit.producer.failover`. A new producer on
@@ -104,6 +115,8 @@ class AsyncPostProducer:
         probe_interval_s: float = 0.5,
         stall_timeout_s: float = 3.0,
         health_probe: Callable[[], bool] | None = None,
+        spool_max_rows: int = DEFAULT_MAX_ROWS,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
         **kafka_config: Any,
     ):
         on_full = on_full or ("spool" if spool_path else "block")
@@ -132,18 +145,28 @@ class AsyncPostProducer:
         self._to_spool: list[tuple[PostFuture, BaseException, bool]] = []
         self._to_spool_lock = threading.Lock()
         self._failed_lock = threading.Lock()
-        self._failed_ids: list[str] = []
+        self._failed_ids: deque[str] = deque(maxlen=MAX_FAILED_IDS)  # the newest, named
+        self._failed_count = 0  # all of them, counted; both guarded by _failed_lock
         self._closed = False
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lab-worker")
+        # lone re-sends and dead letters wait for the broker (up to 30 s each): on a worker of
+        # their own, so spooling failed posts and replacing the client never queue behind them
+        self._dlq_worker = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="lab-dlq-worker")
         self._dead_letters = DeadLetters(self._kafka_config, topic, dlq_topic)
         self.spool = None
         if spool_path:
 
             # No checkpoint (an fsync) inside a caller's append: the health thread does them.
-            self.spool = Spool(spool_path, autocheckpoint=False)
+            self.spool = Spool(spool_path, autocheckpoint=False, max_rows=spool_max_rows,
+                               max_bytes=spool_max_bytes)
         self._clients = ClientSlot(self._new_client, self._worker, self.metrics)
         if self._clients.connect_error is not None and self.spool is None:
             self._worker.shutdown(wait=False)
+            self._dlq_worker.shutdown(wait=False)
+            if isinstance(self._clients.connect_error, TopicMetadataTimeout):
+                raise BrokerUnavailableError(str(self._clients.connect_error)
+                                             ) from self._clients.connect_error
             raise BrokerUnavailableError(
                 f"no Kafka broker answered at {bootstrap_servers} within "
                 f"{self._kafka_config['bootstrap_timeout_ms']} ms; start one with "
@@ -166,7 +189,7 @@ class AsyncPostProducer:
             spool=self.spool, topic=self.topic, clients=self._clients,
             in_flight=self._in_flight, metrics=self.metrics,
             dead_letter_spooled=self._dead_letter_spooled,
-            probe=health_probe or bootstrap_probe(self._kafka_config, lambda: self.client),
+            probe=health_probe or bootstrap_probe(self._kafka_config),
             probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state,
             send=self._send)
         failover.start()
@@ -174,7 +197,7 @@ class AsyncPostProducer:
 
     def _new_client(self) -> KafkaProducer:
         client = KafkaProducer(**self._kafka_config)
-        client.partitions_for(self.topic)  # warm the metadata so send() never waits for it
+        warm_metadata(client, self.topic)  # so send() never waits for it (kafka_quirks, 4)
         return client
 
     # --- the lesson: submit, send, and the two callbacks --------------------------------------
@@ -194,6 +217,9 @@ class AsyncPostProducer:
             return self._submit_sync(post, key, value, intended_at)
         pf = PostFuture(post, intended_at, self)
         failover = self._failover
+        if failover is not None and (failover.state is not State.SENDING
+                                     or len(self._in_flight) >= self.max_in_flight):
+            self._refuse_if_spool_full()  # it would queue behind the backlog, or on disk
         if (failover is not None and failover.state is not State.SENDING
                 and failover.spool_behind_backlog(pf, key, value)):
             pass  # queued behind the spooled backlog, on disk
@@ -260,11 +286,20 @@ class AsyncPostProducer:
         if decision.action is Action.SPOOL:
             self._queue_for_spool(pf, exc, decision.outage)
         elif decision.action is Action.RESEND_ALONE:
-            self._worker.submit(self._resend_alone, pf, exc)
+            self._dlq_worker.submit(self._resend_alone, pf, exc)
         else:
             self._fail(pf, exc)
 
     # --- backpressure and the blocking way, for comparison ------------------------------------
+    def _refuse_if_spool_full(self) -> None:
+        """A post that would wait behind the spool is refused (:class:`SpoolFullError`, not
+        accepted) when the spool is at its cap: see "Size caps" in :mod:`.spool`."""
+        try:
+            self.spool.check_room()
+        except SpoolError:
+            self.metrics.incr("rejected")
+            raise
+
     def _wait_for_slot(self, deadline: float) -> bool:
         """The ``block`` policy: poll until a post in flight settles, or the deadline."""
         while len(self._in_flight) >= self.max_in_flight:
@@ -288,8 +323,7 @@ class AsyncPostProducer:
                 timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - every failure is counted and re-raised
             self.metrics.record_error(type(exc).__name__)
-            with self._failed_lock:
-                self._failed_ids.append(post.post_id)
+            self._record_failed(post.post_id)
             pf.set_exception(DeliveryFailed(post.post_id, exc))
             raise pf.exception() from exc
         now = time.perf_counter()
@@ -363,14 +397,18 @@ class AsyncPostProducer:
     def _fail(self, pf: PostFuture, exc: BaseException, dead_lettered: bool = False) -> None:
         if not dead_lettered:
             self.metrics.incr("undeliverable")
-            with self._failed_lock:
-                self._failed_ids.append(pf.post_id)
+            self._record_failed(pf.post_id)
         for h in self.handlers:
             try:
                 h.on_failure(pf.post, exc)
             except Exception as cb_exc:  # noqa: BLE001
                 self._callback_failed(h, pf, cb_exc)
         pf.set_exception(DeliveryFailed(pf.post_id, exc, dead_lettered))
+
+    def _record_failed(self, post_id: str) -> None:
+        with self._failed_lock:
+            self._failed_ids.append(post_id)
+            self._failed_count += 1
 
     def _callback_failed(self, handler: Any, pf: PostFuture, exc: BaseException) -> None:
         self.metrics.incr("callback_errors")
@@ -434,8 +472,9 @@ class AsyncPostProducer:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
-        self._worker.submit(lambda: None).result(
-            timeout=None if deadline is None else max(0.1, deadline - time.monotonic()))
+        for worker in (self._dlq_worker, self._worker):  # a failed re-send is spooled later
+            worker.submit(lambda: None).result(
+                timeout=None if deadline is None else max(0.1, deadline - time.monotonic()))
         return True
 
     def drain_spool(self, timeout: float = 60.0) -> int:
@@ -471,9 +510,10 @@ class AsyncPostProducer:
                 and (self.healthy or failover.broker_answers())):
             self.drain_spool(timeout=max(0.0, deadline - time.monotonic()))
             self.flush(max(0.1, deadline - time.monotonic()))
-        if failover is not None:
-            failover.stop(timeout)
-            failover.tail_to_spool()  # what still waits behind the backlog: on disk
+        if failover is not None:  # every wait below comes out of the one deadline
+            failover.stop(max(0.1, deadline - time.monotonic()))
+            for pf in failover.tail_to_spool():  # what waits behind the backlog: on disk
+                self._fail(pf, KafkaTimeoutError("the spool refused it at close()"))
         undelivered = self._in_flight.snapshot()
         if failover is not None:  # still not acked after the timeout: keep them on disk
             for pf in undelivered:
@@ -487,6 +527,7 @@ class AsyncPostProducer:
                 force_close(client)
             else:
                 client.close(timeout=5)
+        self._dlq_worker.shutdown(wait=True)
         self._worker.shutdown(wait=True)
         self._dead_letters.close()
         return self._close_report(undelivered)
@@ -495,12 +536,13 @@ class AsyncPostProducer:
         counters = self.metrics.counters()
         with self._failed_lock:
             failed = list(dict.fromkeys(self._failed_ids))
+            failed_count = self._failed_count
         report = CloseReport(
             accepted=counters.get("submitted", 0),
             acked=counters.get("acked", 0),
             spooled_pending=len(self.spool) if self.spool is not None else 0,
             dead_lettered=counters.get("dead_lettered", 0),
-            failed_ids=failed,
+            failed_ids=failed, failed_count=failed_count,
             undelivered_ids=[pf.post_id for pf in undelivered
                              if not pf.done() and pf.post_id not in set(failed)])
         if self.spool is not None:
@@ -524,11 +566,13 @@ class CloseReport:
     dead_lettered: int
     failed_ids: list[str] = field(default_factory=list)
     undelivered_ids: list[str] = field(default_factory=list)
+    #: every failed post, counted (``failed_ids`` names the newest MAX_FAILED_IDS only)
+    failed_count: int = 0
 
     @property
     def lost(self) -> int:
         """Accepted posts that are neither on Kafka, nor in the DLQ, nor in the spool."""
-        return len(self.failed_ids) + len(self.undelivered_ids)
+        return max(self.failed_count, len(self.failed_ids)) + len(self.undelivered_ids)
 
 
 class ClientSlot:

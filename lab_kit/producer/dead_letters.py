@@ -4,16 +4,18 @@
 purpose: a post the broker refused for its size would be refused again in full, so the DLQ
 keeps its id, user, the error and a short preview of the text.
 
-Both calls here block until the broker answers, so they run on the producer's worker thread,
-never on the caller's thread or the client's sender thread. They use a second, plain client
-(no idempotence, no linger, a few retries): the main client may be the one that failed (see
-:mod:`.kafka_quirks`, quirk 2), and a post re-sent alone there would fail again with its
-batch-mates' error.
+Both calls here block until the broker answers, so they run on the producer's dead-letter
+worker (a thread of its own, so that spooling failed posts and replacing the client never wait
+behind them) and on the health thread (a refused spooled post), never on the caller's thread
+or the client's sender thread. They use a second, plain client (no idempotence, no linger, a
+few retries): the main client may be the one that failed (see :mod:`.kafka_quirks`, quirk 2),
+and a post re-sent alone there would fail again with its batch-mates' error.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -51,19 +53,29 @@ def dlq_record(post: Post | None, error: BaseException | str, *, source_topic: s
 
 
 class DeadLetters:
-    """Owns the side client. Not thread-safe: call it from one thread (the worker)."""
+    """Owns the side client. Thread-safe: kafka-python's ``KafkaProducer`` may be shared by
+    threads, and the one thing done here besides sending, creating the client on first use
+    (and closing it), happens under a lock, so two threads never build two clients."""
 
     def __init__(self, kafka_config: dict[str, Any], topic: str, dlq_topic: str | None):
         self._config = {**kafka_config, "enable_idempotence": False, "linger_ms": 0,
                         "retries": 3, "max_in_flight_requests_per_connection": 1}
         self.topic = topic
         self.dlq_topic = dlq_topic
-        self.client: KafkaProducer | None = None  # created on first use
+        self.client: KafkaProducer | None = None  # created on first use, under _lock
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _client(self) -> KafkaProducer:
-        if self.client is None:
-            self.client = KafkaProducer(**self._config)
-        return self.client
+        client = self.client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("dead letters: closed (the producer was closed)")
+            if self.client is None:
+                self.client = KafkaProducer(**self._config)
+            return self.client
 
     def resend_alone(self, post: Post, timeout_s: float = 30.0) -> Any:
         """Send one post on its own and wait: its record metadata, or the error it gets when
@@ -90,5 +102,8 @@ class DeadLetters:
                             headers=headers).get(timeout=30)
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close(timeout=5)
+        with self._lock:
+            self._closed = True
+            client, self.client = self.client, None
+        if client is not None:
+            client.close(timeout=5)

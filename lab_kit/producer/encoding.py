@@ -9,16 +9,24 @@ check, which raises the precise, field-naming error. Same rules either way.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from lab_kit.posts import (
+    LANG_PATTERN,
+    MAX_CREATED_AT_AHEAD_S,
+    MAX_LANG_CHARS,
     MAX_MEDIA_URLS,
+    MAX_POST_ID_CHARS,
     MAX_TEXT_CHARS,
     MAX_URL_CHARS,
     MAX_USER_ID_CHARS,
+    MIN_CREATED_AT,
+    POST_ID_PATTERN,
     RECORD_OVERHEAD_BYTES,
     Post,
     PostValidationError,
+    has_visible_char,
     validate_post,
 )
 
@@ -42,7 +50,7 @@ def encode(post: Post | dict, max_request_size: int) -> tuple[Post, bytes, bytes
 
 
 def _plain_str(v: Any, limit: int) -> bool:
-    return type(v) is str and 0 < len(v) <= limit and not v.isspace()
+    return type(v) is str and 0 < len(v) <= limit and has_visible_char(v)
 
 
 def looks_plain(post: Any) -> bool:
@@ -54,15 +62,19 @@ def looks_plain(post: Any) -> bool:
         return False
     u, t, i = post.user_id, post.text, post.post_id
     if not (type(u) is str and type(t) is str and type(i) is str
-            and 0 < len(u) <= MAX_USER_ID_CHARS and 0 < len(t) <= MAX_TEXT_CHARS and i
-            and not u.isspace() and not t.isspace() and not i.isspace()):
+            and 0 < len(u) <= MAX_USER_ID_CHARS and 0 < len(t) <= MAX_TEXT_CHARS
+            and len(i) <= MAX_POST_ID_CHARS and POST_ID_PATTERN.fullmatch(i)
+            and has_visible_char(u) and has_visible_char(t)):
         return False
     created = post.created_at
-    if type(created) is not float or not math.isfinite(created):
+    if (type(created) is not float or not math.isfinite(created)
+            or not MIN_CREATED_AT <= created <= time.time() + MAX_CREATED_AT_AHEAD_S):
         return False
     media, lang, reply_to = post.media_urls, post.lang, post.reply_to
     if media and (type(media) is not tuple or len(media) > MAX_MEDIA_URLS
                   or not all(_plain_str(m, MAX_URL_CHARS) for m in media)):
         return False
-    return ((lang is None or _plain_str(lang, 1 << 30))
-            and (reply_to is None or _plain_str(reply_to, 1 << 30)))
+    return ((lang is None or (type(lang) is str and len(lang) <= MAX_LANG_CHARS
+                              and LANG_PATTERN.fullmatch(lang) is not None))
+            and (reply_to is None or (type(reply_to) is str and len(reply_to) <= MAX_POST_ID_CHARS
+                                      and POST_ID_PATTERN.fullmatch(reply_to) is not None)))

@@ -25,6 +25,19 @@ thread spools posts whose delivery failed (those that failed together in one tra
 the health thread (one per producer, only with a spool) probes the broker, notices stuck
 clients, replays, and checkpoints the spool (an fsync: never in a caller's append).
 
+The rare paths, each with a unit test (``tests/unit/producer/test_failover_rare_paths.py``):
+
+* **No client at all** (the first never connected, or a rebuild failed): each round tries to
+  build one first, pausing longer after each failure (:func:`rebuild_backoff`), whatever the
+  probe says. And the probe never asks the client: for TLS/SASL it used to (a probe that is
+  always false without a client, so the state stayed ``SPOOLING`` for good); now it sends
+  ApiVersions over TLS, which Kafka answers before SASL authentication.
+* **A replay batch never keeps its lease**: whatever raises after :meth:`Spool.lease` (the
+  flush, a dead letter, the spool itself), the rows not acked are nacked before the error goes
+  on; a refused post whose dead letter could not be written stays in the spool.
+* **Nothing to lease** (another replayer holds every row) ends the round: the next one comes
+  after ``probe_interval_s``, instead of a loop taking the spool's write lock at full speed.
+
 The replay shares the process with new posts (and, in the post API, with the event loop that
 answers users): it sends ``replay_batch`` posts, then rests, so that it takes at most
 ``replay_share`` of the time. Measured in ``bench api`` with the broker killed: unpaced, the
@@ -36,6 +49,7 @@ from __future__ import annotations
 import enum
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -117,22 +131,33 @@ def after_replay(state: State, *, spool_empty: bool, failed: bool) -> State:
     return state
 
 
-def api_versions_probe(host: str, port: int, timeout_s: float = 1.0) -> bool:
+def rebuild_backoff(failures: int, base_s: float, cap_s: float = 10.0) -> float:
+    """Seconds to wait before the next try to build a missing client, after ``failures``
+    failed tries in a row: ``base_s`` doubled each time, at most ``cap_s`` (each try can block
+    for the client's ``bootstrap_timeout_ms``)."""
+    return min(cap_s, base_s * 2 ** max(0, failures - 1))
+
+
+def api_versions_probe(host: str, port: int, timeout_s: float = 1.0,
+                       tls: ssl.SSLContext | None = None) -> bool:
     """True if a Kafka broker answers an ApiVersions request within ``timeout_s``.
 
     A TCP connect is not enough: a paused (SIGSTOP) broker still accepts connections in the
-    kernel, but answers nothing. So the probe sends a real (tiny) Kafka request.
+    kernel, but answers nothing. So the probe sends a real (tiny) Kafka request; over TLS
+    (``tls``) for an SSL listener. Kafka answers ApiVersions before any SASL authentication,
+    so the probe needs no credentials.
     """
     client_id = b"lab-kit-probe"
     body = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id  # api 18 = ApiVersions
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as s:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+                (tls.wrap_socket(raw, server_hostname=host) if tls else raw) as s:
             s.settimeout(timeout_s)
             s.sendall(struct.pack(">i", len(body)) + body)
             header = _recv_exact(s, 8)
             _size, correlation_id = struct.unpack(">ii", header)
             return correlation_id == 7
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False
 
 
@@ -146,16 +171,43 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return buf
 
 
-def bootstrap_probe(kafka_config: dict[str, Any], client: Callable[[], Any]) -> Callable[[], bool]:
-    """The default health probe: ApiVersions to each bootstrap server (plaintext), or the
-    client's own connection state when the connection is secured (TLS/SASL)."""
-    if kafka_config.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
-        return lambda: client() is not None and client().bootstrap_connected()
+def tls_context(kafka_config: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS settings kafka-python uses for the brokers: its ``ssl_context``, else one built
+    from ``ssl_cafile`` (else the system's CAs), ``ssl_check_hostname``, ``ssl_certfile`` /
+    ``ssl_keyfile`` / ``ssl_password`` (a client certificate)."""
+    if kafka_config.get("ssl_context") is not None:
+        return kafka_config["ssl_context"]
+    ctx = ssl.create_default_context(cafile=kafka_config.get("ssl_cafile"))
+    ctx.check_hostname = bool(kafka_config.get("ssl_check_hostname", True))
+    if kafka_config.get("ssl_certfile"):
+        ctx.load_cert_chain(kafka_config["ssl_certfile"], kafka_config.get("ssl_keyfile"),
+                            kafka_config.get("ssl_password"))
+    return ctx
+
+
+def bootstrap_probe(kafka_config: dict[str, Any]) -> Callable[[], bool]:
+    """The default health probe: ApiVersions to each bootstrap server, over TLS for
+    ``SSL``/``SASL_SSL``. It never asks the Kafka client: a probe that needs a client can never
+    say yes while there is none (and kafka-python 3's ``bootstrap_connected()`` is true only
+    *while* it bootstraps, so it said no to a healthy client too)."""
     servers = kafka_config["bootstrap_servers"]
     if isinstance(servers, str):
         servers = servers.split(",")
     addresses = [(h, int(p)) for h, _, p in (s.strip().rpartition(":") for s in servers)]
-    return lambda: any(api_versions_probe(h, p, timeout_s=1.0) for h, p in addresses)
+    secured = kafka_config.get("security_protocol", "PLAINTEXT") in ("SSL", "SASL_SSL")
+    tls: list[ssl.SSLContext] = []  # built on first use: a bad CA file is logged, not raised
+
+    def probe() -> bool:
+        if secured and not tls:
+            try:
+                tls.append(tls_context(kafka_config))
+            except (OSError, ValueError) as exc:
+                log.warning("health probe: cannot build the TLS context: %r", exc)
+                return False
+        return any(api_versions_probe(h, p, 1.0, tls[0] if tls else None)
+                   for h, p in addresses)
+
+    return probe
 
 
 class Failover:
@@ -194,6 +246,8 @@ class Failover:
         # owned by the health thread
         self._stalled_since: float | None = None
         self._stale_generation: int | None = None  # replace that client once the broker answers
+        self._rebuild_failures = 0  # rebuilds of a missing client that failed in a row
+        self._next_rebuild_at = 0.0  # monotonic time of the next try
         self._last_checkpoint = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="lab-health-replay")
@@ -218,7 +272,10 @@ class Failover:
         self._state = new
         log.info("failover: %s -> %s (%s)", old.name, new.name, reason)
         if new is State.SPOOLING:
-            self._tail_to_spool_locked()  # the tail goes first: newer posts queue behind it
+            try:  # the tail goes first: newer posts queue behind it
+                self._tail_to_spool_locked()
+            except Exception as exc:  # noqa: BLE001 - it stays in the tail, first in line
+                log.error("failover: the tail (%d posts) stays in memory: %r", len(self._tail), exc)
             self._metrics.open_window(OUTAGE_WINDOW)
             self._metrics.incr("outages")
         elif old is State.SPOOLING:
@@ -233,7 +290,8 @@ class Failover:
     def _spool(self, entries: list[tuple[PostFuture, bytes, bytes]]) -> None:
         """Append posts to the spool, in order, in one transaction; then count them and settle
         their futures as ``spooled`` (raises, settling nothing, if the spool refuses them)."""
-        self.spool.append_many((self.topic, key, value, pf.post_id) for pf, key, value in entries)
+        self.spool.append_many((self.topic, key, value, pf.post_id, pf.order)
+                               for pf, key, value in entries)
         self._metrics.incr("spooled", len(entries))
         for pf, _key, _value in entries:
             pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
@@ -245,12 +303,10 @@ class Failover:
         with self._lock:
             if self._state is State.SENDING:
                 return False
-            if self._state is State.REPLAYING:
-                if len(self._tail) >= self._tail_limit:
-                    self._tail_to_spool_locked()
-                else:
-                    self._tail.append((pf, key, value))
-                    return True
+            if self._state is State.REPLAYING and len(self._tail) < self._tail_limit:
+                self._tail.append((pf, key, value))
+                return True
+            self._tail_to_spool_locked()  # older posts first (raises, keeping them, if refused)
             self.spool_post(pf, key, value)
             return True
 
@@ -260,16 +316,24 @@ class Failover:
 
     def _tail_to_spool_locked(self) -> None:
         """Move the tail to the spool, in order, in one transaction (its posts settle as
-        ``spooled``)."""
+        ``spooled``). If the spool refuses them, it raises and the tail keeps every post."""
         if not self._tail:
             return
-        items, self._tail = list(self._tail), deque()
-        self._spool(items)
+        self._spool(list(self._tail))
+        self._tail.clear()
 
-    def tail_to_spool(self) -> None:
-        """At close: what still waits in the tail goes to disk, for the next producer."""
+    def tail_to_spool(self) -> list[PostFuture]:
+        """At close: what still waits in the tail goes to disk, for the next producer. Returns
+        the posts the spool refused (then taken out of the tail, for the caller to count)."""
         with self._lock:
-            self._tail_to_spool_locked()
+            try:
+                self._tail_to_spool_locked()
+            except Exception as exc:  # noqa: BLE001
+                log.error("failover: could not spool the tail (%d posts): %r", len(self._tail), exc)
+                refused = [pf for pf, _key, _value in self._tail]
+                self._tail.clear()
+                return refused
+            return []
 
     def spool_overflow(self, pf: PostFuture, key: bytes, value: bytes) -> None:
         """``on_full="spool"``: the post goes to disk, and newer posts queue behind it there
@@ -318,7 +382,9 @@ class Failover:
             self.spool.checkpoint()
 
     def step(self) -> None:
-        """One round: probe, notice a stuck client, change state, replay what is spooled."""
+        """One round: rebuild a missing client, probe, notice a stuck client, change state,
+        replay what is spooled."""
+        self._rebuild_if_missing()
         answers = self._probe()
         stalled = self._in_flight.oldest_age() >= self._stall_timeout_s
         if answers and stalled:
@@ -330,17 +396,25 @@ class Failover:
         if self._state is State.SPOOLING:
             return
         generation, client = self._clients.current
-        if client is None or generation == self._stale_generation:
+        if client is not None and generation == self._stale_generation:
             self._clients.replace(generation)
             self._stale_generation = None
-            if self._clients.current[1] is None:
-                self._enter(State.SPOOLING, "no client could connect")
-                return
+        if self._clients.current[1] is None:  # _rebuild_if_missing tries again, paced
+            self._enter(State.SPOOLING, "no client could connect")
+            return
+        if self._in_flight.held_by_older_clients(self._clients.current[0]):
+            # a replaced client's posts leave it by failing, then sort before newer posts in
+            # the spool; sent through the new client now, newer posts would overtake them.
+            # (If they never leave, the stuck-client check above sees them as stalled.)
+            return
         failed = False
         while (not self.spool.is_empty() and not failed and not self._stop.is_set()
                and self._stale_generation is None):  # a refused record poisons the client
             started = time.monotonic()
-            failed = self._replay_batch(self._replay_batch_size)
+            outcome = self._replay_batch(self._replay_batch_size)
+            if outcome is None:
+                break  # every row is leased (by another replayer): try again next round
+            failed = outcome
             self._pace(time.monotonic() - started)
             self._checkpoint_if_due()
         while not failed and not self._stop.is_set() and self._send_tail_chunk():
@@ -349,6 +423,25 @@ class Failover:
             self._enter_locked(after_replay(
                 self._state, spool_empty=self.spool.is_empty() and not self._tail,
                 failed=failed), "replay")
+
+    def _rebuild_if_missing(self) -> None:
+        """No client (the first never connected, or a rebuild failed): try to build one, with
+        a growing pause between tries. Done before the probe, whatever it says: a probe of a
+        secured broker asks the client itself, and without a client it can never say yes."""
+        generation, client = self._clients.current
+        now = time.monotonic()
+        if client is not None:
+            self._rebuild_failures = 0
+            return
+        if now < self._next_rebuild_at:
+            return
+        self._clients.replace(generation)
+        if self._clients.current[1] is None:
+            self._rebuild_failures += 1
+            self._next_rebuild_at = now + rebuild_backoff(self._rebuild_failures,
+                                                          self._probe_interval_s)
+        else:
+            self._rebuild_failures = 0
 
     def _pace(self, busy_s: float) -> None:
         """Replay takes at most ``replay_share`` of the time: it competes with new posts for
@@ -381,16 +474,31 @@ class Failover:
             self._metrics.incr("stuck_client_rebuilds")
             self._clients.replace(self._clients.current[0])
 
-    def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> bool:
+    def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> bool | None:
         """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go.
-        True if some could not be sent (they stay in the spool for the next round).
+        True if some could not be sent (they stay in the spool for the next round); None if
+        nothing could be leased (every row is under another replayer's lease).
 
         A record the broker refuses for good (non-retriable, e.g. too large) leaves the spool
-        for the dead-letter topic; one that failed retriably stays for the next round.
+        for the dead-letter topic; one that failed retriably stays for the next round, and so
+        does a refused one whose dead letter could not be written. Whatever goes wrong, no
+        leased row is left behind: what was not acked is nacked, or at worst released.
         """
         records = self.spool.lease(limit, lease_s=timeout_s * 2)
         if not records:
-            return False
+            return None
+        settled: set[int] = set()  # seqs acked or nacked already
+        try:
+            return self._resend_leased(records, settled, timeout_s)
+        except BaseException:
+            left = [rec.seq for rec in records if rec.seq not in settled]
+            try:
+                self.spool.nack(left)
+            except Exception:  # noqa: BLE001 - the lease then expires; the error goes up
+                log.exception("replay: could not give back %d leased posts", len(left))
+            raise
+
+    def _resend_leased(self, records: list, settled: set[int], timeout_s: float) -> bool:
         generation, client = self._clients.current
         futures = []
         for rec in records:
@@ -400,10 +508,14 @@ class Failover:
                 log.warning("replay: could not send spooled post %s: %r", rec.post_id, exc)
                 break
             futures.append((rec, kf))
+        flush_failed = False
         try:
             client.flush(timeout=timeout_s)
         except KafkaTimeoutError:
             pass
+        except Exception as exc:  # noqa: BLE001 - e.g. the client was closed meanwhile
+            log.warning("replay: flush failed (%r): the batch stays in the spool", exc)
+            flush_failed = True
         acked, retry, refused = [], [], []
         for rec, kf in futures:
             if kf.succeeded():
@@ -413,13 +525,26 @@ class Failover:
             else:
                 retry.append(rec.seq)
         retry += [rec.seq for rec in records[len(futures):]]
+        dead = []  # refused for good, and now in the dead-letter topic
         for rec, exc in refused:
-            self._dead_letter_spooled(rec, exc)
-        self.spool.ack(acked + [rec.seq for rec, _ in refused])
-        if retry or refused:  # kafka-python fails every later send after such an error
-            self._stale_generation = generation
+            (dead if self._try_dead_letter(rec, exc) else retry).append(rec.seq)
+        self.spool.ack(acked + dead)
+        settled.update(acked + dead)
+        if retry or refused or flush_failed:  # kafka-python fails every later send after such
+            self._stale_generation = generation  # an error: a new client for the next round
         if retry:
             self.spool.nack(retry)
+            settled.update(retry)
             self._metrics.incr("replay_failed", len(retry))
         self._metrics.incr("replayed", len(acked))
         return bool(retry)
+
+    def _try_dead_letter(self, rec: Any, exc: BaseException) -> bool:
+        """Write a refused spooled record to the DLQ; False (it stays spooled) if that fails."""
+        try:
+            self._dead_letter_spooled(rec, exc)
+        except Exception as dlq_exc:  # noqa: BLE001 - the record is kept and tried again
+            log.error("replay: could not dead-letter spooled post %s: %r", rec.post_id, dlq_exc)
+            self._metrics.incr("dlq_failed")
+            return False
+        return True

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lab_kit.posts import Post
+from lab_kit.producer.spool import next_submit_order
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,15 @@ class PostFuture:
     client's sender thread, so keep them short.
     """
 
-    __slots__ = ("post", "post_id", "intended_at", "generation", "_listener", "_state",
-                 "_value", "_exc", "_event", "_callbacks")
+    __slots__ = ("post", "post_id", "intended_at", "generation", "order", "_listener",
+                 "_state", "_value", "_exc", "_event", "_callbacks")
 
     def __init__(self, post: Post, intended_at: float, listener: DeliveryListener | None = None):
         self.post = post
         self.post_id = post.post_id
         self.intended_at = intended_at
         self.generation = 0  # which KafkaProducer instance carries it
+        self.order = next_submit_order()  # where it sorts in the spool, whenever it goes there
         self._listener = listener
         self._state = _PENDING
         self._value: Any = None
@@ -170,6 +172,11 @@ class InFlight:
         with self._lock:
             oldest = next(iter(self._futures), None)
         return 0.0 if oldest is None else time.perf_counter() - oldest.intended_at
+
+    def held_by_older_clients(self, generation: int) -> int:
+        """How many posts in flight an older client generation than ``generation`` holds."""
+        with self._lock:
+            return sum(1 for pf in self._futures if pf.generation < generation)
 
     def snapshot(self) -> list[PostFuture]:
         with self._lock:

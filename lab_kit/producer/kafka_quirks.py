@@ -11,6 +11,15 @@ module that touches a private attribute of kafka-python (``KafkaProducer._sender
    :func:`lab_kit.producer.failover.decide_on_error` says when (``replace_client``).
 3. **Callbacks run on the sender thread.** ``flush()`` or ``close()`` from inside one waits for
    that very thread: a deadlock. :func:`is_sender_thread` lets the producer refuse it clearly.
+4. **A missing topic looks like a dead broker.** With ``auto.create.topics.enable=false`` (the
+   lab's brokers), ``partitions_for``/``send`` on a topic that does not exist wait
+   ``max_block_ms`` and raise ``KafkaTimeoutError("Failed to update metadata")``, the very
+   error of an unreachable broker. :func:`warm_metadata` says which it is
+   (:class:`TopicMetadataTimeout`) and closes the client it gives up on.
+5. **``bootstrap_connected()`` is true only while the client bootstraps** (kafka-python 3.0:
+   ``bootstrap_future is not None and not bootstrap_future.is_done``), so it is false for a
+   healthy connected client. Nothing here uses it: the health probe speaks to the brokers
+   itself (:func:`lab_kit.producer.failover.bootstrap_probe`).
 """
 
 from __future__ import annotations
@@ -40,3 +49,22 @@ def is_sender_thread(*clients: KafkaProducer | None) -> bool:
     """Quirk 3: True if the calling thread is the I/O thread of one of these clients."""
     current = threading.current_thread()
     return any(current is getattr(c, "_sender", None) for c in clients if c is not None)
+
+
+class TopicMetadataTimeout(KafkaTimeoutError):
+    """Quirk 4: the broker answered, but the topic has no metadata (missing, or no leader)."""
+
+
+def warm_metadata(client: KafkaProducer, topic: str) -> None:
+    """Fetch ``topic``'s partitions so that ``send()`` never waits for them; if they do not
+    come within ``max_block_ms``, close ``client`` and raise :class:`TopicMetadataTimeout`.
+    Call it on a client just built: building it bootstrapped, so its broker answered."""
+    try:
+        client.partitions_for(topic)
+    except KafkaTimeoutError as exc:  # the client was built: the broker did answer
+        force_close(client)
+        raise TopicMetadataTimeout(
+            f"topic {topic!r} has no metadata on the broker (within max_block_ms): it does not "
+            f"exist, and the lab's brokers create no topic on first use; create it with "
+            f"`python -m lab_kit topics` or lab_kit.topics.ensure_topics (or it has no leader "
+            f"right now)") from exc

@@ -46,6 +46,26 @@ keep their relative order as long as **one** replayer runs and it stops a batch 
 first failure (nack the failed record, :meth:`release` the rest); with two replayers
 two batches may be sent concurrently and a user's posts can be reordered.
 
+Size caps (backpressure)
+------------------------
+A spool is bounded by ``max_rows`` (default :data:`DEFAULT_MAX_ROWS`, 1,000,000 posts) and
+``max_bytes`` (default :data:`DEFAULT_MAX_BYTES`, 256 MiB of keys and values, not counting
+SQLite's own overhead), and it wants ``min_free_bytes`` (default
+:data:`DEFAULT_MIN_FREE_BYTES`, 64 MiB) left free on its disk. The caps are an *admission*
+limit: :meth:`Spool.check_room` raises :class:`SpoolFullError` (``field``, ``limit``) when a
+**new** post should be refused (the post API answers ``503`` with ``Retry-After``). Appends
+are never refused for the cap: they carry posts that were already accepted (a failed
+delivery, the replay's tail), and refusing them would lose them. So the file may exceed the
+cap by what was in flight when the broker went away (at most the producer's
+``max_in_flight`` + the failover's ``tail_limit`` posts). A really full disk still raises
+:class:`SpoolFullError` from the append itself (nothing from that call is stored).
+
+:attr:`Spool.rows` and :attr:`Spool.payload_bytes` are counters kept as rows are appended
+and acked (one ``COUNT(*)`` when the file is opened, none afterwards): ``/healthz``,
+``/metrics`` and :meth:`check_room` read them without a query or a lock. They count what this
+object wrote and deleted; another process writing the same file is seen at the next
+:meth:`count` (an exact ``COUNT(*)``, which also corrects the counters).
+
 Threads and processes
 ---------------------
 One connection (``check_same_thread=False``) guarded by a :class:`threading.Lock`, so
@@ -57,6 +77,7 @@ left): SQLite's file locking serialises the writers, each waiting up to
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import tempfile
@@ -67,11 +88,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Default caps (see "Size caps" above): posts, and bytes of keys + values.
+DEFAULT_MAX_ROWS = 1_000_000
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: New posts are refused when the spool's disk has less than this free.
+DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
+#: seqs per ``DELETE ... WHERE seq IN (...)`` (SQLite allows 999 parameters on old builds)
+_CHUNK = 500
 
 # AUTOINCREMENT: a seq is never reused, even after the table was emptied, so a late
 # ack(seq) from a crashed replayer cannot delete a newer post that got the same number.
-# No extra index: lease/peek scan the primary key in seq order and stop after `limit`.
+# Rows come back in submit order (`submit_order`, then seq), not in the order they were
+# written: a post that failed late in the client is spooled after newer posts of its user,
+# and must still be replayed before them. lease/peek walk the index and stop after `limit`.
 _CREATE_TABLE = """
 CREATE TABLE spool (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,9 +112,24 @@ CREATE TABLE spool (
     post_id      TEXT    NOT NULL,
     enqueued_at  REAL    NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 0,
-    leased_until REAL
+    leased_until REAL,
+    submit_order INTEGER NOT NULL DEFAULT 0
 )
 """
+_CREATE_INDEX = "CREATE INDEX spool_submit_order ON spool (submit_order, seq)"
+# a version-1 spool (before submit_order): its rows are older than any new post, so they sort
+# first (0), in the order they were written
+_MIGRATE_FROM_1 = ("ALTER TABLE spool ADD COLUMN submit_order INTEGER NOT NULL DEFAULT 0",
+                   _CREATE_INDEX)
+_ORDER = "ORDER BY submit_order, seq"
+#: Submit order stamps: strictly increasing in a process, and above any stamp an earlier
+#: process gave (it starts at the wall clock in ns, and no process stamps a post per ns).
+_SUBMIT_ORDER = itertools.count(time.time_ns())
+
+
+def next_submit_order() -> int:
+    """The next submit-order stamp (``itertools.count`` is atomic under the GIL: no lock)."""
+    return next(_SUBMIT_ORDER)
 _COLUMNS = "seq, topic, key, value, post_id, enqueued_at, attempts"
 _VISIBLE = "(leased_until IS NULL OR leased_until <= ?)"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
@@ -115,7 +161,14 @@ class SpoolLockedError(SpoolError):
 
 
 class SpoolFullError(SpoolError):
-    """The disk holding the spool is full."""
+    """The spool cannot take a new post: a cap is reached (``field`` is ``spool_rows``,
+    ``spool_bytes`` or ``disk_free``, ``limit`` the cap) or the disk is full (``field`` is
+    ``disk``). The post was not stored."""
+
+    def __init__(self, path: str, problem: str, field: str = "disk",
+                 limit: int | str | None = None) -> None:
+        self.field, self.limit = field, limit
+        super().__init__(path, problem)
 
 
 def _not_a_spool(path: str, detail: str) -> SpoolCorruptError:
@@ -196,7 +249,8 @@ class SpooledRecord:
     attempts: int
 
 
-def _row(topic: str, key: Any, value: Any, post_id: str, now: float) -> tuple:
+def _row(topic: str, key: Any, value: Any, post_id: str, order: int | None,
+         now: float) -> tuple:
     """Validate one row; bytes-like values are stored as BLOBs (never as TEXT)."""
     if not isinstance(topic, str) or not topic:
         raise ValueError(f"topic: must be a non-empty string, got {topic!r}")
@@ -206,7 +260,11 @@ def _row(topic: str, key: Any, value: Any, post_id: str, now: float) -> tuple:
         raise TypeError(f"value: must be bytes, got {type(value).__name__}")
     if key is not None and not isinstance(key, bytes | bytearray | memoryview):
         raise TypeError(f"key: must be bytes or None, got {type(key).__name__}")
-    return (topic, None if key is None else bytes(key), bytes(value), post_id, now)
+    if order is None:
+        order = next_submit_order()
+    elif not isinstance(order, int) or order < 0:
+        raise ValueError(f"submit_order: must be an int >= 0, got {order!r}")
+    return (topic, None if key is None else bytes(key), bytes(value), post_id, now, order)
 
 
 class Spool:
@@ -219,10 +277,22 @@ class Spool:
         busy_timeout_s: float = 5.0,
         synchronous: str = "NORMAL",
         autocheckpoint: bool = True,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         if busy_timeout_s < 0:
             raise ValueError(f"busy_timeout_s: must be >= 0, got {busy_timeout_s}")
+        for name, value, least in (("max_rows", max_rows, 1), ("max_bytes", max_bytes, 1),
+                                   ("min_free_bytes", min_free_bytes, 0)):
+            if type(value) is not int or value < least:
+                raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
+        self.max_rows, self.max_bytes, self.min_free_bytes = max_rows, max_bytes, min_free_bytes
+        self._rows = 0  # the counters: see "Size caps" in the module docstring
+        self._bytes = 0
+        self._free_checked_at = -1e9  # time.monotonic() of the last statvfs
+        self._free_bytes = 0
         synchronous = synchronous.upper()
         if synchronous not in _SYNC_MODES:
             raise ValueError(f"synchronous: must be one of {_SYNC_MODES}, got {synchronous!r}")
@@ -273,7 +343,9 @@ class Spool:
                 with self._tx():  # BEGIN IMMEDIATE: two processes may race to create it
                     if not self._schema_ok():
                         self._conn.execute(_CREATE_TABLE)
+                        self._conn.execute(_CREATE_INDEX)
                         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._recount(self._conn)  # the only full count: the counters go on from here
         except sqlite3.Error as exc:
             raise _translate(self.path, self.busy_timeout_s, exc) from exc
 
@@ -283,6 +355,12 @@ class Spool:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
         if version == SCHEMA_VERSION and "spool" in tables:
+            return True
+        if version == 1 and "spool" in tables:
+            with self._tx():
+                for sql in _MIGRATE_FROM_1:
+                    self._conn.execute(sql)
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return True
         if version == 0 and not tables:
             return False
@@ -322,31 +400,91 @@ class Spool:
             except sqlite3.Error as exc:
                 raise _translate(self.path, self.busy_timeout_s, exc) from exc
 
+    def _recount(self, conn: sqlite3.Connection) -> int:
+        """Set the counters from a full scan (at open, and in :meth:`count`)."""
+        rows, size = conn.execute(
+            "SELECT COUNT(*), TOTAL(length(value) + IFNULL(length(key), 0)) FROM spool"
+        ).fetchone()
+        self._rows, self._bytes = int(rows), int(size)
+        return self._rows
+
+    # -- the caps ------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        """Rows in the spool (leased or not), from the counter: no query, no lock."""
+        return self._rows
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of keys and values in the spool, from the counter: no query, no lock."""
+        return self._bytes
+
+    def check_room(self) -> None:
+        """Raise :class:`SpoolFullError` if a **new** post should be refused: ``max_rows`` or
+        ``max_bytes`` reached, or less than ``min_free_bytes`` free on the disk (asked of the
+        kernel at most once a second). Reads counters only: cheap enough for every request."""
+        if self._rows >= self.max_rows:
+            raise SpoolFullError(self.path, f"{self.path} holds {self._rows} posts, the limit "
+                                 f"is max_rows={self.max_rows}; new posts are refused until "
+                                 "the replay drains it", "spool_rows", self.max_rows)
+        if self._bytes >= self.max_bytes:
+            raise SpoolFullError(self.path, f"{self.path} holds {self._bytes} bytes of posts, "
+                                 f"the limit is max_bytes={self.max_bytes}; new posts are "
+                                 "refused until the replay drains it", "spool_bytes",
+                                 self.max_bytes)
+        if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
+            raise SpoolFullError(self.path, f"{self._free_bytes} bytes free on the disk of "
+                                 f"{os.path.dirname(self.path)}, less than min_free_bytes="
+                                 f"{self.min_free_bytes}; free space there", "disk_free",
+                                 self.min_free_bytes)
+
+    def free_bytes(self, max_age_s: float = 1.0) -> int:
+        """Bytes free (for unprivileged users) on the spool's disk, at most ``max_age_s`` old."""
+        now = time.monotonic()
+        if now - self._free_checked_at >= max_age_s:
+            st = os.statvfs(os.path.dirname(self.path))
+            self._free_bytes = st.f_bavail * st.f_frsize
+            self._free_checked_at = now
+        return self._free_bytes
+
     # -- writing -------------------------------------------------------------
 
-    def append(self, topic: str, key: bytes | None, value: bytes, post_id: str) -> int:
-        """Store one post; returns its ``seq`` once it is committed."""
-        row = _row(topic, key, value, post_id, time.time())
+    def append(self, topic: str, key: bytes | None, value: bytes, post_id: str,
+               submit_order: int | None = None) -> int:
+        """Store one post; returns its ``seq`` once it is committed. ``submit_order`` is
+        where it sorts for replay (default: now, after every post stamped before)."""
+        row = _row(topic, key, value, post_id, submit_order, time.time())
         with self._locked(write=True) as conn:
             cur = conn.execute(
-                "INSERT INTO spool (topic, key, value, post_id, enqueued_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO spool (topic, key, value, post_id, enqueued_at, submit_order) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 row,
             )
-            return int(cur.lastrowid or 0)
+            seq = int(cur.lastrowid or 0)
+        self._added(1, len(row[2]) + len(row[1] or b""))
+        return seq
 
-    def append_many(self, rows: Iterable[tuple[str, bytes | None, bytes, str]]) -> int:
-        """Store many ``(topic, key, value, post_id)`` rows in one transaction (all or none)."""
+    def _added(self, rows: int, size: int) -> None:
+        with self._lock:  # += is not atomic across threads
+            self._rows += rows
+            self._bytes += size
+
+    def append_many(self, rows: Iterable[tuple]) -> int:
+        """Store many ``(topic, key, value, post_id[, submit_order])`` rows in one transaction
+        (all or none)."""
         now = time.time()
-        checked = [_row(*r, now) for r in rows]  # validate before taking any lock
+        checked = [_row(*r, now) if len(r) == 5 else _row(*r, None, now)
+                   for r in rows]  # validate before taking any lock
         if not checked:
             return 0
         with self._locked(write=True) as conn:
             conn.executemany(
-                "INSERT INTO spool (topic, key, value, post_id, enqueued_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO spool (topic, key, value, post_id, enqueued_at, submit_order) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 checked,
             )
+        self._added(len(checked), sum(len(r[2]) + len(r[1] or b"") for r in checked))
         return len(checked)
 
     # -- replay ----------------------------------------------------------------
@@ -355,7 +493,7 @@ class Spool:
         """The oldest ``limit`` records not under a live lease, by seq; changes nothing."""
         with self._locked(write=False) as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM spool WHERE {_VISIBLE} ORDER BY seq LIMIT ?",
+                f"SELECT {_COLUMNS} FROM spool WHERE {_VISIBLE} {_ORDER} LIMIT ?",
                 (time.time(), limit),
             ).fetchall()
         return [SpooledRecord(*r) for r in rows]
@@ -369,7 +507,7 @@ class Spool:
         now = time.time()
         with self._locked(write=True) as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM spool WHERE {_VISIBLE} ORDER BY seq LIMIT ?",
+                f"SELECT {_COLUMNS} FROM spool WHERE {_VISIBLE} {_ORDER} LIMIT ?",
                 (now, limit),
             ).fetchall()
             conn.executemany(
@@ -380,7 +518,21 @@ class Spool:
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Kafka acknowledged these: delete them. Returns how many were deleted."""
-        return self._update("DELETE FROM spool WHERE seq = ?", seqs)
+        params = [int(s) for s in seqs]
+        if not params:
+            return 0
+        rows = size = 0
+        with self._locked(write=True) as conn:  # one transaction: counted == deleted
+            for i in range(0, len(params), _CHUNK):
+                chunk = params[i:i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                n, b = conn.execute(
+                    "SELECT COUNT(*), TOTAL(length(value) + IFNULL(length(key), 0)) "
+                    f"FROM spool WHERE seq IN ({marks})", chunk).fetchone()
+                conn.execute(f"DELETE FROM spool WHERE seq IN ({marks})", chunk)
+                rows, size = rows + int(n), size + int(b)
+        self._added(-rows, -size)
+        return rows
 
     def nack(self, seqs: Iterable[int]) -> int:
         """Sending these failed: ``attempts += 1``, lease dropped, they stay for a retry."""
@@ -406,8 +558,10 @@ class Spool:
             return conn.execute(sql, params).fetchone()[0]
 
     def count(self) -> int:
-        """All spooled records, leased or not (a scan of the table: see :meth:`is_empty`)."""
-        return int(self._scalar("SELECT COUNT(*) FROM spool"))
+        """All spooled records, leased or not: an exact ``COUNT(*)`` (a scan of the table; it
+        also corrects :attr:`rows`). Cheap questions: :attr:`rows`, :meth:`is_empty`."""
+        with self._locked(write=False) as conn:
+            return self._recount(conn)
 
     def is_empty(self) -> bool:
         """No record at all, leased or not: one row looked up, where ``len()`` counts them all
@@ -429,7 +583,7 @@ class Spool:
     def post_ids(self) -> list[str]:
         """Every spooled post_id in seq order (for zero-loss audits)."""
         with self._locked(write=False) as conn:
-            return [r[0] for r in conn.execute("SELECT post_id FROM spool ORDER BY seq")]
+            return [r[0] for r in conn.execute(f"SELECT post_id FROM spool {_ORDER}")]
 
     def stats(self) -> dict[str, Any]:
         """A snapshot for dashboards and the doctor."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import matplotlib
@@ -13,7 +14,12 @@ import ipywidgets as w  # noqa: E402
 
 from lab_kit.broker import BrokerError, local  # noqa: E402
 from lab_kit.moderation.backend import ModerationBackend  # noqa: E402
-from lab_kit.widgets import Dashboard, LoadGenerator, iter_widgets  # noqa: E402
+from lab_kit.widgets import (  # noqa: E402
+    Dashboard,
+    LoadGenerator,
+    WindowPercentiles,
+    iter_widgets,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -63,6 +69,45 @@ def backend(tmp_path):
     be.stop()
 
 
+# --- p50 and p99 per second, from a fake clock (no Kafka needed) ---------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_each_second_gets_its_own_nearest_rank_p50_and_p99():
+    clock = FakeClock()
+    rec = WindowPercentiles(clock=clock)
+    rng = random.Random(7)
+    first = [ms / 1000 for ms in range(1, 101)]  # second 0: 1..100 ms, shuffled
+    rng.shuffle(first)
+    for s in first:
+        rec.observe("acked", "ack", s, 0.5)
+    for ms in range(10, 101, 10):  # second 2: 10..100 ms, through the other recording path
+        rec.record_latency("ack", ms / 1000, 2.25)
+    # second 3: 197 fast acks and 3 slow ones; the mean (~14.5 ms) hides them, the p99 not
+    for s in [0.001] * 197 + [0.9] * 3:
+        rec.observe("acked", "ack", s, 3.0)
+    rec.observe("submitted", "submit", 0.5, 3.0)  # another latency: not in the ack windows
+    clock.t = 10.0
+    frame = rec.percentile_frame()
+    assert list(frame.index) == [0.0, 2.0, 3.0]  # second 1 saw no acks: no row
+    assert list(frame["acks"]) == [100, 10, 200]
+    assert frame["p50_ms"].tolist() == pytest.approx([50.0, 50.0, 1.0])
+    assert frame["p99_ms"].tolist() == pytest.approx([99.0, 100.0, 900.0])
+    assert rec.timeseries_frame().loc[3.0, "ack_mean_ms"] < 20  # what the old panel drew
+    # the window in progress shows what it holds so far, and is reduced once it is over
+    rec.observe("acked", "ack", 0.004, 10.2)
+    assert rec.percentile_frame().loc[10.0, "p99_ms"] == pytest.approx(4.0)
+    clock.t = 20.0
+    assert rec.percentile_frame().loc[10.0, "acks"] == 1
+    rec.reset()
+    assert rec.percentile_frame().empty
+
+
 # --- controls and live numbers on the shared broker (no faults) ----------------------------
 def test_controls_are_in_the_layout(dashboard):
     root = dashboard.widget
@@ -106,6 +151,15 @@ def test_start_run_render_stop(dashboard):
         assert any(len(line.get_xdata()) > 0 for line in ax.get_lines()), ax.get_title()
     acked_per_s = fig.axes[0].get_lines()[1].get_ydata()
     assert max(acked_per_s) > 100  # about 500/s were asked for
+    # the latency panel draws each second's p50 and p99, the percentiles the lesson teaches
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["p50", "p99"]
+    frame = d.timeseries_frame()
+    assert {"ack_p50_ms", "ack_p99_ms"} <= set(frame.columns)
+    assert "ack_mean_ms" not in frame.columns and "ack_max_ms" not in frame.columns
+    with_acks = frame[frame["acked"] > 0]
+    assert len(with_acks) >= 1
+    assert (with_acks["ack_p99_ms"] >= with_acks["ack_p50_ms"]).all()
+    assert (with_acks["ack_p50_ms"] > 0).all()
 
     d.start_toggle.value = False  # "press" Stop
     assert not d.generator.running
@@ -120,7 +174,12 @@ def test_start_run_render_stop(dashboard):
     audit = snap["audit"]
     assert snap["lost"] == 0 and audit is not None and audit["lost_ids"] == []
     assert audit["submitted"] == audit["delivered_unique"] == snap["submitted"]
+    # every ack landed in exactly one second's percentiles
+    assert int(d.metrics.percentile_frame()["acks"].sum()) == snap["acked"]
+    assert snap["last_second"] is not None
+    assert snap["last_second"]["p99_ms"] >= snap["last_second"]["p50_ms"] > 0
     d.update_status()
+    assert "ack p50 " in d.status_html.value and ", p99 " in d.status_html.value
     assert f"acked {snap['acked']:,}" in d.status_html.value
     assert f"read back {snap['submitted']:,}/{snap['submitted']:,}, lost 0" in \
         d.status_html.value

@@ -456,3 +456,10 @@ def test_cpu_meter_splits_caller_and_background_threads():
     assert 140 <= f["background_cpu_us_per_post"] <= 400
     assert f["cpu_us_per_post"] == pytest.approx(
         f["caller_cpu_us_per_post"] + f["background_cpu_us_per_post"], abs=0.02)
+
+
+def test_nearest_rank_is_exact_where_floats_round_up():
+    """p99.9 of 1,000 values is the 999th (99.9 / 100 * 1000 is 999.0000000000001 in floats)."""
+    values = [i / 1000.0 for i in range(1, 1001)]  # 1 ms .. 1000 ms
+    s = percentiles_ms(values)
+    assert s["p999_ms"] == pytest.approx(999.0) and s["max_ms"] == pytest.approx(1000.0)

@@ -1,4 +1,4 @@
-"""Output paths of the CLIs checked before any work: lab_kit.cli_paths.check_output_path."""
+"""Output paths of the CLIs checked before any work: lab_kit.output_paths.check_output_path."""
 
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ from lab_kit.harness.open_loop import OpenLoopRun, run_open_loop
 from lab_kit.posts import (
     BLOCKLIST,
     DEFAULT_MAX_REQUEST_SIZE,
+    MAX_LANG_CHARS,
     MAX_MEDIA_URLS,
+    MAX_POST_ID_CHARS,
     MAX_TEXT_CHARS,
     MAX_URL_CHARS,
     MAX_USER_ID_CHARS,
@@ -450,3 +452,74 @@ def test_run_open_loop_real_clock_sustains_10k_per_second():
     assert run.submitted == 2000 and run.skipped == 0 and len(sent) == 2000
     assert 0.15 <= run.finished_at - run.started_at < 1.2
     assert sent == sorted(sent)
+
+
+# --------------------------------------------------------------------------- hostile input (#22)
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200c\u200d\u2060\ufeff", "\x00\x01\x1b\x7f",
+                                  "\u202e\u2066\u2069", " \t\u3000\n", "\u0301\u0302",
+                                  "\u3164\u2800", "\U000e0041\U000e0042"])
+def test_text_of_only_invisible_characters_is_empty(text):
+    with pytest.raises(PostValidationError) as info:
+        validate_post(valid_dict(text=text))
+    assert (info.value.field, info.value.limit) == ("text", "non-empty")
+
+
+@pytest.mark.parametrize("text", ["a\u200b", "\u200bé", "e\u0301", "🙂", "١٢٣", "漢"])
+def test_text_with_one_visible_character_passes(text):
+    assert validate_post(valid_dict(text=text)).text == text
+
+
+@pytest.mark.parametrize(("changes", "field", "limit"), [
+    ({"post_id": "p" * (MAX_POST_ID_CHARS + 1)}, "post_id", MAX_POST_ID_CHARS),
+    ({"post_id": "../etc/passwd"}, "post_id", "A-Z a-z 0-9 . _ : -"),
+    ({"post_id": "a b"}, "post_id", "A-Z a-z 0-9 . _ : -"),
+    ({"post_id": "a/b"}, "post_id", "A-Z a-z 0-9 . _ : -"),
+    ({"post_id": "café"}, "post_id", "A-Z a-z 0-9 . _ : -"),
+    ({"reply_to": "r" * (MAX_POST_ID_CHARS + 1)}, "reply_to", MAX_POST_ID_CHARS),
+    ({"reply_to": "x?y"}, "reply_to", "A-Z a-z 0-9 . _ : -"),
+    ({"lang": "e" * (MAX_LANG_CHARS + 1)}, "lang", MAX_LANG_CHARS),
+    ({"lang": "english language"}, "lang", "language tag"),
+    ({"lang": "e"}, "lang", "language tag"),
+    ({"created_at": -1.0}, "created_at", "946684800..now+86400"),
+    ({"created_at": 10**400}, "created_at", "946684800..now+86400"),
+    ({"created_at": time.time() + 2 * 86_400}, "created_at", "946684800..now+86400"),
+    ({"created_at": math.inf}, "created_at", "finite number"),
+])
+def test_caps_on_ids_lang_and_created_at(changes, field, limit):
+    with pytest.raises(PostValidationError) as info:
+        validate_post(valid_dict(**changes))
+    assert (info.value.field, info.value.limit) == (field, limit)
+    assert str(info.value).startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("post_id", ["p-1", "a" * MAX_POST_ID_CHARS, "0123abcdef", "x.y:z_w-1",
+                                     "9f1c2b3a4d5e6f708192a3b4c5d6e7f8"])
+def test_ids_that_fit(post_id):
+    assert validate_post(valid_dict(post_id=post_id, reply_to=post_id)).post_id == post_id
+
+
+@pytest.mark.parametrize("lang", ["en", "pt-BR", "zh-Hant-TW", "EN"])
+def test_language_tags_that_fit(lang):
+    assert validate_post(valid_dict(lang=lang)).lang == lang
+
+
+def test_an_unknown_key_is_quoted_at_most_64_characters():
+    with pytest.raises(PostValidationError) as info:
+        validate_post(valid_dict(**{"k" * 70_000: 1}))
+    assert info.value.field == "k" * 64 + "..."
+    assert len(str(info.value)) < 400
+
+
+def test_deeply_nested_kafka_value_is_a_validation_error():
+    with pytest.raises(PostValidationError) as info:
+        Post.from_json_bytes(b"[" * 100_000)
+    assert info.value.field == "value" and "nested" in str(info.value)
+    with pytest.raises(PostValidationError):
+        Post.from_json_bytes(b'{"user_id": "u", "text": "t", "created_at": ' + b"9" * 5000 + b"}")
+
+
+def test_workload_posts_all_pass_the_new_rules():
+    for post in Workload(seed=3).posts(2000):
+        assert validate_post(post) is post or validate_post(post) == post

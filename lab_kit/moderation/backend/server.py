@@ -31,6 +31,14 @@ starts with a full bucket) and go back to their start values on ``POST /faults/r
 Counters in ``/health``: ``requests`` and ``posts`` admitted (including injected faults),
 ``rejected_429``, ``rejected_503``, ``errors_injected``, ``garbage_injected``. No
 per-request logging.
+
+**Browsers.** The service binds loopback, but a page a student's browser opens can still
+aim at it (a form posted cross-origin, or a name rebound to 127.0.0.1). So every request
+must carry a loopback ``Host`` (``localhost``, ``127.x.x.x``, ``[::1]``, any port), else
+**403** ``{"field": "Host"}`` (DNS rebinding), and the admin routes (``POST /faults``,
+``POST /faults/reset``) take only ``Content-Type: application/json``, else **415**
+``{"field": "Content-Type"}``: a cross-origin page can send that type only after a CORS
+preflight, which this service never grants.
 """
 
 from __future__ import annotations
@@ -240,6 +248,22 @@ def _require(doc: dict, key: str, types: tuple[type, ...], what: str) -> Any:
     return value
 
 
+def _loopback_host(value: str | None) -> bool:
+    """True if a ``Host`` header names this machine's loopback: ``localhost``, 127.x.x.x or
+    [::1], with or without a port."""
+    host = (value or "").strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _item_error(item: Any) -> dict[str, Any]:
     """The per-post error entry of a batch answer for a post that is not valid."""
     if not isinstance(item, dict):
@@ -308,6 +332,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path.rstrip("/") or "/"
         route = routes.get(path)
         try:
+            if not _loopback_host(self.headers.get("Host")):
+                self.close_connection = True
+                raise _RequestError(
+                    403, f"Host {self.headers.get('Host')!r} is not a loopback name "
+                    f"(localhost, 127.x.x.x, [::1]): refused", "Host")
             if route is None:
                 raise _RequestError(404, f"no route {self.command} {path}", "path")
             route()
@@ -360,10 +389,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _get_faults(self) -> None:
         self._send_json(200, self.server.state.snapshot())
 
+    def _require_json_type(self) -> None:
+        """The admin routes: only ``application/json`` (a browser sends it cross-origin only
+        after a CORS preflight, which this service does not answer)."""
+        ctype = (self.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        if ctype != "application/json":
+            self.close_connection = True  # the body (if any) is left unread
+            raise _RequestError(
+                415, f"Content-Type must be application/json, got {ctype or 'none'!r}",
+                "Content-Type")
+
     def _set_faults(self) -> None:
+        self._require_json_type()
         self._send_json(200, self.server.state.update(self._read_json()))
 
     def _reset_faults(self) -> None:
+        self._require_json_type()
         if self.headers.get("Content-Length"):
             self._read_json()  # drain the (ignored) body to keep the connection usable
         self._send_json(200, self.server.state.reset())

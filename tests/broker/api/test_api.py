@@ -111,8 +111,9 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_nothing_reaches_kafka(
     assert api.counters()["lab_api_posts_submitted_total"] == \
         rejected_before["lab_api_posts_submitted_total"]
     text = client.get("/metrics").text
-    for field in ("body", "user_id", "text", "content-type", "color"):
+    for field in ("body", "user_id", "text", "content-type", "unknown"):
         assert f'lab_api_posts_rejected_total{{field="{field}"}}' in text
+    assert 'field="color"' not in text  # an unknown key is not a label value (issue 22)
 
 
 def test_metrics_counters_move(client, api):
@@ -199,3 +200,31 @@ def test_the_served_app_hides_its_startup_objects_from_the_collector(bootstrap, 
             assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+def test_wait_ack_has_an_end_and_the_post_stays_accepted(bootstrap, api_topic, tmp_path,
+                                                        client_config):
+    """``?wait=ack`` past ``wait_ack_timeout_s``: 504, ``delivery: pending``, and the post
+    still reaches the topic (only the wait ended). 1 ms is shorter than the producer's
+    ``linger_ms`` (5), so no ack can come in time."""
+    from starlette.testclient import TestClient
+
+    from lab_kit.api import create_app
+
+    app = create_app(topic=api_topic, bootstrap=bootstrap, spool_dir=tmp_path, verdicts=False,
+                     wait_ack_timeout_s=0.001)
+    pid = f"t-{uuid.uuid4().hex}"
+    with TestClient(app) as c:
+        r = c.post("/posts?wait=ack", json={"user_id": "user-9", "text": "slow", "post_id": pid})
+        assert r.status_code == 504
+        assert r.json()["delivery"] == "pending" and "wait_ack_timeout_s" in r.json()["error"]
+        assert _wait_for(lambda: c.get(f"/posts/{pid}").json()["delivery"] == "acked")
+    assert pid in post_ids_in(client_config, api_topic)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 301])
+def test_a_bad_wait_ack_timeout_is_refused_naming_the_field(bad):
+    from lab_kit.api import create_app
+
+    with pytest.raises(ValueError, match="wait_ack_timeout_s"):
+        create_app(wait_ack_timeout_s=bad)

@@ -293,6 +293,11 @@ def test_kafka_call_watch_counts_client_calls_on_its_thread_only(bootstrap, topi
             assert watch.calls == 1  # another thread's send is not this thread's
             assert producer.flush(30)
             assert watch.by_method["flush"] == 1
+            spare = KafkaProducer(bootstrap_servers=bootstrap)
+            spare.close()  # a real close: counted
+            assert watch.by_method["close"] == 1
+            spare.close()  # closed already (what __del__ does after a force close): returns
+            assert watch.by_method["close"] == 1  # at once, so not a call that could wait
     assert {name: KafkaProducer.__dict__[name] for name in WATCHED_METHODS} == originals
 
 

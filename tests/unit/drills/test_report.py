@@ -23,16 +23,18 @@ from lab_kit.drills.report import (
 from lab_kit.harness.checker import ResultsCheck
 from lab_kit.harness.readback import AuditReport
 
-#: the keys ``python -m lab_kit drill broker-outage --json`` has always written, in order
+#: the keys ``python -m lab_kit drill broker-outage --json`` writes, in order (the per-user
+#: order check's three came after dead_lettered_ids; none was removed or moved)
 PRODUCER_KEYS = [
     "drill", "kafka_version", "nodes", "settings", "achieved_rate", "submitted", "acked",
     "spooled", "replayed", "delivered_unique", "duplicates", "lost", "dead_lettered", "pending",
-    "lost_ids", "duplicate_ids", "dead_lettered_ids", "outage_windows", "nemesis_error",
+    "lost_ids", "duplicate_ids", "dead_lettered_ids", "out_of_order", "users_out_of_order",
+    "out_of_order_ids", "outage_windows", "nemesis_error",
     "submitted_during_outage", "submit_p99_during_outage_ms", "submit_p999_during_outage_ms",
     "submit_max_during_outage_ms", "peak_rss_mb", "baseline_rss_mb", "topic", "spool_left",
     "close_report_lost", "recovery_s", "client_rebuilds", "spooled_by_caller",
     "kafka_calls_while_spooling", "timeline", "ok"]
-MODERATION_KEYS = PRODUCER_KEYS[:26] + [
+MODERATION_KEYS = PRODUCER_KEYS[:29] + [
     "results_missing", "results_duplicates", "degraded", "rechecked", "rechecked_missing",
     "results_missing_ids", "results_duplicate_ids", "unrechecked_ids", "spooled_by_caller",
     "kafka_calls_while_spooling", "breaker_events", "service", "timeline", "ok"]
@@ -78,6 +80,9 @@ def test_ok_follows_the_checker_not_the_producer():
     assert _producer_report().ok
     assert not _producer_report(lost=1).ok  # one post not read back fails the drill
     assert not _producer_report(kafka_calls=1).ok  # a spooled submit() reached the client
+    reordered = _producer_report()
+    reordered.audit.out_of_order, reordered.audit.users_out_of_order = 1, 1
+    assert not reordered.ok  # a user's post landed after a newer one of theirs
     failed = _producer_report()
     failed.nemesis_error = "RuntimeError('kill failed')"
     assert not failed.ok  # a fault that did not happen proves nothing

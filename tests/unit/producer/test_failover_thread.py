@@ -48,7 +48,8 @@ class SlowFakeClient:
 def make_failover(tmp_path: Path, *, state: State, client=None, probe=lambda: True,
                   metrics: MetricsRecorder | None = None, **kwargs) -> Failover:
     spool = Spool(tmp_path / "spool.db", autocheckpoint=False)
-    return Failover(spool=spool, topic="posts", clients=SimpleNamespace(current=(0, client)),
+    return Failover(spool=spool, topic="posts", clients=SimpleNamespace(current=(0, client),
+                                                              replace=lambda generation: None),
                     in_flight=InFlight(), metrics=metrics or MetricsRecorder(),
                     dead_letter_spooled=lambda rec, exc: None, probe=probe,
                     probe_interval_s=0.05, stall_timeout_s=3.0, state=state,

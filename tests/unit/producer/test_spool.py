@@ -23,6 +23,7 @@ from lab_kit.producer.spool import (
     SpoolFullError,
     SpoolLockedError,
     SpoolPathError,
+    next_submit_order,
 )
 
 
@@ -475,3 +476,49 @@ def test_is_empty_agrees_with_the_count(tmp_path: Path) -> None:
         assert not spool.is_empty() and len(spool) == 3
         spool.ack([r.seq for r in leased])
         assert spool.is_empty() and len(spool) == 0
+
+
+# --- submit order (issue 20: order per user through outages) ---------------------------------
+
+
+def test_replay_follows_submit_order_not_write_order(tmp_path: Path) -> None:
+    """A post that failed late in the client is written after newer ones, and still comes
+    back first: lease, peek and post_ids sort by submit order."""
+    with Spool(tmp_path / "s.db") as spool:
+        p1, p2, p3 = next_submit_order(), next_submit_order(), next_submit_order()
+        spool.append_many([("posts", b"u1", b"v2", "p2", p2), ("posts", b"u1", b"v3", "p3", p3)])
+        spool.append("posts", b"u1", b"v1", "p1", submit_order=p1)  # the late failure
+        assert [r.post_id for r in spool.peek()] == ["p1", "p2", "p3"]
+        assert spool.post_ids() == ["p1", "p2", "p3"]
+        assert [r.post_id for r in spool.lease(2)] == ["p1", "p2"]
+
+
+def test_rows_without_a_stamp_sort_after_every_stamped_one(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        stamped = next_submit_order()
+        spool.append("posts", None, b"v", "unstamped")  # stamped now: after `stamped`
+        spool.append("posts", None, b"v", "older", submit_order=stamped)
+        assert spool.post_ids() == ["older", "unstamped"]
+
+
+@pytest.mark.parametrize("bad", [-1, "3", 1.5])
+def test_a_bad_submit_order_is_refused_naming_the_field(tmp_path: Path, bad) -> None:
+    with Spool(tmp_path / "s.db") as spool, pytest.raises(ValueError, match="submit_order"):
+        spool.append("posts", None, b"v", "p", submit_order=bad)
+
+
+def test_a_version_1_spool_is_migrated_and_its_rows_come_first(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)  # the version-1 table, as lab_kit wrote it before
+    conn.execute("CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT "
+                 "NULL, key BLOB, value BLOB NOT NULL, post_id TEXT NOT NULL, enqueued_at REAL "
+                 "NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, leased_until REAL)")
+    conn.executemany("INSERT INTO spool (topic, key, value, post_id, enqueued_at) "
+                     "VALUES ('posts', NULL, x'00', ?, 0)", [("old-1",), ("old-2",)])
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with Spool(path) as spool:
+        spool.append("posts", None, b"v", "new")
+        assert spool.post_ids() == ["old-1", "old-2", "new"]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2

@@ -1,4 +1,4 @@
-"""Tests for lab_kit.rules and lab_kit.moderation_backend (real backend processes, no mocks)."""
+"""Tests for lab_kit.moderation.rules and lab_kit.moderation.backend (real processes, no mocks)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,42 @@
+"""The producer's validation fast path (:func:`looks_plain`) never lets through a post that
+the full rules (:func:`validate_post`) refuse: checked by a property-based fuzzer."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lab_kit.posts import Post, PostValidationError, validate_post
+from lab_kit.producer.encoding import encode, looks_plain
+
+ODD = st.text(max_size=70) | st.sampled_from(["\u200b", "\x00", "\u3164", "p-1", "en", "a/b",
+                                              "x" * 65, "pt-BR", "e n", " "])
+POSTS = st.builds(
+    Post, user_id=ODD, text=ODD, post_id=ODD,
+    created_at=st.floats() | st.sampled_from([1.7e9, -1.0, 4e9]),
+    media_urls=st.lists(ODD, max_size=2).map(tuple),
+    lang=st.none() | ODD, reply_to=st.none() | ODD)
+
+
+@settings(max_examples=300, deadline=None)
+@given(post=POSTS)
+def test_the_fast_path_agrees_with_the_full_rules(post):
+    try:
+        validate_post(post, check_size=False)
+        valid = True
+    except PostValidationError:
+        valid = False
+    if looks_plain(post):
+        assert valid, post
+    try:
+        encode(post, 1_048_576)
+        assert valid
+    except PostValidationError:
+        assert not valid
+
+
+def test_a_plain_post_takes_the_fast_path():
+    assert looks_plain(Post(user_id="u-1", text="hello", post_id="p-1", lang="en",
+                            reply_to="p-0"))
+    assert not looks_plain(Post(user_id="u-1", text="\u200b", post_id="p-1"))
+    assert not looks_plain(Post(user_id="u-1", text="hi", post_id="../x"))
