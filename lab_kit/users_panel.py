@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lab_kit import broker as lab_broker
+from lab_kit import lab_env
 from lab_kit.api import ApiServer, UsersPostingFeed
 from lab_kit.harness.http_load import make_bodies, run_load
 from lab_kit.harness.readback import AuditReport, audit
@@ -52,8 +53,11 @@ class UsersPostingPanel:
         self.rate = int(rate)
         self.refresh_s, self.max_seconds, self.chunk_s = refresh_s, max_seconds, chunk_s
         self._spool_dir = tempfile.TemporaryDirectory(prefix="lab-users-spool-")
+        # the API's Kafka client chatter (retries while the broker is frozen) goes to a file,
+        # not into the notebook under the figure
+        self.api_log = lab_env.state_dir() / "users-panel-api.log"
         self.api = ApiServer(topic=self.topic, spool_dir=self._spool_dir.name, verdicts="off",
-                             bootstrap=broker.bootstrap_servers).start()
+                             bootstrap=broker.bootstrap_servers, log_path=self.api_log).start()
         self.feed = UsersPostingFeed(self.api.url)
         self.rows: list[dict[str, Any]] = []
         self.accepted_ids: list[str] = []
