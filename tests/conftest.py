@@ -50,6 +50,16 @@ def topic_name():
     delete_topics_with_prefix(name)
 
 
+@pytest.fixture
+def created_topic(kafka_broker, topic_name):
+    """``topic_name``, created on the shared broker: the lab's brokers create no topic on
+    first use (``auto.create.topics.enable=false``), as a student's broker does not."""
+    from lab_kit.topics import ensure_topics
+
+    ensure_topics(kafka_broker.client_config(), names=(topic_name,))
+    return topic_name
+
+
 def delete_topics_with_prefix(prefix: str) -> None:
     from kafka import KafkaAdminClient
 

@@ -238,10 +238,10 @@ class PostApi:
         # the vocabulary of the lessons: acked is not yet "delivered" (read back), a post left
         # in the spool is not delivered either (the next API on this spool sends it), and
         # "failed" is what neither Kafka, the spool nor the dead-letter topic holds
-        (log.info if report.lost == 0 else log.error)(
+        (log.warning if report.lost == 0 else log.error)(
             "lab_kit.api closed: accepted %d; acked by Kafka %d; left in the spool on disk %d "
-            "(not delivered yet: the next API on this spool sends them); failed (in neither "
-            "Kafka, the spool nor the DLQ) %d", report.accepted, report.acked,
+            "(not delivered yet: the next API on this spool sends them); lost %d (in neither "
+            "Kafka, the spool nor the DLQ)", report.accepted, report.acked,
             report.spooled_pending, report.lost)
         self._spool_lock.close()
 

@@ -41,8 +41,8 @@ def _find(root: w.Widget, cls: type, description: str) -> w.Widget:
 
 
 @pytest.fixture
-def dashboard(kafka_broker, topic_name):
-    d = Dashboard(broker=kafka_broker, topic=topic_name, refresh_s=0.2, max_seconds=60)
+def dashboard(kafka_broker, created_topic):
+    d = Dashboard(broker=kafka_broker, topic=created_topic, refresh_s=0.2, max_seconds=60)
     yield d
     d.close()
     assert not d.generator.running and not d.refreshing
@@ -222,8 +222,8 @@ def test_lost_is_read_back_from_the_topic_and_never_a_default(kafka_broker, topi
         d.close()
 
 
-def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, topic_name):
-    gen = LoadGenerator(kafka_broker.bootstrap_servers, topic_name, rate=2000, max_seconds=30,
+def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, created_topic):
+    gen = LoadGenerator(kafka_broker.bootstrap_servers, created_topic, rate=2000, max_seconds=30,
                         max_posts=20_000)
     try:
         gen.start()
@@ -247,8 +247,8 @@ def test_reconfigure_keeps_metrics_and_loses_nothing(kafka_broker, topic_name):
     assert any("acks=1 linger=20ms" in label for _, label in gen.metrics.events)
 
 
-def test_max_posts_ends_the_run_by_itself(kafka_broker, topic_name):
-    gen = LoadGenerator(kafka_broker.bootstrap_servers, topic_name, rate=5000, max_posts=250,
+def test_max_posts_ends_the_run_by_itself(kafka_broker, created_topic):
+    gen = LoadGenerator(kafka_broker.bootstrap_servers, created_topic, rate=5000, max_posts=250,
                         max_seconds=20)
     try:
         gen.start()

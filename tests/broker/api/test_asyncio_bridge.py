@@ -16,7 +16,8 @@ from lab_kit.producer.asyncio_bridge import AioPostProducer, submit_async, wrap_
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 
-def test_submit_async_returns_the_delivery_on_the_loop_thread(bootstrap, topic_name):
+def test_submit_async_returns_the_delivery_on_the_loop_thread(bootstrap, created_topic):
+    topic_name = created_topic
     async def main():
         loop_thread = threading.get_ident()
         aio = await AioPostProducer.create(bootstrap, topic_name, dlq_topic=None)
@@ -51,7 +52,8 @@ def test_submit_async_returns_the_delivery_on_the_loop_thread(bootstrap, topic_n
     assert report.lost == 0 and report.acked == 201
 
 
-def test_invalid_post_raises_at_once(bootstrap, topic_name):
+def test_invalid_post_raises_at_once(bootstrap, created_topic):
+    topic_name = created_topic
     async def main():
         p = AsyncPostProducer(bootstrap, topic_name, dlq_topic=None)
         try:
