@@ -27,8 +27,11 @@ An ASGI app (Starlette) served by uvicorn on 127.0.0.1. Routes:
   with ``synchronous=NORMAL``: it survives a kill of this process, not a power cut). A post
   in the client's buffer dies with the process (kill -9, the OOM killer) before Kafka or the
   spool has it: a 202 survives ``SIGTERM`` (shutdown spools what is left), not ``kill -9``.
-  ``?wait=ack`` (201) is the durable answer: Kafka has the post (``acks=all``) or the spool
-  does. uvicorn adds its own plain ``503`` past
+  ``?wait=ack`` (201, ``"durable": true``) is the durable answer: Kafka acknowledged the post
+  (``acks=all``) or the spool has it committed *and fsynced* (a group commit: the requests
+  waiting share one fsync of the WAL, :meth:`lab_kit.producer.spool.Spool.sync`); it
+  survives ``kill -9`` of every worker (``python -m lab_kit drill api-crash`` shows both
+  answers side by side). uvicorn adds its own plain ``503`` past
   ``limit_concurrency`` (:data:`~lab_kit.api.errors.LIMIT_CONCURRENCY`) connections.
 * **A client-chosen** ``post_id`` (1-64 of ``A-Z a-z 0-9 . _ : -``) is unique among the posts
   this worker tracks: a second post with an id in the table is refused ``409`` and nothing is
@@ -314,8 +317,16 @@ class PostApi:
                                       f"(GET /posts/{post.post_id} tells how it ends)"}
             except Exception as exc:  # noqa: BLE001
                 return 502, {"post_id": post.post_id, "status": "failed", "error": str(exc)}
+            if d.outcome == "spooled":  # committed; durable once the WAL is fsynced, and one
+                try:                    # fsync serves every request waiting (group commit)
+                    await asyncio.to_thread(aio.producer.spool.sync)
+                except Exception as exc:  # noqa: BLE001 - the post stays accepted, not durable
+                    return 503, {"post_id": post.post_id, "status": "accepted",
+                                 "delivery": "spooled", "durable": False,
+                                 "error": f"spool: fsync failed ({exc}); the post stays in "
+                                          f"the spool, committed but not on the disk yet"}
             return 201, {"post_id": post.post_id, "status": "accepted", "delivery": d.outcome,
-                         "partition": d.partition, "offset": d.offset}
+                         "durable": True, "partition": d.partition, "offset": d.offset}
         row, _ = self.table.get(post.post_id)
         return 202, {"post_id": post.post_id, "status": "accepted",
                      "delivery": row[0] if row else "pending"}

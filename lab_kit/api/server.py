@@ -247,6 +247,17 @@ class ApiServer:
         self._group_gone = not group_members(self.proc.pid)
         return code
 
+    def crash(self) -> None:
+        """``kill -9`` of every process of the API (the parent and each worker) at once: a
+        crash, as the OOM killer or a power cut of the container would do it. Nothing is
+        flushed or spooled: what a worker held only in memory is gone. ``start()`` on a new
+        ``ApiServer`` with the same ``spool_dir`` replays what the spool holds."""
+        if self.proc is None or self._group_gone:
+            return
+        self._kill_group()
+        self.proc.wait(10)
+        self._group_gone = not group_members(self.proc.pid)
+
     def _kill_group(self) -> None:
         """SIGKILL every process left in the child's group (its pgid is its pid: it leads its
         own session), then wait (up to 10 s) until each is gone or a zombie."""

@@ -1,8 +1,9 @@
 """``bench api``: what a user's HTTP request sees, healthy and with the broker killed.
 
-Every variant of the post API (``async``, ``blocking``) under every condition (``healthy``,
-``broker_killed``) ``rounds`` times, medians reported; then the highest rate the async API
-holds with p99 <= 100 ms (:func:`max_rate`), and the driver's own ceiling. One run of one
+Every variant of the post API (``async``; ``durable``: the async app asked ``?wait=ack``, 201
+once Kafka acknowledged or the spool fsynced the post; ``blocking``) under every condition
+(``healthy``, ``broker_killed``) ``rounds`` times, medians reported; then the highest rate the
+async API holds with p99 <= 100 ms (:func:`max_rate`), and the driver's own ceiling. One run of one
 condition is :func:`lab_kit.harness.api_condition.run_condition`; the open-loop driver (latency
 from each request's intended send time, no coordinated omission) is
 :mod:`lab_kit.harness.http_load`.
@@ -64,7 +65,7 @@ def max_rate(rates: tuple[float, ...], seconds: float, workers: int, broker=None
 
 
 def run_bench(rate: float = 2000, seconds: float = 30, rounds: int = 3, outage_s: float = 10,
-              variants: tuple[str, ...] = ("async", "blocking"),
+              variants: tuple[str, ...] = ("async", "durable", "blocking"),
               conditions: tuple[str, ...] = CONDITIONS,
               max_rates: tuple[float, ...] = (1000, 2000, 3000, 4000, 5000),
               max_rate_seconds: float = 10, ceiling: bool = True,
@@ -106,8 +107,9 @@ def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, ma
         for condition in conditions:
             rs = []
             for i in range(rounds):
-                r = run_condition(variant, condition, rate, seconds, outage_s=outage_s,
-                                  broker=broker)
+                r = run_condition("async" if variant == "durable" else variant, condition,
+                                  rate, seconds, outage_s=outage_s, broker=broker,
+                                  wait_ack=variant == "durable")
                 r.pop("load")
                 rs.append(r)
                 if progress:
@@ -126,7 +128,10 @@ def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, ma
                       f"{m['max_rate_p99_le_100ms']}", flush=True)
     a = result["runs"].get("async", {})
     h, k = a.get("healthy", {}).get("median", {}), a.get("broker_killed", {}).get("median", {})
+    dh = result["runs"].get("durable", {}).get("healthy", {}).get("median")
     result["targets"] = {
+        **({"durable_healthy_p99_le_100ms": dh.get("p99_ms") is not None
+            and dh["p99_ms"] <= 100} if dh is not None else {}),
         "healthy_p99_le_20ms": h.get("p99_ms") is not None and h["p99_ms"] <= 20,
         "healthy_p999_le_100ms": h.get("p999_ms") is not None and h["p999_ms"] <= 100,
         "healthy_errors_0": h.get("errors") == 0,
@@ -145,6 +150,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="10 s runs, 1 round, 5 s outage, short max-rate search")
     p.add_argument("--no-max-rate", action="store_true", help="skip the max-rate search")
+    p.add_argument("--variants", default="async,durable,blocking",
+                   help="comma-separated, of async, durable (?wait=ack), blocking")
     p.add_argument("--json", dest="json_path", default=None)
 
 
@@ -152,14 +159,20 @@ def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")
     if not 1 <= args.rounds <= 10:
         raise ValueError(f"--rounds must be between 1 and 10, got {args.rounds}")
+    variants = tuple(v.strip() for v in (args.variants or "async,durable,blocking").split(",")
+                     if v.strip())
+    unknown = sorted(set(variants) - {"async", "durable", "blocking"})
+    if unknown or not variants:
+        raise ValueError(f"--variants: each must be async, durable or blocking, got "
+                         f"{args.variants!r}")
     if args.quick:
         res = run_bench(args.rate, 10, 1, 5, max_rates=() if args.no_max_rate else
                         (2000, 4000), max_rate_seconds=5, json_path=args.json_path,
-                        broker_warmup_s=5)
+                        broker_warmup_s=5, variants=variants)
     else:
         res = run_bench(args.rate, args.seconds, args.rounds, args.outage,
                         max_rates=() if args.no_max_rate else (1000, 2000, 3000, 4000, 5000),
-                        json_path=args.json_path)
+                        json_path=args.json_path, variants=variants)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(res, indent=2))
@@ -185,7 +198,7 @@ def main_from_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds if args.rounds is not None else 3,
         outage=getattr(args, "outage", None) or 10,
         quick=args.quick, no_max_rate=getattr(args, "no_max_rate", False),
-        json_path=args.json_path)
+        variants=getattr(args, "variants", None), json_path=args.json_path)
     return main(ns)
 
 

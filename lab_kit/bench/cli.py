@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds the broker is killed in the broker_killed condition")
     a.add_argument("--no-max-rate", action="store_true",
                    help="skip the search for the highest rate with p99 <= 100 ms")
+    a.add_argument("--variants", default=None,
+                   help="comma-separated of async, durable (?wait=ack: 201 once Kafka acked or "
+                        "the spool fsynced), blocking; default all three")
     p.set_defaults(func=main)
 
 

@@ -20,7 +20,9 @@ Open next, in this order:
   (api-broker-outage, through HTTP, on :mod:`lab_kit.harness.api_condition`),
   :mod:`lab_kit.drills.full_spool` (api-full-spool: the API's capped spool fills while the
   broker is down; 202 or 503 + Retry-After, never a 500, every 202 delivered; its
-  :class:`~lab_kit.drills.full_spool.FullSpoolReport`);
+  :class:`~lab_kit.drills.full_spool.FullSpoolReport`), :mod:`lab_kit.drills.api_crash`
+  (api-crash: kill -9 of every API worker during a broker outage; a 202 held in memory
+  against a durable ``?wait=ack`` answer, read back);
 * :mod:`lab_kit.drills.runner` — ``run_drill(name)`` and ``python -m lab_kit drill NAME``
   (imported from there, not from this package: the runner loads the HTTP drill, and
   ``python -m lab_kit.drills.api`` must not find its own module imported by this package first).

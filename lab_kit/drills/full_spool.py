@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ import httpx
 from lab_kit.api import ApiServer
 from lab_kit.cli_support import run_cli
 from lab_kit.drills.report import print_and_save
-from lab_kit.harness.api_condition import heal, own_broker
+from lab_kit.harness.api_condition import heal, on_own_broker
 from lab_kit.harness.readback import audit
 from lab_kit.output_paths import check_output_path
 from lab_kit.topics import ensure_topics
@@ -222,19 +221,7 @@ def run_full_spool_drill(settings: FullSpoolSettings | None = None, broker=None,
     """Run the drill on ``broker`` (default: a one-node broker of its own, purged after)."""
     settings = settings or FullSpoolSettings()
     settings.validate()
-    if broker is None:
-        b = own_broker(NAME)
-        try:
-            return run_full_spool_drill(settings, b, workdir)
-        finally:
-            b.down(purge=True)
-    tmp = tempfile.TemporaryDirectory(prefix="lab-full-spool-") if workdir is None else None
-    wd = Path(tmp.name) if tmp else workdir
-    try:
-        return _run(settings, broker, wd)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    return on_own_broker(NAME, broker, workdir, lambda b, wd: _run(settings, b, wd))
 
 
 def _run(settings: FullSpoolSettings, broker, wd: Path) -> FullSpoolReport:

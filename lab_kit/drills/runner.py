@@ -15,6 +15,7 @@ from lab_kit import broker as lab_broker
 from lab_kit import lab_env
 from lab_kit.broker import local
 from lab_kit.drills.api import main_from_drill
+from lab_kit.drills.api_crash import main_from_drill as api_crash_main
 from lab_kit.drills.full_spool import main_from_drill as full_spool_main
 from lab_kit.drills.moderation import moderation_drill, overload_drill, overload_main
 from lab_kit.drills.producer_drills import producer_drill
@@ -24,7 +25,7 @@ from lab_kit.output_paths import check_output_path
 
 DRILLS = ("broker-outage", "broker-outage-long", "broker-pause", "leader-failover",
           "moderation-outage", "moderation-slow", "moderation-overload", "api-broker-outage",
-          "api-full-spool")
+          "api-full-spool", "api-crash")
 
 
 def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
@@ -43,6 +44,10 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
         raise ValueError("api-full-spool drives the HTTP API on a broker of its own: use "
                          "lab_kit.drills.full_spool.run_full_spool_drill (or `python -m "
                          "lab_kit drill api-full-spool`)")
+    if name == "api-crash":
+        raise ValueError("api-crash drives the HTTP API on a broker of its own: use "
+                         "lab_kit.drills.api_crash.run_crash_drill (or `python -m lab_kit "
+                         "drill api-crash`)")
     if name == "moderation-overload":  # its own shape: rates follow the backend's capacity
         return overload_drill(broker, workdir=workdir, progress=progress)
     settings = settings or DrillSettings.for_drill(name)
@@ -90,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
         return main_from_drill(args)
     if args.name == "api-full-spool":
         return full_spool_main(args)
+    if args.name == "api-crash":
+        return api_crash_main(args)
     if args.name == "moderation-overload":
         return overload_main(args)
     settings = DrillSettings.for_drill(args.name, posts=args.posts, rate=args.rate,

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient
 
@@ -35,10 +36,14 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
                   workers: int = 1, lead_s: float | None = None, outage_s: float = 10.0,
                   broker=None, topic_prefix: str = "lab.api", keep_topic: bool = False,
                   audit_topic: bool = True, workdir: Path | None = None,
-                  warmup_s: float = 2.0, timeout_s: float = 30.0) -> dict[str, Any]:
+                  warmup_s: float = 2.0, timeout_s: float = 30.0,
+                  wait_ack: bool = False) -> dict[str, Any]:
     """Serve the API (``variant``), drive it open-loop, kill -9 the broker for ``outage_s``
     if ``condition == "broker_killed"``, wait for the spool to drain, stop the server
     (SIGTERM) and read the topic back. Returns the summary plus ``load`` (the LoadRun).
+
+    ``wait_ack``: every request is ``POST /posts?wait=ack`` (the durable answer, 201 once Kafka
+    acknowledged or the spool fsynced the post) instead of the plain 202.
 
     ``warmup_s`` of load at the same rate first (connections, the client's first batches,
     the allocator): not measured, but its posts are audited too."""
@@ -65,14 +70,16 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
                 lead = lead_s if lead_s is not None else min(5.0, seconds / 4)
                 nemesis = Nemesis(f"broker node {node} killed (-9)", lambda: broker.kill(node),
                                   lambda: heal(broker, node), lead, outage_s, metrics).start()
-            load = run_load(server.url, bodies, rate, seconds, timeout_s=timeout_s)
+            path = "/posts?wait=ack" if wait_ack else "/posts"
+            load = run_load(server.url, bodies, rate, seconds, timeout_s=timeout_s, path=path)
             if nemesis is not None:
                 nemesis.join(timeout=outage_s + 300)  # a restart waits up to 240 s
             health = server.wait_drained(timeout_s=120)
             counters = server.counters()
         finally:
             code = server.stop()
-        out = {"variant": variant, "condition": condition, "workers": workers, "topic": topic,
+        out = {"variant": variant + ("+wait=ack" if wait_ack else ""), "condition": condition,
+               "workers": workers, "topic": topic,
                **load.summary(), "server_exit_code": code,
                "spool_left": health.get("spool_depth"), "in_flight_left": health.get("in_flight"),
                "server": {k.removeprefix("lab_api_"): int(v) for k, v in counters.items()
@@ -121,6 +128,26 @@ def own_broker(name: str = "api-drill"):
     """A one-node local broker of this harness's own (state under LAB_STATE_DIR/<name>), so
     its kill -9 does not race other users of the lab's broker. ``.down(purge=True)`` after."""
     return local.up(nodes=1, state_dir=lab_env.state_dir() / name)
+
+
+T = TypeVar("T")
+
+
+def on_own_broker(name: str, broker, workdir: Path | None,
+                  run: Callable[[Any, Path], T]) -> T:
+    """``run(broker, workdir)``. Without a broker: on a one-node broker of its own
+    (:func:`own_broker`, purged after); without a workdir: in a temporary folder (removed
+    after). The HTTP drills' frame."""
+    if broker is None:
+        b = own_broker(name)
+        try:
+            return on_own_broker(name, b, workdir, run)
+        finally:
+            b.down(purge=True)
+    if workdir is not None:
+        return run(broker, Path(workdir))
+    with tempfile.TemporaryDirectory(prefix=f"lab-{name}-") as tmp:
+        return run(broker, Path(tmp))
 
 
 def _delete_topic(cfg: dict, topic: str) -> None:

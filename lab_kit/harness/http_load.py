@@ -33,8 +33,8 @@ from lab_kit.machine import free_port
 from lab_kit.metrics import percentiles_ms
 from lab_kit.posts import Workload
 
-HEAD = (b"POST /posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n")
+HEAD = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %%d\r\n\r\n")
 
 
 @dataclass
@@ -81,8 +81,9 @@ def _r(x: float | None) -> float | None:
 
 
 class _Conn:
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, path: str = "/posts"):
         self.host, self.port = host, port
+        self.head = HEAD % path.encode("ascii")
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -92,7 +93,7 @@ class _Conn:
     async def request(self, body: bytes) -> int:
         if self.writer is None:
             await self.connect()
-        self.writer.write(HEAD % len(body) + body)
+        self.writer.write(self.head % len(body) + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length, close = 0, False
@@ -114,12 +115,13 @@ class _Conn:
 
 
 async def _open_loop(host: str, port: int, bodies: list[tuple[str, bytes]], rate: float,
-                     seconds: float, connections: int, timeout_s: float) -> LoadRun:
+                     seconds: float, connections: int, timeout_s: float,
+                     path: str = "/posts") -> LoadRun:
     loop = asyncio.get_running_loop()
     run = LoadRun(rate, seconds)
     n = min(len(bodies), int(rate * seconds))
     pool: asyncio.Queue[_Conn] = asyncio.Queue()
-    conns = [_Conn(host, port) for _ in range(connections)]
+    conns = [_Conn(host, port, path) for _ in range(connections)]
     await asyncio.gather(*(c.connect() for c in conns))  # connected before the clock starts
     for c in conns:
         pool.put_nowait(c)
@@ -177,10 +179,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_load(url: str, bodies: list[tuple[str, bytes]], rate: float, seconds: float, *,
-             connections: int = 256, timeout_s: float = 30.0) -> LoadRun:
-    """Open-loop POST /posts at ``rate`` for ``seconds`` (bounded: at most len(bodies)
-    requests, each abandoned ``timeout_s`` after its intended time). Runs its own event
-    loop in a thread, so it works from a notebook too."""
+             connections: int = 256, timeout_s: float = 30.0,
+             path: str = "/posts") -> LoadRun:
+    """Open-loop POST ``path`` (``/posts``, or ``/posts?wait=ack``) at ``rate`` for ``seconds``
+    (bounded: at most len(bodies) requests, each abandoned ``timeout_s`` after its intended
+    time). Runs its own event loop in a thread, so it works from a notebook too."""
     if not 1 <= rate <= 50_000:
         raise ValueError(f"--rate must be between 1 and 50000, got {rate}")
     if not 0.1 <= seconds <= 600:
@@ -192,7 +195,7 @@ def run_load(url: str, bodies: list[tuple[str, bytes]], rate: float, seconds: fl
         loop = _new_loop()
         try:
             out["run"] = loop.run_until_complete(_open_loop(
-                host, int(port), bodies, rate, seconds, connections, timeout_s))
+                host, int(port), bodies, rate, seconds, connections, timeout_s, path))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             out["error"] = exc
         finally:

@@ -78,3 +78,26 @@ def test_a_full_spool_answers_503_and_every_202_is_delivered(spool_topic, bootst
     on_topic = set(post_ids_in(client_config, spool_topic, timeout_s=60))
     assert set(accepted) <= on_topic, sorted(set(accepted) - on_topic)  # lost: 0
     assert not set(refused) & on_topic  # a 503 was not accepted
+
+
+def test_wait_ack_with_the_broker_away_answers_once_the_spool_is_fsynced(spool_topic, tmp_path,
+                                                                         monkeypatch):
+    """The durable answer without Kafka: 201 ``spooled``, ``durable: true``, only after an
+    fsync of the spool; one fsync (per file) can serve many waiting requests."""
+    import os
+
+    away = f"127.0.0.1:{free_port()}"
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    app = create_app(topic=spool_topic, bootstrap=away, spool_dir=tmp_path, verdicts=False)
+    with TestClient(app) as c:
+        before = len(fsyncs)
+        r = c.post("/posts?wait=ack", json={"user_id": "u1", "text": "keep me",
+                                            "post_id": "durable-1"})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["delivery"] == "spooled" and body["durable"] is True
+        assert len(fsyncs) > before  # the answer waited for the disk
+        r = c.post("/posts", json={"user_id": "u1", "text": "no wait", "post_id": "plain-1"})
+        assert r.status_code == 202 and "durable" not in r.json()

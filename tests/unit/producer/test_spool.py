@@ -522,3 +522,68 @@ def test_a_version_1_spool_is_migrated_and_its_rows_come_first(tmp_path: Path) -
         spool.append("posts", None, b"v", "new")
         assert spool.post_ids() == ["old-1", "old-2", "new"]
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+# ---------------------------------------------------------------------------
+# Group commit: Spool.sync()
+# ---------------------------------------------------------------------------
+
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0,
+                  fail: list[bool] | None = None) -> list[int]:
+    """Wrap os.fsync: record each call (slowed by ``delay_s``; raising while ``fail[0]``)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if fail and fail[0]:
+            raise OSError(5, "Input/output error")
+        time.sleep(delay_s)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_sync_is_a_group_commit_one_fsync_serves_many_waiters(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    with Spool(tmp_path / "s.db") as s:
+        calls = _count_fsyncs(monkeypatch, delay_s=0.05)
+        start = threading.Barrier(20)
+        covered: list[int] = []
+
+        def writer(i: int) -> None:
+            s.append("posts", None, b"v", f"p{i}")
+            start.wait()
+            covered.append(s.sync())
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(covered) == 20 and min(covered) == 20  # every waiter's commit was covered
+        # one fsync per file (the WAL and the database) per round; 20 callers, few rounds
+        assert 2 <= len(calls) <= 2 * 3, calls
+
+
+def test_sync_without_new_commits_does_not_touch_the_disk(tmp_path: Path, monkeypatch) -> None:
+    with Spool(tmp_path / "s.db") as s:
+        s.append("posts", None, b"v", "p0")
+        s.sync()
+        calls = _count_fsyncs(monkeypatch)
+        assert s.sync() == 1 and calls == []
+        s.append_many(rows(3))
+        assert s.sync() == 2 and len(calls) == 2  # one transaction, one more commit
+
+
+def test_a_failed_fsync_covers_nothing_and_the_next_sync_tries_again(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    with Spool(tmp_path / "s.db") as s:
+        fail = [True]
+        calls = _count_fsyncs(monkeypatch, fail=fail)
+        s.append("posts", None, b"v", "p0")
+        with pytest.raises(OSError):
+            s.sync()
+        fail[0] = False
+        assert s.sync() == 1 and len(calls) == 3  # the failed call, then both files
