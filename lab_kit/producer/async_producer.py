@@ -596,17 +596,21 @@ class ClientSlot:
             client, self.connect_error = None, exc
         self.current: tuple[int, KafkaProducer | None] = (1, client)
 
-    def replace(self, generation: int) -> None:
+    def replace(self, generation: int, rebuild: bool = True) -> None:
         """Replace the client of that generation, unless it was replaced already (one bad
-        client's errors arrive many times, from the worker and the health thread)."""
+        client's errors arrive many times, from the worker and the health thread).
+        ``rebuild=False``: leave no client (the broker does not answer: building one would
+        only wait for it); the health thread builds one when it answers again."""
         with self._lock:
             current_generation, old = self.current
             if generation != current_generation or self.closed:
                 return
+            client = None
             try:
-                client = self._new_client()
+                if rebuild:
+                    client = self._new_client()
             except KafkaTimeoutError:
-                client = None
+                pass
             self.current = (current_generation + 1, client)
             self._metrics.incr("client_rebuilds")
         if old is not None:

@@ -384,11 +384,12 @@ class Failover:
     def step(self) -> None:
         """One round: rebuild a missing client, probe, notice a stuck client, change state,
         replay what is spooled."""
-        self._rebuild_if_missing()
         answers = self._probe()
+        if self._rebuild_if_missing(answers) and not answers:
+            answers = self._probe()  # a secured broker's probe asks the client just built
         stalled = self._in_flight.oldest_age() >= self._stall_timeout_s
-        if answers and stalled:
-            self._replace_if_stuck()
+        if stalled:  # whether the broker answers or not: see _replace_if_stuck
+            self._replace_if_stuck(answers)
         else:
             self._stalled_since = None
         self._enter(after_probe(self._state, answers=answers, stalled=stalled),
@@ -424,24 +425,27 @@ class Failover:
                 self._state, spool_empty=self.spool.is_empty() and not self._tail,
                 failed=failed), "replay")
 
-    def _rebuild_if_missing(self) -> None:
-        """No client (the first never connected, or a rebuild failed): try to build one, with
-        a growing pause between tries. Done before the probe, whatever it says: a probe of a
-        secured broker asks the client itself, and without a client it can never say yes."""
+    def _rebuild_if_missing(self, answers: bool) -> bool:
+        """No client (the first never connected, a rebuild failed, or a stuck one was dropped
+        while the broker was away): try to build one. At once if the probe ``answers``; else
+        with a growing pause between tries, whatever the probe says: a probe of a secured
+        broker asks the client itself, and without a client it can never say yes. True if a
+        client was built."""
         generation, client = self._clients.current
         now = time.monotonic()
         if client is not None:
             self._rebuild_failures = 0
-            return
-        if now < self._next_rebuild_at:
-            return
+            return False
+        if now < self._next_rebuild_at and not answers:
+            return False
         self._clients.replace(generation)
         if self._clients.current[1] is None:
             self._rebuild_failures += 1
             self._next_rebuild_at = now + rebuild_backoff(self._rebuild_failures,
                                                           self._probe_interval_s)
-        else:
-            self._rebuild_failures = 0
+            return False
+        self._rebuild_failures = 0
+        return True
 
     def _pace(self, busy_s: float) -> None:
         """Replay takes at most ``replay_share`` of the time: it competes with new posts for
@@ -460,19 +464,33 @@ class Failover:
             self._send(pf, key, value)
         return True
 
-    def _replace_if_stuck(self) -> None:
-        """The broker answers, yet posts stay stuck in the client: after an outage kafka-python's
-        idempotent producer can stop making progress. Past twice the stall timeout, replace
-        the client; what it held fails over to the spool and is replayed."""
+    def _replace_if_stuck(self, answers: bool) -> None:
+        """Posts stay stuck in the client (no ack for ``stall_timeout_s``): replace it; what it
+        held fails over to the spool (in submit order) and is replayed. Two cases:
+
+        * the broker answers, yet after an outage kafka-python's idempotent producer can stop
+          making progress (:mod:`~lab_kit.producer.kafka_quirks`, quirk 2): replaced once the
+          stall has lasted twice the stall timeout more (it may still recover by itself);
+        * the broker does not answer: the posts cannot leave, and if its connection stays
+          open (a frozen broker, ``SIGSTOP``) kafka-python's sender thread spins on the
+          unanswered requests, a whole core (measured: 1.05 of a CPU against 0.12 healthy),
+          starving every other thread of the process, an API's event loop included.
+          Replaced at once, by no client: the posts go to disk and the spinning stops;
+          :meth:`_rebuild_if_missing` builds a new client as soon as the broker answers.
+        """
         now = time.monotonic()
         if self._stalled_since is None:
             self._stalled_since = now
-        elif now - self._stalled_since > 2 * self._stall_timeout_s:
-            log.warning("broker answers but %d posts are stuck in the client: replacing it",
-                        len(self._in_flight))
-            self._stalled_since = None
-            self._metrics.incr("stuck_client_rebuilds")
+        if answers and now - self._stalled_since <= 2 * self._stall_timeout_s:
+            return
+        log.warning("%d posts are stuck in the client (broker %s): replacing it",
+                    len(self._in_flight), "answers" if answers else "does not answer")
+        self._stalled_since = None
+        self._metrics.incr("stuck_client_rebuilds")
+        if answers:
             self._clients.replace(self._clients.current[0])
+        else:
+            self._clients.replace(self._clients.current[0], rebuild=False)
 
     def _replay_batch(self, limit: int = 5000, timeout_s: float = 30.0) -> bool | None:
         """Re-send the oldest spooled posts (in spool order), then ack/nack them in one go.

@@ -20,6 +20,13 @@ module that touches a private attribute of kafka-python (``KafkaProducer._sender
    ``bootstrap_future is not None and not bootstrap_future.is_done``), so it is false for a
    healthy connected client. Nothing here uses it: the health probe speaks to the brokers
    itself (:func:`lab_kit.producer.failover.bootstrap_probe`).
+6. **A frozen broker makes the sender spin.** With the connection open and the requests
+   unanswered (the broker ``SIGSTOP``-ed), the sender thread loops without waiting: a whole
+   core (measured here: 1.05 of a CPU against 0.12 healthy), and every other thread of the
+   process, an API's event loop included, waits for the GIL. The failover drops such a client
+   once its posts have stalled and the probe gets no answer
+   (:meth:`lab_kit.producer.failover.Failover._replace_if_stuck`): its posts go to the spool,
+   and the ones the broker had read before it froze come back twice (duplicates, counted).
 """
 
 from __future__ import annotations

@@ -121,3 +121,35 @@ def test_the_replay_pauses_between_batches(tmp_path: Path, share: float) -> None
         pause = times[nxt] - times[first + 99]
         assert pause >= 0.9 * busy * (1 - share) / share, (first, busy, pause)
     fo.spool.close()
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_client_stuck_past_twice_the_stall_timeout_is_replaced_broker_up_or_not(
+        tmp_path: Path, answers: bool) -> None:
+    """A frozen broker (SIGSTOP: the connection stays open, nothing answers) makes
+    kafka-python's sender spin on a core while it holds posts in memory: the stuck client is
+    replaced whether the probe answers or not (its posts then fail over to the spool)."""
+    replaced: list[int] = []
+
+    def replace(generation: int, rebuild: bool = True) -> None:
+        replaced.append(generation)
+
+    spool = Spool(tmp_path / "spool.db", autocheckpoint=False)
+    fo = Failover(spool=spool, topic="posts",
+                  clients=SimpleNamespace(current=(1, SlowFakeClient()), replace=replace),
+                  in_flight=InFlight(), metrics=MetricsRecorder(),
+                  dead_letter_spooled=lambda rec, exc: None, probe=lambda: answers,
+                  probe_interval_s=0.05, stall_timeout_s=0.1, state=State.SENDING,
+                  send=lambda pf, key, value: None)
+    stuck = futures(1)[0]
+    stuck.generation = 1
+    fo._in_flight.add(stuck)
+    time.sleep(0.15)  # older than the stall timeout: stalled
+    fo.step()
+    if answers:  # it may still recover: the first stalled round only starts the clock
+        assert replaced == []
+        time.sleep(0.25)  # past twice the stall timeout more
+        fo.step()
+    assert replaced == [1]  # no answer: nothing can leave it, replaced at once
+    assert fo.state is State.SPOOLING  # acks stalled: an outage, whatever the probe says
+    spool.close()
