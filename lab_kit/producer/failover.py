@@ -546,6 +546,9 @@ class Failover:
         dead = []  # refused for good, and now in the dead-letter topic
         for rec, exc in refused:
             (dead if self._try_dead_letter(rec, exc) else retry).append(rec.seq)
+        # counted before the rows leave the spool: whoever sees the spool empty (drain_spool,
+        # a drill's report) must also see them counted; Kafka has them either way
+        self._metrics.incr("replayed", len(acked))
         self.spool.ack(acked + dead)
         settled.update(acked + dead)
         if retry or refused or flush_failed:  # kafka-python fails every later send after such
@@ -554,7 +557,6 @@ class Failover:
             self.spool.nack(retry)
             settled.update(retry)
             self._metrics.incr("replay_failed", len(retry))
-        self._metrics.incr("replayed", len(acked))
         return bool(retry)
 
     def _try_dead_letter(self, rec: Any, exc: BaseException) -> bool:
