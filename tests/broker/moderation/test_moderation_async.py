@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
 from lab_kit.moderation import ModerationService, moderation_results
+from lab_kit.moderation.rules import _normalize
 from lab_kit.posts import Post, Workload, malformed_records
 from tests.broker.moderation.test_moderation import (
     expected_labels,
@@ -183,10 +185,21 @@ def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
     assert text.count("moderation service stopped") == 1  # the survivor stopped cleanly
 
     assert set(results) == set(expected)
-    assert all(r["label"] == expected[pid] for pid, rs in results.items() for r in rs)
+    wrong = [(pid, expected[pid], [(r["label"], r.get("source"), r.get("degraded"))
+                                   for r in rs])
+             for pid, rs in results.items() if any(r["label"] != expected[pid] for r in rs)]
+    # A known side effect outside Kafka (issue 20): the backend's repeat rule remembers the
+    # posts it has seen. The killed member may have sent a user's later post to it before the
+    # survivor re-sends the earlier, uncommitted one; the backend then calls the earlier one
+    # the repeat (the labels of the two swap). Only such posts may differ; any other wrong
+    # label fails.
+    texts = Counter((p.user_id, _normalize(p.text)) for p in posts)
+    by_id = {p.post_id: p for p in posts}
+    swapped = [w for w in wrong if texts[(by_id[w[0]].user_id, _normalize(by_id[w[0]].text))] > 1]
+    assert wrong == swapped, f"{len(wrong)} posts with a result unlike the rules': {wrong[:10]}"
     dups = sum(len(v) - 1 for v in results.values())
     print(f"\n2 processes ({client}), member killed at {at_kill}/{len(posts)}: "
-          f"duplicates={dups}")
+          f"duplicates={dups}, repeat verdicts swapped by the re-send={len(swapped)}")
 
 
 def test_cli_refuses_bad_values_before_starting(tmp_path) -> None:
