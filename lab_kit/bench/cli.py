@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="moderation member processes of one consumer group (1-32, default 1)")
     g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
                    help="the moderation service's Kafka client (default kafka-python)")
+    g.add_argument("--guarantee", choices=("at-least-once", "exactly-once", "both"),
+                   default=None, help="the moderation members' guarantee (default "
+                   "at-least-once); both: one run of each, and their throughput ratio")
     g.add_argument("--backlog", type=int, default=None,
                    help="write N posts first, then time the service draining them")
     g.add_argument("--shed-after-ms", type=float, default=None,

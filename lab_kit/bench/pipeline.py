@@ -46,6 +46,7 @@ from lab_kit.harness.sampler import Sampler
 from lab_kit.machine import cpu_count
 from lab_kit.metrics import percentiles_ms
 from lab_kit.moderation.clients import CLIENTS as CLIENT_CHOICES
+from lab_kit.moderation.settings import GUARANTEES
 from lab_kit.output_paths import check_output_path
 from lab_kit.posts import Workload
 from lab_kit.producer import BackpressureError
@@ -77,6 +78,7 @@ class PipelineSettings:
     client: str = "kafka-python"
     backlog: int | None = None
     shed_after_ms: float | None = None  # None: the service's default
+    guarantee: str = "at-least-once"  # or "exactly-once", or "both" (one after the other)
     json_path: str | None = None
     quick: bool = False
 
@@ -92,7 +94,9 @@ class PipelineSettings:
                    seconds=base["seconds"] if args.seconds is None else args.seconds,
                    processes=1 if args.processes is None else args.processes,
                    client=args.client or "kafka-python", backlog=args.backlog,
-                   shed_after_ms=args.shed_after_ms, json_path=args.json_path,
+                   shed_after_ms=args.shed_after_ms,
+                   guarantee=getattr(args, "guarantee", None) or "at-least-once",
+                   json_path=args.json_path,
                    quick=args.quick)
 
     def validate(self) -> None:
@@ -115,6 +119,9 @@ class PipelineSettings:
         if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
             raise ValueError("--client confluent needs confluent-kafka "
                              "(pip install '.[confluent]')")
+        if self.guarantee not in (*GUARANTEES, "both"):
+            raise ValueError(f"--guarantee must be one of {', '.join((*GUARANTEES, 'both'))}, "
+                             f"got {self.guarantee!r}")
         if self.backlog is not None and not 1 <= self.backlog <= MAX_POSTS:
             raise ValueError(f"--backlog must be between 1 and {MAX_POSTS} posts, "
                              f"got {self.backlog}")
@@ -127,9 +134,10 @@ class PipelineSettings:
 
 
 def _service_args(settings: PipelineSettings) -> tuple[str, ...]:
+    out: tuple[str, ...] = ("--guarantee", settings.guarantee)
     if settings.shed_after_ms is None:
-        return ()
-    return ("--shed-after-ms", f"{settings.shed_after_ms:g}")
+        return out
+    return (*out, "--shed-after-ms", f"{settings.shed_after_ms:g}")
 
 
 # =========================================================================================
@@ -229,10 +237,20 @@ class BacklogRun(PipelineRun):
 
 def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool = True
                        ) -> dict[str, Any]:
-    """The open-loop run (or, with ``settings.backlog``, the backlog run)."""
+    """The open-loop run (or, with ``settings.backlog``, the backlog run). With
+    ``guarantee="both"``: the same run at-least-once, then exactly-once, and the ratio of
+    their throughputs (backlog_rate, or achieved_rate in the open loop)."""
     settings.validate()
     if broker is None:
         broker = lab_broker.ensure()
+    if settings.guarantee == "both":
+        runs = {g: run_pipeline_bench(dataclasses.replace(settings, guarantee=g), broker,
+                                      progress) for g in GUARANTEES}
+        key = "backlog_rate" if settings.backlog is not None else "achieved_rate"
+        base, eos = runs["at-least-once"].get(key), runs["exactly-once"].get(key)
+        return {"suite": "pipeline", "mode": "guarantees", "measure": key, "runs": runs,
+                "exactly_once_over_at_least_once":
+                    round(eos / base, 3) if base and eos is not None else None}
     if settings.backlog is not None:
         return run_backlog(settings, broker, progress=progress)
     return _open_loop_report(settings, OpenLoopRun(settings, broker, progress).execute())
@@ -257,6 +275,7 @@ def run_backlog(settings: PipelineSettings, broker, progress: bool = True) -> di
         "degraded_fraction": round(degraded / n, 5),
         "fallback_causes": _fallback_causes(firsts),
         "processes": settings.processes, "client": settings.client,
+        "guarantee": settings.guarantee,
         "submitted": len(run.ids), "producer_flushed": bool(run.flushed),
         "drained": run.drained,
         "drain_s": round(run.drain_s, 2),
@@ -303,6 +322,7 @@ def _open_loop_report(settings: PipelineSettings, run: OpenLoopRun) -> dict[str,
         "posts_duplicates": run.landed.duplicates,
         "processes": settings.processes,
         "client": settings.client,
+        "guarantee": settings.guarantee,
         "submitted": len(ids),
         "rejected": run.submit.rejected,
         "skipped": loop.skipped,
@@ -356,19 +376,26 @@ def _f(v: Any, spec: str = ",.0f") -> str:
 
 
 def format_report(r: dict) -> str:
+    if r.get("mode") == "guarantees":
+        parts = [format_report(run) for run in r["runs"].values()]
+        parts.append(f"exactly-once / at-least-once ({r['measure']}): "
+                     f"{_f(r['exactly_once_over_at_least_once'], '.3f')}")
+        return "\n".join(parts)
     cpu = r["cpu_us_per_post"]
     known = [v for v in cpu.values() if v is not None]
     cpu_line = ("CPU µs per post: " + ", ".join(f"{k} {_f(v, '.1f')}" for k, v in cpu.items())
                 + f" = {sum(known):.1f} total")
     if r.get("mode") == "backlog":
         lines = [f"pipeline backlog: {r['backlog_posts']:,} posts written first, then "
-                 f"{r['processes']} moderation process(es) ({r['client']})",
+                 f"{r['processes']} moderation process(es) ({r['client']}, "
+                 f"{r.get('guarantee', 'at-least-once')})",
                  f"  backlog_rate {_f(r['backlog_rate'])} posts/s (drain {r['drain_s']} s), "
                  f"degraded {r['degraded_fraction']:.1%}, lost {r['lost']}, "
                  f"duplicates {r['duplicates']}", "  " + cpu_line]
         return "\n".join(lines)
     lines = [f"pipeline: {r['offered_rate']:,.0f} posts/s offered for {r['seconds']:g} s, "
-             f"{r['processes']} moderation process(es) ({r['client']})",
+             f"{r['processes']} moderation process(es) ({r['client']}, "
+             f"{r.get('guarantee', 'at-least-once')})",
              f"  submitted {r['submitted']:,}; achieved {_f(r['achieved_rate'])} results/s; "
              f"e2e p50/p99/p99.9 {_f(r['e2e_p50_ms'])} / {_f(r['e2e_p99_ms'])} / "
              f"{_f(r['e2e_p999_ms'])} ms",

@@ -258,6 +258,9 @@ def _server_properties(node: dict, voters: str, n_nodes: int) -> str:
         "offsets.topic.num.partitions": 10,
         "transaction.state.log.replication.factor": rf,
         "transaction.state.log.min.isr": isr,
+        # a member killed mid-transaction blocks read_committed readers until the broker
+        # aborts it: check for timed-out transactions every 2 s (default 10 s)
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": 2000,
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": isr,
         "group.initial.rebalance.delay.ms": 0,

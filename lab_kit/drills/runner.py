@@ -17,15 +17,18 @@ from lab_kit.broker import local
 from lab_kit.drills.api import main_from_drill
 from lab_kit.drills.api_crash import main_from_drill as api_crash_main
 from lab_kit.drills.full_spool import main_from_drill as full_spool_main
+from lab_kit.drills.member_crash import main_from_drill as member_crash_main
 from lab_kit.drills.moderation import moderation_drill, overload_drill, overload_main
 from lab_kit.drills.producer_drills import producer_drill
 from lab_kit.drills.report import DrillReport, OverloadReport, print_and_save
 from lab_kit.drills.workload import DrillSettings
+from lab_kit.moderation.clients import CLIENTS
+from lab_kit.moderation.settings import GUARANTEES
 from lab_kit.output_paths import check_output_path
 
 DRILLS = ("broker-outage", "broker-outage-long", "broker-pause", "leader-failover",
           "moderation-outage", "moderation-slow", "moderation-overload", "api-broker-outage",
-          "api-full-spool", "api-crash")
+          "api-full-spool", "api-crash", "member-crash")
 
 
 def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
@@ -48,6 +51,10 @@ def run_drill(name: str, settings: DrillSettings | None = None, broker=None,
         raise ValueError("api-crash drives the HTTP API on a broker of its own: use "
                          "lab_kit.drills.api_crash.run_crash_drill (or `python -m lab_kit "
                          "drill api-crash`)")
+    if name == "member-crash":
+        raise ValueError("member-crash runs the moderation service as processes on a 3-node "
+                         "cluster of its own: use lab_kit.drills.member_crash."
+                         "run_member_crash_drill (or `python -m lab_kit drill member-crash`)")
     if name == "moderation-overload":  # its own shape: rates follow the backend's capacity
         return overload_drill(broker, workdir=workdir, progress=progress)
     settings = settings or DrillSettings.for_drill(name)
@@ -85,6 +92,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outage", type=float, default=None, help="seconds, default 4")
     p.add_argument("--lead", type=float, default=None,
                    help="seconds of load before the fault, default 2")
+    p.add_argument("--guarantee", choices=GUARANTEES, default=None,
+                   help="member-crash: the moderation members' guarantee (default "
+                   "exactly-once)")
+    p.add_argument("--client", choices=CLIENTS, default=None,
+                   help="member-crash: the moderation members' Kafka client")
     p.add_argument("--json", dest="json_path", default=None)
     p.set_defaults(func=main)
 
@@ -97,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
         return full_spool_main(args)
     if args.name == "api-crash":
         return api_crash_main(args)
+    if args.name == "member-crash":
+        return member_crash_main(args)
     if args.name == "moderation-overload":
         return overload_main(args)
     settings = DrillSettings.for_drill(args.name, posts=args.posts, rate=args.rate,

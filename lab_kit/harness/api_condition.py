@@ -124,22 +124,23 @@ def heal(broker, node: int | None, timeout_s: float = 120) -> None:
         raise
 
 
-def own_broker(name: str = "api-drill"):
-    """A one-node local broker of this harness's own (state under LAB_STATE_DIR/<name>), so
-    its kill -9 does not race other users of the lab's broker. ``.down(purge=True)`` after."""
-    return local.up(nodes=1, state_dir=lab_env.state_dir() / name)
+def own_broker(name: str = "api-drill", nodes: int = 1):
+    """A local broker of this harness's own, ``nodes`` nodes (state under
+    LAB_STATE_DIR/<name>), so its kill -9 does not race other users of the lab's broker.
+    ``.down(purge=True)`` after."""
+    return local.up(nodes=nodes, state_dir=lab_env.state_dir() / name)
 
 
 T = TypeVar("T")
 
 
 def on_own_broker(name: str, broker, workdir: Path | None,
-                  run: Callable[[Any, Path], T]) -> T:
-    """``run(broker, workdir)``. Without a broker: on a one-node broker of its own
+                  run: Callable[[Any, Path], T], nodes: int = 1) -> T:
+    """``run(broker, workdir)``. Without a broker: on a broker of its own, ``nodes`` nodes
     (:func:`own_broker`, purged after); without a workdir: in a temporary folder (removed
-    after). The HTTP drills' frame."""
+    after). The HTTP drills' frame, and member-crash's."""
     if broker is None:
-        b = own_broker(name)
+        b = own_broker(name, nodes)
         try:
             return on_own_broker(name, b, workdir, run)
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,27 @@ from lab_kit.topics import ensure_topics
 
 WARMUP_TIMEOUT_S = 90.0
 
+
+
+def wait_for_group(cfg: dict, group: str, members: int, timeout_s: float, *,
+                   check: Callable[[], object] | None = None, poll_s: float = 0.5) -> bool:
+    """Until consumer group ``group`` is Stable with at least ``members`` members (False
+    after ``timeout_s``). ``check`` runs every round (it raises if the service died)."""
+    deadline = time.monotonic() + timeout_s
+    admin = KafkaAdminClient(**cfg, request_timeout_ms=5000)
+    try:
+        while time.monotonic() < deadline:
+            if check is not None:
+                check()
+            with contextlib.suppress(Exception):
+                desc = admin.describe_groups([group])[group]
+                if desc.get("group_state") == "Stable" and len(
+                        desc.get("members") or []) >= members:
+                    return True
+            time.sleep(poll_s)
+        return False
+    finally:
+        admin.close()
 
 class Pipeline:
     """Fresh topics under ``prefix``, a backend process, the moderation service processes.
@@ -137,7 +159,8 @@ class Pipeline:
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         topic = self.names["results"]
-        consumer = KafkaConsumer(**self.cfg, enable_auto_commit=False, group_id=None)
+        consumer = KafkaConsumer(**self.cfg, enable_auto_commit=False, group_id=None,
+                                 isolation_level="read_committed")
         try:
             parts = [TopicPartition(topic, p) for p in range(self.partitions["results"])]
             consumer.assign(parts)
@@ -159,20 +182,8 @@ class Pipeline:
 
     def wait_for_members(self, timeout_s: float, poll_s: float = 0.5) -> bool:
         """Until the service's group is Stable with every member process in it."""
-        deadline = time.monotonic() + timeout_s
-        admin = KafkaAdminClient(**self.cfg, request_timeout_ms=5000)
-        try:
-            while time.monotonic() < deadline:
-                self._check_service()
-                with contextlib.suppress(Exception):
-                    desc = admin.describe_groups([self.group])[self.group]
-                    if desc.get("group_state") == "Stable" and len(
-                            desc.get("members") or []) >= self.processes:
-                        return True
-                time.sleep(poll_s)
-            return False
-        finally:
-            admin.close()
+        return wait_for_group(self.cfg, self.group, self.processes, timeout_s,
+                              check=self._check_service, poll_s=poll_s)
 
     def wait_drained(self, probes: list[GroupLag], timeout_s: float) -> bool:
         """Until every probe's lag is 0 (all posts consumed and their outputs acked and

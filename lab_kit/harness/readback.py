@@ -22,6 +22,7 @@ def _consumer(client_config: dict):
     cfg = {k: v for k, v in client_config.items() if k in KafkaConsumer.DEFAULT_CONFIG}
     # earliest: a start offset that retention or delete_records has passed reads from what
     # is left, instead of jumping to the end and reading nothing
+    cfg.setdefault("isolation_level", "read_committed")  # aborted transactions are not data
     return KafkaConsumer(**cfg, enable_auto_commit=False, group_id=None,
                          auto_offset_reset="earliest")
 

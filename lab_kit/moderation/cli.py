@@ -27,7 +27,13 @@ from lab_kit.moderation.clients import CLIENTS
 from lab_kit.moderation.recheck import RecheckWorker
 from lab_kit.moderation.service import ModerationService
 from lab_kit.moderation.service import log as service_log
-from lab_kit.moderation.settings import check_float, check_int, check_kafka_settings, topic_names
+from lab_kit.moderation.settings import (
+    GUARANTEES,
+    check_float,
+    check_int,
+    check_kafka_settings,
+    topic_names,
+)
 from lab_kit.moderation.stage import log as stage_log
 
 __all__ = ["main"]
@@ -43,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="member processes of the consumer group (1-32)")
     p.add_argument("--client", choices=CLIENTS, default="kafka-python",
                    help="Kafka client of the service (default kafka-python)")
+    p.add_argument("--guarantee", choices=GUARANTEES, default="at-least-once",
+                   help="at-least-once: commit offsets after the outputs are acked (a killed "
+                   "member's work is redone: duplicates); exactly-once: outputs and offsets "
+                   "in one transaction per interval, for read_committed readers")
     p.add_argument("--group", default="moderation", help="consumer group of the service")
     p.add_argument("--recheck-group", default=None,
                    help="consumer group of the recheck worker (default: GROUP-recheck)")
@@ -156,19 +166,21 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=a.batch_size, concurrency=a.concurrency,
             shed_after_ms=a.shed_after_ms or None, backend_timeout_s=a.backend_timeout,
             breaker_fail_max=a.breaker_fail_max, breaker_reset_s=a.breaker_reset,
-            max_poll_records=a.max_poll_records, client=a.client)
+            max_poll_records=a.max_poll_records, client=a.client, guarantee=a.guarantee)
         worker = None
         if not a.no_recheck:
             worker = RecheckWorker(a.bootstrap, a.backend_url,
                                    group_id=a.recheck_group or f"{a.group}-recheck",
                                    topics=topics, batch_size=a.batch_size,
-                                   gate=service.healthy, client=a.client)
+                                   gate=service.healthy, client=a.client,
+                                   guarantee=a.guarantee)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if worker is not None:
         worker.start()
     print(f"moderation service pid={os.getpid()} group={a.group} client={a.client} "
+          f"guarantee={a.guarantee} "
           f"topics={topics['posts']} -> {topics['results']}", file=sys.stderr, flush=True)
     try:
         stats = service.run(stop, a.max_seconds)

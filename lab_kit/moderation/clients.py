@@ -16,11 +16,19 @@ value, headers`` attributes (kafka-python's ``ConsumerRecord``, or :class:`Rec`)
 partitions as ``(topic, partition)`` tuples. Delivery results go to ``chunk.output_done(err)``
 (:class:`lab_kit.moderation.offsets.Chunk`): on kafka-python's sender thread, or for confluent in
 :meth:`ConfluentClients.serve` on the stage's own thread.
+
+**Transactions** (the stage's ``guarantee="exactly-once"``): built with a ``transactional_id``
+in ``producer_settings``, the producer initializes its transactions when it is built, and
+:meth:`StageClients.begin`, :meth:`StageClients.commit_transaction` (the consumed offsets
+and the outputs in one commit, fenced by the group's generation: KIP-447) and
+:meth:`StageClients.abort` wrap the client's own calls, each bounded in time. The consumer
+always reads ``read_committed``: the recheck worker must not act on an aborted output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -29,7 +37,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from lab_kit.kafka_settings import check_consumer_settings, check_producer_settings
 from lab_kit.moderation.offsets import TP
-from lab_kit.producer.kafka_quirks import force_close
+from lab_kit.producer.kafka_quirks import end_transaction, force_close
 
 __all__ = ["CLIENTS", "Rec", "StageClients", "KafkaPythonClients", "ConfluentClients",
            "make_clients", "consumer_settings", "producer_config", "check_settings"]
@@ -40,6 +48,7 @@ CLIENTS = ("kafka-python", "confluent")
 FETCH_MIN_BYTES = 65536
 FETCH_MAX_WAIT_MS = 50
 BOOTSTRAP_TIMEOUT_MS = 3000  # no broker: the consumer's constructor fails within 3 s
+TXN_TIMEOUT_S = 10.0  # longest wait for a transaction's commit or abort before giving up
 
 
 def consumer_settings(kafka_config: Mapping[str, Any], *, group_id: str,
@@ -51,7 +60,7 @@ def consumer_settings(kafka_config: Mapping[str, Any], *, group_id: str,
     own = {"group_id": group_id, "enable_auto_commit": False, "auto_offset_reset": "earliest",
            "max_poll_records": max_poll_records, "session_timeout_ms": session_timeout_ms,
            "heartbeat_interval_ms": heartbeat_interval_ms, "fetch_min_bytes": FETCH_MIN_BYTES,
-           "fetch_max_wait_ms": FETCH_MAX_WAIT_MS}
+           "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "isolation_level": "read_committed"}
     for name in own:
         if name in kafka_config:
             raise ValueError(f"{name}: set by the moderation stage itself, not in the client "
@@ -140,6 +149,16 @@ class StageClients:
     def flush(self, timeout_s: float) -> bool: raise NotImplementedError
     def rebuild_producer(self) -> None: raise NotImplementedError
     def close_producer(self, timeout_s: float) -> None: raise NotImplementedError
+    # transactions (a transactional_id in producer_settings)
+    @property
+    def transactional(self) -> bool:
+        return self.producer_settings.get("transactional_id") is not None
+    def begin(self) -> None: raise NotImplementedError
+    def commit_transaction(self, offsets: Mapping[TP, int]) -> None:
+        """Add ``offsets`` (the consumer group's, next offset to read per partition) to the
+        open transaction and commit it; raises if either step fails or times out."""
+        raise NotImplementedError
+    def abort(self) -> None: raise NotImplementedError
 
 
 # =========================================================================================
@@ -209,9 +228,31 @@ class KafkaPythonClients(StageClients):
 
     def _producer_client(self) -> Any:
         if self._producer is None:
-            self._producer = KafkaProducer(**producer_config(self.kafka_config,
-                                                             self.producer_settings))
+            producer = KafkaProducer(**producer_config(self.kafka_config,
+                                                       self.producer_settings))
+            if self.transactional:
+                try:
+                    producer.init_transactions()  # fences (and aborts) an older epoch's
+                except BaseException:
+                    force_close(producer)
+                    raise
+            self._producer = producer
         return self._producer
+
+    def begin(self) -> None:
+        self._producer_client().begin_transaction()
+
+    def commit_transaction(self, offsets: Mapping[TP, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        end_transaction(self._producer_client(), True, TXN_TIMEOUT_S,
+                        offsets={self._tp(tp): OffsetAndMetadata(off, "", -1)
+                                 for tp, off in offsets.items()},
+                        group_metadata=self.consumer.group_metadata())
+
+    def abort(self) -> None:
+        if self._producer is not None:
+            end_transaction(self._producer, False, TXN_TIMEOUT_S)
 
     def send(self, topic: str, key: bytes | None, value: bytes,
              headers: list[tuple[str, bytes]] | None, chunk: Any) -> None:
@@ -273,7 +314,9 @@ _CONFLUENT_KEYS = {
 _PRODUCER_KEYS = {"acks": "acks", "linger_ms": "linger.ms",
                   "request_timeout_ms": "request.timeout.ms",
                   "delivery_timeout_ms": "delivery.timeout.ms",
-                  "compression_type": "compression.type", "batch_size": "batch.size"}
+                  "compression_type": "compression.type", "batch_size": "batch.size",
+                  "transactional_id": "transactional.id",
+                  "transaction_timeout_ms": "transaction.timeout.ms"}
 _IGNORED = {"bootstrap_timeout_ms", "max_block_ms", "api_version", "enable_idempotence"}
 
 
@@ -316,6 +359,7 @@ class ConfluentClients(StageClients):
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
             "enable.partition.eof": False,
             "fetch.min.bytes": FETCH_MIN_BYTES, "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+            "isolation.level": "read_committed",
         })
         self._assigning: set[TP] = set()
         self.consumer.subscribe(
@@ -383,9 +427,32 @@ class ConfluentClients(StageClients):
         if self._producer is None:
             settings = {_PRODUCER_KEYS[k]: v for k, v in self.producer_settings.items()
                         if k in _PRODUCER_KEYS}
-            self._producer = self._ck.Producer({**self._base, **settings,
-                                                "enable.idempotence": True})
+            producer = self._ck.Producer({**self._base, **settings,
+                                          "enable.idempotence": True})
+            if self.transactional:
+                producer.init_transactions(TXN_TIMEOUT_S)  # fences an older epoch's
+            self._producer = producer
         return self._producer
+
+    def begin(self) -> None:
+        self._producer_client().begin_transaction()
+
+    def commit_transaction(self, offsets: Mapping[TP, int]) -> None:
+        producer = self._producer_client()
+        metadata = self.consumer.consumer_group_metadata()
+        tps = self._tps(offsets, offsets)
+
+        def commit() -> None:
+            if offsets:
+                producer.send_offsets_to_transaction(tps, metadata, TXN_TIMEOUT_S)
+            producer.commit_transaction(TXN_TIMEOUT_S)
+
+        _bounded(commit, "commit the transaction")
+
+    def abort(self) -> None:
+        producer = self._producer
+        if producer is not None:
+            _bounded(lambda: producer.abort_transaction(TXN_TIMEOUT_S), "abort the transaction")
 
     def send(self, topic: str, key: bytes | None, value: bytes,
              headers: list[tuple[str, bytes]] | None, chunk: Any) -> None:
@@ -430,6 +497,29 @@ class ConfluentClients(StageClients):
         if old is not None:
             with contextlib.suppress(Exception):
                 old.flush(timeout_s)
+
+
+def _bounded(call: Callable[[], None], what: str) -> None:
+    """Run a blocking librdkafka transaction call on a helper thread and wait at most
+    ``TXN_TIMEOUT_S`` + 2 s for it. Seen here: ``send_offsets_to_transaction`` did not return
+    (minutes, despite its own 10 s timeout) while a node that led the group's coordinators
+    was killed during a rebalance. A call that does not return raises ``TimeoutError``; the
+    stage then drops the producer, and the next one (same ``transactional.id``) fences it."""
+    box: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="lab-txn-call", daemon=True)
+    t.start()
+    t.join(TXN_TIMEOUT_S + 2.0)
+    if t.is_alive():
+        raise TimeoutError(f"confluent: could not {what} within {TXN_TIMEOUT_S + 2.0:g} s")
+    if "error" in box:
+        raise box["error"]
 
 
 def make_clients(name: str, *args: Any, **kwargs: Any) -> StageClients:

@@ -53,13 +53,14 @@ class RecheckWorker(Stage):
         client_config: Mapping[str, Any] | None = None,
         client: str = "kafka-python",
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
+        guarantee: str = "at-least-once",
     ) -> None:
         super().__init__(bootstrap_servers, group_id=group_id, source_key="recheck",
                          topics=topics, batch_size=batch_size, concurrency=1,
                          max_poll_records=max_poll_records, metrics=metrics,
                          client_config=client_config, client=client,
                          output_timeout_s=output_timeout_s, max_backoff_s=max_backoff_s,
-                         max_buffered=None)
+                         max_buffered=None, guarantee=guarantee)
         check_float("backend_timeout_s", backend_timeout_s, 0.001, 600)
         self.backend_url = backend_url
         self._backend = Backend(backend_url, backend_timeout_s)

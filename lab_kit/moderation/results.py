@@ -20,6 +20,9 @@ def moderation_results(cfg: Mapping[str, Any] | str,
     """Every result in ``results_topic`` (beginning to the end offsets seen at call time),
     grouped by ``post_id`` in log order per partition. Undecodable records are skipped."""
     kcfg = {"bootstrap_servers": cfg} if isinstance(cfg, str) else dict(cfg)
+    # read_committed: an exactly-once stage's aborted outputs are not results (and with
+    # no transactions it reads the same records)
+    kcfg.setdefault("isolation_level", "read_committed")
     consumer = KafkaConsumer(**kcfg, enable_auto_commit=False)
     try:
         parts = [TopicPartition(results_topic, p)

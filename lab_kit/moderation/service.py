@@ -144,13 +144,14 @@ class ModerationService(Stage):
         client: str = "kafka-python",
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
         max_buffered: int | None = None,
+        guarantee: str = "at-least-once",
     ) -> None:
         super().__init__(bootstrap_servers, group_id=group_id, source_key="posts",
                          topics=topics, batch_size=batch_size, concurrency=concurrency,
                          max_poll_records=max_poll_records, metrics=metrics,
                          client_config=client_config, client=client,
                          output_timeout_s=output_timeout_s, max_backoff_s=MAX_BACKOFF_S,
-                         max_buffered=max_buffered)
+                         max_buffered=max_buffered, guarantee=guarantee)
         check_float("backend_timeout_s", backend_timeout_s, 0.001, 600)
         check_int("breaker_fail_max", breaker_fail_max, 1, 1_000_000)
         check_float("breaker_reset_s", breaker_reset_s, 0.0, 3600)

@@ -30,6 +30,10 @@ __all__ = [
     "DRAIN_TIMEOUT_S",
     "OVERLOAD_QUIET_S",
     "PRODUCER_DEFAULTS",
+    "GUARANTEES",
+    "TRANSACTION_INTERVAL_S",
+    "TRANSACTION_TIMEOUT_MS",
+    "check_guarantee",
     "topic_names",
     "user_kafka_config",
     "kafka_config",
@@ -60,6 +64,20 @@ IDLE_POLL_S = 0.2  # nothing in flight: poll this long (stop() stays prompt)
 BUSY_POLL_S = 0.005  # calls in flight: come back soon to emit their results
 DRAIN_TIMEOUT_S = 5.0  # on rebalance/stop: wait this long for calls in flight
 OVERLOAD_QUIET_S = 2.0  # the recheck worker waits this long after an overload answer
+
+#: What a member promises about its outputs (``guarantee=``). ``"at-least-once"``: outputs
+#: are produced, then the offsets committed once they are acked; a killed member's successor
+#: re-processes what was in flight (duplicates, counted). ``"exactly-once"``: the outputs of
+#: an interval and the consumed offsets go in one Kafka transaction; a ``read_committed``
+#: reader sees each post's outputs once, after the commit.
+GUARANTEES = ("at-least-once", "exactly-once")
+#: exactly-once: one transaction per member at most this long (its outputs become visible to
+#: read_committed readers when it commits: this is the latency it adds).
+TRANSACTION_INTERVAL_S = 0.5
+#: exactly-once: a member killed mid-transaction blocks read_committed readers of the output
+#: partitions until the broker aborts it: after this long (Kafka's default is 60 s), plus the
+#: broker's abort check interval (2 s on the lab's brokers).
+TRANSACTION_TIMEOUT_MS = 10_000
 
 #: Producer settings: acks=all; fail a send within seconds rather than minutes. Outputs
 #: linger 50 ms: at 10,000 posts/s that makes batches ~10x fuller than 5 ms would, and a
@@ -116,6 +134,12 @@ def check_kafka_settings(client: str, kafka_config: Mapping[str, Any], *, group_
                    session_timeout_ms=SESSION_TIMEOUT_MS,
                    heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                    producer_settings=PRODUCER_DEFAULTS)
+
+
+def check_guarantee(guarantee: Any) -> str:
+    if guarantee not in GUARANTEES:
+        raise ValueError(f"guarantee must be one of {GUARANTEES}, got {guarantee!r}")
+    return guarantee
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> int:

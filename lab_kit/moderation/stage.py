@@ -31,6 +31,18 @@ backend without waiting for the answer:
    by the checkers, never hidden). If an output fails, the member commits what is safe,
    replaces its producer and re-reads from the first unacked offset.
 
+**Exactly once** (``guarantee="exactly-once"``). Step 3 changes: the outputs a member produces
+in an interval (``TRANSACTION_INTERVAL_S``) and the offsets they came from go in one Kafka
+transaction. At the end of the interval the member flushes, and commits the transaction
+with the end of the acked prefix of every partition (``send_offsets_to_transaction``, fenced
+by the group's generation: a member that lost its partitions cannot commit). If anything
+fails (an output, the commit), the transaction is aborted, the producer rebuilt and every
+partition re-read from the offsets of the last committed transaction. Readers that use
+``read_committed`` see each post's outputs once; a member killed mid-transaction leaves it
+open until the broker aborts it (``TRANSACTION_TIMEOUT_MS``), and those readers wait until
+then. What a transaction cannot cover: the call to the moderation backend (a side effect
+outside Kafka), which a re-read makes again.
+
 Clients: ``client="kafka-python"`` (default, the lessons' client) or ``"confluent"``
 (librdkafka; ~6x less CPU per record, see :mod:`lab_kit.moderation.clients`).
 
@@ -47,6 +59,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,7 +77,10 @@ from lab_kit.moderation.settings import (
     IDLE_POLL_S,
     PRODUCER_DEFAULTS,
     SESSION_TIMEOUT_MS,
+    TRANSACTION_INTERVAL_S,
+    TRANSACTION_TIMEOUT_MS,
     check_float,
+    check_guarantee,
     check_int,
     check_kafka_settings,
     kafka_config,
@@ -113,7 +129,8 @@ class Dead:
 
 
 class Stage:
-    """A consumer group member that moderates chunks of records concurrently, at least once.
+    """A consumer group member that moderates chunks of records concurrently, at least once
+    (default) or exactly once for ``read_committed`` readers (``guarantee="exactly-once"``).
 
     Subclasses say how a chunk is moderated (:meth:`_begin`: start calls, or decide at once)
     and what a finished chunk produces (:meth:`_finish_chunk`).
@@ -138,7 +155,10 @@ class Stage:
         output_timeout_s: float,
         max_backoff_s: float,
         max_buffered: int | None,
+        guarantee: str = "at-least-once",
     ) -> None:
+        self.guarantee = check_guarantee(guarantee)
+        self.exactly_once = guarantee == "exactly-once"
         self.batch_size = check_int("batch_size", batch_size, 1, 1000)
         self.concurrency = check_int("concurrency", concurrency, 1, 256)
         self.max_poll_records = check_int("max_poll_records", max_poll_records, 1, 100_000)
@@ -168,7 +188,7 @@ class Stage:
         base = ("consumed", "results", "degraded", "rechecked", "dlq", "sent", "acked",
                 "failed", "chunks", "commits", "commit_failures", "batch_retries",
                 "rebalances", "producer_rebuilds", "backend_calls", "backend_failures",
-                "approve", "review", "reject", "spam")
+                "approve", "review", "reject", "spam", "transactions", "aborts")
         self._counters: dict[str, int] = dict.fromkeys(base + self._COUNTERS, 0)
         self._clients: StageClients | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -185,6 +205,13 @@ class Stage:
         self._thread: threading.Thread | None = None
         self._running = False
         self._resume_at: dict[TP, int] = {}  # where to go back to after a rebalance
+        # exactly-once: one id per member, kept across producer rebuilds, so that a new
+        # producer fences the old one and aborts what it left open
+        self.transactional_id = (f"lab-{group_id}-{self.kind}-{uuid.uuid4().hex[:12]}"
+                                 if self.exactly_once else None)
+        self._txn_open = False
+        self._txn_started = 0.0
+        self._txn_from: dict[TP, int] = {}  # first offset per partition in the open txn
         self.last_error: str | None = None
         self.assignment: list[int] = []  # partitions of the source topic we own now
         self.oldest_age_s = 0.0  # age of the oldest post handed to moderation last
@@ -216,6 +243,7 @@ class Stage:
         out["running"] = self.is_running()
         out["last_error"] = self.last_error
         out["client"] = self.client_name
+        out["guarantee"] = self.guarantee
         out["in_flight"] = self._tracker.in_flight()
         out["buffered"] = self._buffered
         return out
@@ -230,8 +258,16 @@ class Stage:
             self.client_name, self._kafka_cfg, group_id=self.group_id,
             topic=self.source_topic, max_poll_records=self.max_poll_records,
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            producer_settings=PRODUCER_DEFAULTS, on_assign=self._on_assign,
+            producer_settings=self._producer_settings(), on_assign=self._on_assign,
             on_revoke=self._on_revoke)
+
+    def _producer_settings(self) -> dict[str, Any]:
+        if not self.exactly_once:
+            return dict(PRODUCER_DEFAULTS)
+        # a record's delivery may not outlast its transaction (librdkafka refuses it)
+        return {**PRODUCER_DEFAULTS, "request_timeout_ms": 5000, "delivery_timeout_ms": 8000,
+                "transactional_id": self.transactional_id,
+                "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
 
     def _on_assign(self, assigned: list[TP]) -> None:
         self._incr("rebalances", metric=False)
@@ -261,8 +297,11 @@ class Stage:
             self.assignment = []
 
     def _restart_points(self) -> dict[TP, int]:
-        """Per partition: the first offset not yet handled to the end (acked)."""
+        """Per partition: the first offset not yet handled to the end (acked; exactly-once:
+        committed in a transaction)."""
         points = self._tracker.restart_points()
+        for tp, off in self._txn_from.items():
+            points[tp] = min(points.get(tp, off), off)
         for tp, q in self._queues.items():
             if q and tp not in points:
                 points[tp] = q[0].offset
@@ -403,8 +442,20 @@ class Stage:
 
     def _send(self, chunk: Chunk, topic_key: str, key: bytes | None, value: bytes,
               headers: list[tuple[str, bytes]] | None = None) -> None:
-        assert self._clients is not None
-        self._clients.send(self.topics[topic_key], key, value, headers, chunk)
+        clients = self._clients
+        assert clients is not None
+        if self.exactly_once:
+            self._txn_from.setdefault(chunk.tp, chunk.first)
+            if not self._txn_open:
+                try:
+                    clients.begin()
+                except Exception as exc:  # noqa: BLE001 - no broker, fenced: the chunk fails
+                    chunk.expect()
+                    chunk.output_done(exc)
+                    return
+                self._txn_open = True
+                self._txn_started = time.monotonic()
+        clients.send(self.topics[topic_key], key, value, headers, chunk)
 
     def _seal(self, chunk: Chunk) -> None:
         chunk.seal()
@@ -441,6 +492,9 @@ class Stage:
     _last_commit = 0.0
 
     def _commit(self, force: bool = False) -> None:
+        if self.exactly_once:
+            self._commit_transaction(force)
+            return
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
@@ -455,8 +509,72 @@ class Stage:
             self._incr("commit_failures", metric=False)
             self.last_error = f"commit: {type(exc).__name__}: {exc}"
 
+    def _commit_transaction(self, force: bool) -> None:
+        """exactly-once: at the end of the interval, flush, then commit the outputs and the
+        offsets they came from in one transaction; abort and re-read if anything fails."""
+        clients = self._clients
+        if not self._txn_open or clients is None:
+            return
+        if not force and time.monotonic() - self._txn_started < TRANSACTION_INTERVAL_S:
+            return
+        clients.flush(self.output_timeout_s)
+        clients.serve()
+        if not self._settle():
+            return  # an output failed: _settle() aborted the transaction
+        if self._watched:
+            self._abort(f"transaction: {len(self._watched)} chunks' outputs not acked after "
+                        f"a flush of {self.output_timeout_s:g} s")
+            return
+        offsets = self._tracker.committable()
+        try:
+            clients.commit_transaction(offsets)
+        except Exception as exc:  # noqa: BLE001 - fenced, broker away, timeout: abort
+            self._incr("commit_failures", metric=False)
+            self._abort(f"commit: {type(exc).__name__}: {exc}")
+            return
+        self._txn_open = False
+        self._txn_from = {}
+        self._incr("transactions", metric=False)
+        self._incr("commits", metric=False)
+
+    def _abort(self, reason: str) -> None:
+        """exactly-once: abort the open transaction, rebuild the producer (same
+        transactional id: it fences the old one), re-read from the last committed offsets."""
+        self.last_error = reason
+        self._incr("aborts", metric=False)
+        self._incr("batch_retries", metric=False)
+        log.warning("%s: transaction aborted (%s); re-processing from the last committed "
+                    "offsets", self.kind, reason)
+        points = self._restart_points()
+        clients = self._clients
+        self._forget(None)
+        was_open, self._txn_open, self._txn_from = self._txn_open, False, {}
+        if clients is None:
+            return
+        if was_open:
+            try:
+                clients.abort()
+            except Exception as exc:  # noqa: BLE001 - the next producer's init aborts it
+                log.warning("%s: abort failed (%s: %s); the next producer aborts it",
+                            self.kind, type(exc).__name__, exc)
+        clients.rebuild_producer()
+        self._incr("producer_rebuilds", metric=False)
+        self._seek_all(clients, points)
+
+    def _seek_all(self, clients: StageClients, points: Mapping[TP, int]) -> None:
+        for tp, off in points.items():
+            try:
+                clients.seek(tp, off)
+            except Exception:  # noqa: BLE001 - cannot seek: rejoin from the commits
+                clients.close_consumer()
+                self._clients = None
+                break
+
     def _rewind(self, reason: str) -> None:
         """An output failed: commit what is safe, replace the producer, re-read the rest."""
+        if self.exactly_once:
+            self._abort(reason)
+            return
         self.last_error = reason
         self._incr("batch_retries", metric=False)
         log.warning("%s: outputs failed (%s); re-processing from the first unacked offset",
@@ -468,13 +586,7 @@ class Stage:
         if clients is not None:
             clients.rebuild_producer()
             self._incr("producer_rebuilds", metric=False)
-            for tp, off in points.items():
-                try:
-                    clients.seek(tp, off)
-                except Exception:  # noqa: BLE001 - cannot seek: rejoin from the commits
-                    clients.close_consumer()
-                    self._clients = None
-                    break
+            self._seek_all(clients, points)
 
     def _drain(self, timeout_s: float) -> None:
         """Wait (bounded) for the calls in flight, produce their results, wait for the acks
@@ -492,6 +604,12 @@ class Stage:
 
     def _close_clients(self) -> None:
         clients, self._clients = self._clients, None
+        if clients is not None and self._txn_open:
+            self._txn_open, self._txn_from = False, {}
+            try:  # readers need not wait for the broker's timeout
+                clients.abort()
+            except Exception:  # noqa: BLE001 - the broker aborts it after the timeout
+                log.warning("%s: could not abort the open transaction at close", self.kind)
         if clients is not None:
             clients.close_consumer()
             clients.close_producer(5.0)

@@ -27,11 +27,19 @@ module that touches a private attribute of kafka-python (``KafkaProducer._sender
    once its posts have stalled and the probe gets no answer
    (:meth:`lab_kit.producer.failover.Failover._replace_if_stuck`): its posts go to the spool,
    and the ones the broker had read before it froze come back twice (duplicates, counted).
+7. **``commit_transaction()`` and ``abort_transaction()`` wait with no timeout.** With the
+   broker away they never return, and the moderation stage would stop for good.
+   :func:`end_transaction` takes the same two steps (queue the end of the transaction, wake
+   the sender) and waits at most ``timeout_s``; on ``KafkaTimeoutError`` the stage drops the
+   client, and the next one, built with the same ``transactional_id``, aborts the open
+   transaction when it initializes (``init_transactions``: Kafka fences the old epoch).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
@@ -50,6 +58,31 @@ def force_close(client: KafkaProducer) -> None:
             client.close(timeout=0)  # now only the bookkeeping (metrics, serializers) is left
         except KafkaTimeoutError:
             pass
+
+
+def end_transaction(client: KafkaProducer, commit: bool, timeout_s: float, *,
+                    offsets: dict | None = None, group_metadata: Any = None) -> None:
+    """Quirk 7: commit (or abort) ``client``'s transaction, waiting at most ``timeout_s`` in
+    all. With ``offsets`` (``{TopicPartition: OffsetAndMetadata}``) a commit first adds the
+    consumer group's offsets to the transaction (``send_offsets_to_transaction``). Raises what
+    the broker answered (``ProducerFencedError``, ``CommitFailedError``, ...), or
+    ``KafkaTimeoutError`` when no answer came in time (the transaction stays open)."""
+    manager = client._transaction_manager
+    if manager is None:
+        raise ValueError("end_transaction: the client has no transactional_id")
+    deadline = time.monotonic() + timeout_s
+    steps = []
+    if commit and offsets:
+        steps.append(("send the offsets",
+                      lambda: manager.send_offsets_to_transaction(offsets, group_metadata)))
+    steps.append(("commit" if commit else "abort",
+                  manager.begin_commit if commit else manager.begin_abort))
+    for what, start in steps:
+        result = start()
+        client._sender.wakeup()
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        if not result.wait(timeout_ms=left_ms):
+            raise KafkaTimeoutError(f"transaction: could not {what} within {timeout_s:g} s")
 
 
 def is_sender_thread(*clients: KafkaProducer | None) -> bool:

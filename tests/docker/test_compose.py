@@ -125,6 +125,7 @@ def test_docker_backend_env_matches_compose_single_node(compose):
     ours = kafka_env(9092)
     for key in ("KAFKA_PROCESS_ROLES", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
                 "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "KAFKA_CONTROLLER_QUORUM_VOTERS",
+                "KAFKA_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS",
                 "KAFKA_INTER_BROKER_LISTENER_NAME", "KAFKA_LOG_DIRS",
                 "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"):
         assert ours[key] == env[key], key

@@ -147,20 +147,16 @@ def _members(supervisor_log: str) -> list[int]:
     return []
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("client", CLIENTS)
-def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
-        client, client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
+def start_members(bootstrap: str, backend_url: str, group: str, topics: dict, log,
+                  request, *args: str) -> tuple[subprocess.Popen, list[int]]:
+    """Two members from the CLI (a supervisor in a session of its own, killed at the end of
+    the test), chunks of 5 posts x 4 calls, no recheck worker; returns the supervisor and the
+    member pids."""
     prefix = topics["posts"].removesuffix("posts")
-    backend.set_faults(latency_ms=40)  # keep chunks in flight when the kill lands
-    posts = Workload(seed=65, spam_ratio=0.2, toxic_ratio=0.2).posts(3000)
-    expected = expected_labels(posts)
-    produce(client_config, topics["posts"], posts)
-    log = tmp_path / "supervisor.log"
     cmd = [sys.executable, "-m", "lab_kit.moderation", "--bootstrap", bootstrap,
-           "--backend-url", backend.url, "--group", group, "--topic-prefix", prefix,
+           "--backend-url", backend_url, "--group", group, "--topic-prefix", prefix,
            "--processes", "2", "--batch-size", "5", "--concurrency", "4", "--no-recheck",
-           "--client", client]
+           *args]
     with open(log, "ab") as f:
         sup = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
                                start_new_session=True)
@@ -171,7 +167,20 @@ def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
             sup.wait(10)
 
     request.addfinalizer(cleanup)
-    members = wait_until(lambda: _members(log.read_text()), 20, "member pids")
+    return sup, wait_until(lambda: _members(log.read_text()), 20, "member pids")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_two_processes_a_member_killed_mid_flight_every_post_gets_a_result(
+        client, client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
+    backend.set_faults(latency_ms=40)  # keep chunks in flight when the kill lands
+    posts = Workload(seed=65, spam_ratio=0.2, toxic_ratio=0.2).posts(3000)
+    expected = expected_labels(posts)
+    produce(client_config, topics["posts"], posts)
+    log = tmp_path / "supervisor.log"
+    sup, members = start_members(bootstrap, backend.url, group, topics, log, request,
+                                 "--client", client)
     wait_until(lambda: len(moderation_results(client_config, topics["results"])) >= 300,
                60, "300 results", interval_s=0.1, details=lambda: log.read_text()[-3000:])
     os.kill(members[0], signal.SIGKILL)
