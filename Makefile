@@ -67,8 +67,8 @@ notebooks: export LAB_SCALE = 1
 notebooks: setup
 	$(PY) -m lab_kit broker up --topics >/dev/null
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=600 $(or $(NB),notebooks/0*.ipynb)
-	$(PY) tests/notebooks/stamp_commit.py $(or $(NB),notebooks/0*.ipynb)
+	    --ExecutePreprocessor.timeout=600 $(or $(NB),notebooks/[0-9]*.ipynb)
+	$(PY) tests/notebooks/stamp_commit.py $(or $(NB),notebooks/[0-9]*.ipynb)
 
 bench: setup
 	$(PY) -m lab_kit bench --json bench.json

@@ -22,6 +22,7 @@ from lab_kit.drills.report import AUDIT_KEYS
 from lab_kit.harness.open_loop import run_open_loop
 from lab_kit.harness.readback import post_ids_in, read_topic
 from lab_kit.harness.service_process import ServiceProcess
+from lab_kit.lab_env import shown  # noqa: F401 - for the notebooks: ex.shown(path)
 from lab_kit.metrics import CpuMeter, MetricsRecorder
 from lab_kit.moderation import ModerationService, moderation_results, topic_names
 from lab_kit.moderation.backend import ModerationBackend
@@ -96,7 +97,7 @@ def setup(nodes: int = 1) -> Lab:
     """Start (or reuse) the broker and create the StreamSocial topics. Client log lines go to
     a file (one line printed says where)."""
     log_path = quiet_client_logs()
-    print(f"Kafka client logs: {log_path}")
+    print(f"Kafka client logs: {lab_env.shown(log_path)}")
     b = broker.ensure(nodes=nodes)
     cfg = b.client_config()
     ensure_topics(cfg)

@@ -27,6 +27,20 @@ def state_dir() -> Path:
     return Path(os.environ.get("LAB_STATE_DIR") or platformdirs.user_state_dir(APP_NAME))
 
 
+def shown(path: Path | str) -> str:
+    """``path`` as a reader should see it: under the home folder as ``~/...`` (a notebook's
+    stored output then names no machine's home).
+
+    >>> shown(Path.home() / "x" / "y.log")
+    '~/x/y.log'
+    """
+    p = Path(path)
+    try:
+        return str(Path("~") / p.relative_to(Path.home()))
+    except ValueError:
+        return str(p)
+
+
 def cache_dir() -> Path:
     """Where resolved broker jars are cached (``LAB_CACHE_DIR`` overrides)."""
     return Path(os.environ.get("LAB_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))

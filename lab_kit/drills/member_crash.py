@@ -65,7 +65,7 @@ class MemberCrashSettings:
     rate: float = RATE
     seconds: float = SECONDS
     member_kill_s: float = MEMBER_KILL_S
-    leader_kill_s: float = LEADER_KILL_S
+    leader_kill_s: float | None = LEADER_KILL_S  # None: no leader kill (any broker will do)
     outage_s: float = OUTAGE_S
     guarantee: str = "exactly-once"
     client: str = "kafka-python"
@@ -77,7 +77,7 @@ class MemberCrashSettings:
             raise ValueError(f"--seconds must be between 5 and 300, got {self.seconds}")
         for name, value in (("member-kill", self.member_kill_s),
                             ("leader-kill", self.leader_kill_s)):
-            if not 0.5 <= value < self.seconds:
+            if value is not None and not 0.5 <= value < self.seconds:
                 raise ValueError(f"--{name} must be between 0.5 s and the load's "
                                  f"{self.seconds:g} s, got {value}")
         if not 0.5 <= self.outage_s <= 60:
@@ -117,7 +117,7 @@ class MemberCrashReport:
         base = (self.submitted > 0 and self.posts_lost == 0 and self.results_missing == 0
                 and self.posts_out_of_order == 0 and self.results_out_of_order == 0
                 and self.member_killed_at_s is not None
-                and self.leader_killed_at_s is not None)
+                and (self.leader_killed_at_s is not None or self.settings.leader_kill_s is None))
         if self.settings.guarantee == "exactly-once":
             return base and self.results_duplicates == 0
         return base
@@ -137,8 +137,10 @@ class MemberCrashReport:
         return "\n".join([
             f"drill {self.drill} ({s.guarantee}, {s.client}): {'OK' if self.ok else 'FAILED'}",
             f"  {self.submitted} posts at {s.rate:g}/s; member pid {self.member_killed} killed "
-            f"(-9) at {self.member_killed_at_s} s; leader node {self.leader_killed} of the "
-            f"results killed (-9) at {self.leader_killed_at_s} s, back {s.outage_s:g} s later",
+            f"(-9) at {self.member_killed_at_s} s; " + (
+                "no leader killed" if s.leader_kill_s is None else
+                f"leader node {self.leader_killed} of the results killed (-9) at "
+                f"{self.leader_killed_at_s} s, back {s.outage_s:g} s later"),
             f"  posts topic: lost {self.posts_lost}, duplicates {self.posts_duplicates}, "
             f"out of order {self.posts_out_of_order}",
             f"  results, read_committed: missing {self.results_missing}, duplicates "
@@ -154,10 +156,11 @@ class MemberCrashReport:
 def run_member_crash_drill(settings: MemberCrashSettings | None = None, broker=None,
                            workdir: Path | None = None) -> MemberCrashReport:
     """Run the drill on ``broker`` (3 nodes or more; default: a 3-node cluster of its own,
-    purged after)."""
+    purged after). With ``leader_kill_s=None`` only the member is killed, and any broker will
+    do (notebook 10 runs it on the lab's one-node broker)."""
     settings = settings or MemberCrashSettings()
     settings.validate()
-    if broker is not None and len(broker.nodes()) < 3:
+    if broker is not None and settings.leader_kill_s is not None and len(broker.nodes()) < 3:
         raise ValueError("member-crash needs a 3-node cluster (RF 3, min.insync.replicas=2)")
     return on_own_broker(NAME, broker, workdir, lambda b, wd: _run(settings, b, wd), nodes=3)
 
@@ -193,7 +196,7 @@ def _run(settings: MemberCrashSettings, broker, wd: Path) -> MemberCrashReport:
     ensure_topics(cfg, names=tuple(names.values()),
                   partitions={n: (6 if k in ("posts", "results") else 1)
                               for k, n in names.items()})
-    leader = leader_of(cfg, names["results"])
+    leader = leader_of(cfg, names["results"]) if settings.leader_kill_s is not None else None
     backend = ModerationBackend(state_dir=wd / "backend").start()
     backend.set_faults(latency_ms=BACKEND_LATENCY_MS)
     service = ServiceProcess(
@@ -238,7 +241,7 @@ def _members_joined(service: ServiceProcess, cfg: dict, group: str) -> list[int]
 
 
 def _load_with_faults(settings: MemberCrashSettings, producer, broker, member: int,
-                      leader: int) -> tuple[list[str], dict[str, float]]:
+                      leader: int | None) -> tuple[list[str], dict[str, float]]:
     """The open loop, with the nemesis on a thread beside it: the member's kill -9, then the
     leader's, healed ``outage_s`` later. Returns the submitted ids (in order) and when each
     fault struck (seconds into the load)."""
@@ -250,6 +253,8 @@ def _load_with_faults(settings: MemberCrashSettings, producer, broker, member: i
         time.sleep(settings.member_kill_s)
         os.kill(member, signal.SIGKILL)  # a member this drill started
         events["member"] = round(time.monotonic() - t0, 2)
+        if settings.leader_kill_s is None:
+            return
         time.sleep(max(0.0, t0 + settings.leader_kill_s - time.monotonic()))
         broker.kill(leader)
         events["leader"] = round(time.monotonic() - t0, 2)

@@ -142,4 +142,6 @@ def _member_summary(text: str) -> dict[str, Any]:
             "degraded": svc.get("degraded"), "breaker_state": svc.get("breaker_state"),
             "breaker_opens": svc.get("breaker_opens"), "shedding": svc.get("shedding"),
             "shed": svc.get("shed"), "overloaded": svc.get("overloaded"),
-            "recheck_results": rc.get("results"), "recheck_gated": rc.get("gated")}
+            "recheck_results": rc.get("results"), "recheck_gated": rc.get("gated"),
+            "guarantee": svc.get("guarantee"), "transactions": svc.get("transactions"),
+            "aborts": svc.get("aborts")}

@@ -75,4 +75,4 @@ def main(paths: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or [str(p) for p in Path("notebooks").glob("0*.ipynb")]))
+    sys.exit(main(sys.argv[1:] or [str(p) for p in Path("notebooks").glob("[0-9]*.ipynb")]))

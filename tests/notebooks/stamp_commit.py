@@ -1,7 +1,7 @@
 """Record in each notebook's metadata the ``lab_kit`` commit its stored outputs came from.
 
 ``make notebooks`` runs it right after re-executing the notebooks:
-``python tests/notebooks/stamp_commit.py notebooks/0*.ipynb``. The commit is ``git rev-parse
+``python tests/notebooks/stamp_commit.py notebooks/[0-9]*.ipynb``. The commit is ``git rev-parse
 --short HEAD``, with ``-dirty`` when ``lab_kit/`` had uncommitted changes at that moment.
 """
 
