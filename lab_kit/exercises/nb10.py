@@ -3,11 +3,11 @@
 * q1: ``visible(records)`` is a ``read_committed`` reader, by hand: given a partition's records
   (data records, some written inside transactions, and the commit/abort markers Kafka writes
   when a transaction ends), return the post ids the reader delivers, in offset order. Offline,
-  on seeded partitions; the last case is a partition where a killed member's transaction is
-  still open.
+  on seeded partitions; one case is a partition where a killed member's transaction is still
+  open, another gives the records out of order.
 * q2: ``spam_signals(results)`` counts each user's spam posts *once* from an at-least-once
-  results topic, where a post may carry two results: the idempotent reader, the other way to
-  the effect "each post counted once".
+  results topic, where a post may carry two results (counted by its first): the idempotent
+  reader, the other way to the effect "each post counted once".
 """
 
 from __future__ import annotations
@@ -135,6 +135,9 @@ _SPAM_CASES: list[tuple[str, list[dict], dict[str, int]]] = [
       _result("p1", "ana", "spam"), _result("p3", "bo", "approve")], {"ana": 1, "bo": 1}),
     ("the same user, two different spam posts",
      [_result("p1", "cy", "spam"), _result("p2", "cy", "spam")], {"cy": 2}),
+    ("a re-sent post judged differently the second time: its first result counts",
+     [_result("p1", "di", "spam"), _result("p2", "di", "approve"), _result("p1", "di", "approve"),
+      _result("p2", "di", "spam")], {"di": 1}),
 ]
 
 
@@ -177,38 +180,40 @@ q2 = Exercise(
     task="spam_signals(results) returns {user_id: number of distinct spam posts} from results "
          "that may hold a post twice",
     checker=_check_spam,
-    hint_text="remember the post ids you have counted; a post seen again is a duplicate of "
-              "the same verdict, not a second spam post",
+    hint_text="remember the post ids you have seen; a post seen again is a duplicate: its "
+              "first result is its verdict, whatever the second one says",
     solution_obj=_solution_q2, wrong=(_wrong_q2_every_record, _wrong_q2_per_user))
 
 
 # --- recap -------------------------------------------------------------------------------------
 
 recap = Quiz("10 recap", [
-    Question("At-least-once moderation, one of two members killed -9. Duplicates appear "
-             "because ...",
+    Question("At-least-once moderation, one of two members killed -9; the posts topic holds "
+             "each post once, yet some posts have two results in moderation.results. Why?",
              {"a": "Kafka copies records between replicas",
               "b": "the killed member had produced results whose offsets it had not "
                    "committed yet; the survivor moderates those posts again",
               "c": "the producer of the posts retried"}, "b",
              "Offsets are committed after the outputs are acked: a crash in between means the "
              "work is done again."),
-    Question("With exactly-once, who sees each post's result exactly once?",
-             {"a": "every consumer of the results topic",
-              "b": "consumers that read with isolation_level=read_committed",
-              "c": "only the moderation service itself"}, "b",
+    Question("Exactly-once moderation, a member killed -9. Which reader finds each post's "
+             "result once in moderation.results?",
+             {"a": "any reader, whatever its settings",
+              "b": "a reader that reads with isolation_level=read_committed",
+              "c": "only a reader with isolation_level=read_uncommitted"}, "b",
              "The aborted transaction's records stay in the log; a read_uncommitted reader "
              "sees them."),
-    Question("A member is killed mid-transaction. What do read_committed readers of its "
-             "output partitions notice?",
+    Question("A member is killed while its open transaction has already written results. What "
+             "do read_committed readers of those partitions notice?",
              {"a": "nothing at all",
               "b": "they wait: nothing past the open transaction is delivered until the "
                    "broker aborts it (transaction timeout)",
               "c": "they receive the open transaction's records"}, "b",
              "The last stable offset stops at the open transaction's first record."),
-    Question("Which side effect can a Kafka transaction NOT undo?",
-             {"a": "a result written to moderation.results",
-              "b": "the offsets committed for the posts topic",
+    Question("A transaction aborts and its posts are read again. What happens twice that Kafka "
+             "cannot take back?",
+             {"a": "read_committed readers receive the aborted results",
+              "b": "the consumed offsets move backward for good",
               "c": "the call to the moderation backend (and what the backend remembers)"}, "c",
              "The transaction covers Kafka writes and offsets; an HTTP call made on the way is "
              "made again when the batch is re-read."),

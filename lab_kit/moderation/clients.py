@@ -39,8 +39,9 @@ from lab_kit.kafka_settings import check_consumer_settings, check_producer_setti
 from lab_kit.moderation.offsets import TP
 from lab_kit.producer.kafka_quirks import end_transaction, force_close
 
-__all__ = ["CLIENTS", "Rec", "StageClients", "KafkaPythonClients", "ConfluentClients",
-           "make_clients", "consumer_settings", "producer_config", "check_settings"]
+__all__ = ["CLIENTS", "GroupMembershipLost", "Rec", "StageClients", "KafkaPythonClients",
+           "ConfluentClients", "make_clients", "consumer_settings", "producer_config",
+           "check_settings"]
 
 CLIENTS = ("kafka-python", "confluent")
 #: Fewer, fuller fetches: each fetch request costs the broker CPU of its own; waiting 50 ms
@@ -99,6 +100,10 @@ def check_settings(name: str, kafka_config: Mapping[str, Any], *, group_id: str,
     check_producer_settings(producer_config(kafka_config, producer_settings))
     if name == "confluent":
         confluent_config(kafka_config)
+
+
+class GroupMembershipLost(RuntimeError):
+    """The member is not in its group right now: it may not commit offsets."""
 
 
 class Rec(NamedTuple):
@@ -180,6 +185,7 @@ class KafkaPythonClients(StageClients):
                 outer.on_revoke([(tp.topic, tp.partition) for tp in revoked])
 
             def on_partitions_assigned(self, assigned: Any) -> None:
+                outer._from_commits = list(assigned)  # done in poll(): see there
                 outer.on_assign([(tp.topic, tp.partition) for tp in assigned])
 
         self.consumer = KafkaConsumer(**consumer_settings(
@@ -195,6 +201,28 @@ class KafkaPythonClients(StageClients):
             self.consumer.close(autocommit=False)
             raise
         self._producer: Any = None
+        self._from_commits: list[Any] = []  # partitions assigned, not yet moved to commits
+
+    def _start_from_commit(self, tp: Any) -> bool:
+        """A newly assigned partition starts at the group's committed offset. kafka-python
+        keeps the position of a partition this member held before the rebalance, even when the
+        member had been thrown out of the group meanwhile (paused past the session timeout: a
+        zombie) and another member moved the partition on. Found by the zombie test: the woken
+        member re-moderated from its stale position, 1,180 duplicate results under
+        exactly-once. librdkafka starts an assignment from the committed offsets itself.
+        Called from :meth:`poll` on the stage's thread: kafka-python 3 runs the rebalance
+        listener on its IO thread, where a blocking call (``committed()``) is refused.
+        False if the committed offset could not be read: the next poll tries again (and drops
+        the partition's records until then)."""
+        try:
+            committed = self.consumer.committed(tp)
+        except Exception:  # noqa: BLE001 - coordinator moving: next poll
+            return False
+        if committed is None:
+            self.consumer.seek_to_beginning(tp)  # nothing committed: auto_offset_reset
+        else:
+            self.consumer.seek(tp, committed)
+        return True
 
     @staticmethod
     def _tp(tp: TP) -> Any:
@@ -205,6 +233,11 @@ class KafkaPythonClients(StageClients):
     def poll(self, timeout_s: float) -> list[Any]:
         polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000),
                                     max_records=self.max_poll_records)
+        if self._from_commits:  # a rebalance: these partitions' records may come from stale
+            moving = set(self._from_commits)  # positions; drop them, move, read again
+            self._from_commits = [tp for tp in self._from_commits
+                                  if not self._start_from_commit(tp)]
+            polled = {tp: recs for tp, recs in polled.items() if tp not in moving}
         return [r for recs in polled.values() for r in recs]
 
     def pause(self, tps: Iterable[TP]) -> None:
@@ -245,10 +278,20 @@ class KafkaPythonClients(StageClients):
     def commit_transaction(self, offsets: Mapping[TP, int]) -> None:
         from kafka.structs import OffsetAndMetadata
 
+        metadata = self.consumer.group_metadata()
+        if offsets and (metadata.generation_id < 0 or not metadata.member_id):
+            # A member the group dropped (paused past the session timeout) reports no
+            # generation until it rejoins, and the broker does not check a transactional
+            # offset commit that carries none (generation -1 is the pre-KIP-447 form). Found by
+            # the zombie test: the woken member committed its stale work this way, 77
+            # duplicate results. Such a transaction must abort.
+            raise GroupMembershipLost(
+                f"group {self.group_id}: this member has no generation (it was dropped from "
+                f"the group); its transaction may not commit offsets")
         end_transaction(self._producer_client(), True, TXN_TIMEOUT_S,
                         offsets={self._tp(tp): OffsetAndMetadata(off, "", -1)
                                  for tp, off in offsets.items()},
-                        group_metadata=self.consumer.group_metadata())
+                        group_metadata=metadata)
 
     def abort(self) -> None:
         if self._producer is not None:

@@ -204,7 +204,6 @@ class Stage:
         self._active_stop: threading.Event = self._stop_event
         self._thread: threading.Thread | None = None
         self._running = False
-        self._resume_at: dict[TP, int] = {}  # where to go back to after a rebalance
         # exactly-once: one id per member, kept across producer rebuilds, so that a new
         # producer fences the old one and aborts what it left open
         self.transactional_id = (f"lab-{group_id}-{self.kind}-{uuid.uuid4().hex[:12]}"
@@ -276,13 +275,9 @@ class Stage:
             self.assignment = parts
         clients = self._clients
         if clients is not None and assigned:
-            # kafka-python keeps the position and the paused flag of a partition that stays
-            # assigned: resume it, and go back to what was forgotten at the revoke
+            # kafka-python keeps the paused flag of a partition that stays assigned; its
+            # position the clients reset to the group's committed offset (see clients.py)
             clients.resume(assigned)
-            for tp, off in self._resume_at.items():
-                if tp in assigned:
-                    clients.seek(tp, off)
-        self._resume_at = {}
         self._paused = False
         log.info("%s: group %s assigned %s partitions %s", self.kind, self.group_id,
                  self.source_topic, parts)
@@ -291,7 +286,6 @@ class Stage:
         """Finish what is in flight (bounded), commit it, forget the rest: the partitions'
         next owner starts at the committed offsets."""
         self._drain(DRAIN_TIMEOUT_S)
-        self._resume_at = self._restart_points()
         self._forget(None)
         with self._lock:
             self.assignment = []

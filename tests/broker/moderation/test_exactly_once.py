@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 import pytest
@@ -79,20 +80,29 @@ def test_a_fenced_member_aborts_rereads_and_each_post_is_read_once(
           f"extra results (the aborted ones), read_committed 0")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("client", CLIENTS)
-def test_two_members_one_killed_mid_transaction_read_committed_finds_each_post_once(
-        client, client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
-    backend.set_faults(latency_ms=40)  # keep chunks in flight when the kill lands
-    posts = Workload(seed=72, spam_ratio=0.2, toxic_ratio=0.2).posts(3000)
+def _exactly_once_members_at_work(seed, client, client_config, bootstrap, topics, backend,
+                                  group, log, request):
+    """3,000 posts written, two exactly-once members started from the CLI, and 300 results
+    committed: chunks (and a transaction) are in flight from here on."""
+    backend.set_faults(latency_ms=40)  # keep chunks in flight when the fault lands
+    posts = Workload(seed=seed, spam_ratio=0.2, toxic_ratio=0.2).posts(3000)
     expected = expected_labels(posts)
     produce(client_config, topics["posts"], posts)
-    log = tmp_path / "supervisor.log"
     sup, members = start_members(bootstrap, backend.url, group, topics, log, request,
                                  "--client", client, "--guarantee", "exactly-once")
     wait_until(lambda: len(moderation_results(client_config, topics["results"])) >= 300,
                60, "300 committed results", interval_s=0.1,
                details=lambda: log.read_text()[-3000:])
+    return posts, expected, sup, members
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_two_members_one_killed_mid_transaction_read_committed_finds_each_post_once(
+        client, client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
+    log = tmp_path / "supervisor.log"
+    posts, expected, sup, members = _exactly_once_members_at_work(
+        72, client, client_config, bootstrap, topics, backend, group, log, request)
     os.kill(members[0], signal.SIGKILL)
     at_kill = len(moderation_results(client_config, topics["results"]))
     assert at_kill < len(posts), "the kill must land mid-run"
@@ -109,3 +119,38 @@ def test_two_members_one_killed_mid_transaction_read_committed_finds_each_post_o
           f"committed results: read_committed duplicates 0; a read_uncommitted reader sees "
           f"{sum(uncommitted.values()) - len(expected)} extra (the killed member's open "
           f"transaction, aborted by the broker)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_paused_member_comes_back_as_a_zombie_and_is_fenced_by_the_group(
+        client, client_config, bootstrap, topics, backend, group, tmp_path, request) -> None:
+    """KIP-447: SIGSTOP a member past the session timeout. The group gives its partitions to
+    the other member; when the paused one wakes up, its open transaction still holds results
+    of those partitions, and its commit carries the old group generation: refused, aborted,
+    so a read_committed reader finds each post once."""
+    log = tmp_path / "supervisor.log"
+    _posts, expected, _sup, members = _exactly_once_members_at_work(
+        73, client, client_config, bootstrap, topics, backend, group, log, request)
+    assigned = log.read_text().count(" assigned ")
+    os.kill(members[0], signal.SIGSTOP)  # a member this test started
+    try:
+        wait_until(lambda: log.read_text().count(" assigned ") > assigned, 40,
+                   "the other member taking over the paused one's partitions")
+    finally:
+        os.kill(members[0], signal.SIGCONT)
+    results = wait_results(client_config, topics["results"], set(expected), timeout_s=150)
+    assert set(results) == set(expected)
+    dups = {pid: len(rs) for pid, rs in results.items() if len(rs) > 1}
+    when = {pid: [time.strftime("%H:%M:%S", time.localtime(r["moderated_at"]))
+                  + f".{int(r['moderated_at'] % 1 * 1000):03d}" for r in results[pid]]
+            for pid in list(dups)[:5]}
+    assert not dups, (f"{len(dups)} posts with two committed results, moderated at {when}\n"
+                      f"{log.read_text()[-4000:]}")
+    # the fencing itself: the woken member's commit was refused and its transaction aborted
+    aborted = [line for line in log.read_text().splitlines() if "transaction aborted" in line]
+    assert aborted, log.read_text()[-3000:]
+    uncommitted = _copies(client_config, topics["results"], "read_uncommitted")
+    print(f"\nzombie member: read_committed duplicates 0; read_uncommitted sees "
+          f"{sum(uncommitted.values()) - len(expected)} extra; log says: "
+          f"{[line[-160:] for line in log.read_text().splitlines() if 'aborted' in line][:3]}")
