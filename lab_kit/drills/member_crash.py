@@ -165,21 +165,6 @@ def run_member_crash_drill(settings: MemberCrashSettings | None = None, broker=N
     return on_own_broker(NAME, broker, workdir, lambda b, wd: _run(settings, b, wd), nodes=3)
 
 
-def _survivor_stats(log_text: str) -> dict[str, Any]:
-    """The stop line of the member that was not killed (its own counters)."""
-    marker = "moderation service stopped:"
-    for line in log_text.splitlines():
-        if marker in line:
-            try:
-                svc = json.loads(line.split(marker, 1)[1]).get("service") or {}
-            except ValueError:
-                continue
-            return {k: svc.get(k) for k in ("consumed", "results", "transactions", "aborts",
-                                            "rebalances", "commit_failures", "batch_retries",
-                                            "guarantee")}
-    return {}
-
-
 def _wait_for_results(cfg: dict, topic: str, ids: set[str], timeout_s: float) -> float | None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -207,6 +192,7 @@ def _run(settings: MemberCrashSettings, broker, wd: Path) -> MemberCrashReport:
     producer = AsyncPostProducer(broker.bootstrap_servers, names["posts"],
                                  dlq_topic=names["dlq"], spool_path=str(wd / "posts.spool.db"),
                                  **broker.extra_config())
+    stopped: dict[str, Any] = {}
     try:
         service.start()
         member = _members_joined(service, cfg, f"{prefix}moderation")[0]
@@ -217,13 +203,13 @@ def _run(settings: MemberCrashSettings, broker, wd: Path) -> MemberCrashReport:
                                        RESULTS_TIMEOUT_S)
     finally:
         producer.close(timeout=30)
-        service.stop()
+        stopped = service.stop()  # reads the members' stop lines: the survivor's counters
         backend.stop()
         if any(n.state != "running" for n in broker.nodes()):
             heal(broker, None)
     return _read_back(settings, cfg, names, submitted, prefix=prefix, member=member,
                       leader=leader, events=events, done_after=done_after,
-                      survivor=_survivor_stats(service.log_tail(1 << 20)))
+                      survivor=(stopped.get("members") or [{}])[0])
 
 
 def _members_joined(service: ServiceProcess, cfg: dict, group: str) -> list[int]:

@@ -144,4 +144,6 @@ def _member_summary(text: str) -> dict[str, Any]:
             "shed": svc.get("shed"), "overloaded": svc.get("overloaded"),
             "recheck_results": rc.get("results"), "recheck_gated": rc.get("gated"),
             "guarantee": svc.get("guarantee"), "transactions": svc.get("transactions"),
-            "aborts": svc.get("aborts")}
+            "aborts": svc.get("aborts"), "rebalances": svc.get("rebalances"),
+            "commit_failures": svc.get("commit_failures"),
+            "batch_retries": svc.get("batch_retries")}

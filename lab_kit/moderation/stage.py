@@ -516,7 +516,7 @@ class Stage:
         if not self._settle():
             return  # an output failed: _settle() aborted the transaction
         if self._watched:
-            self._abort(f"transaction: {len(self._watched)} chunks' outputs not acked after "
+            self._rewind(f"transaction: {len(self._watched)} chunks' outputs not acked after "
                         f"a flush of {self.output_timeout_s:g} s")
             return
         offsets = self._tracker.committable()
@@ -524,36 +524,12 @@ class Stage:
             clients.commit_transaction(offsets)
         except Exception as exc:  # noqa: BLE001 - fenced, broker away, timeout: abort
             self._incr("commit_failures", metric=False)
-            self._abort(f"commit: {type(exc).__name__}: {exc}")
+            self._rewind(f"commit: {type(exc).__name__}: {exc}")
             return
         self._txn_open = False
         self._txn_from = {}
         self._incr("transactions", metric=False)
         self._incr("commits", metric=False)
-
-    def _abort(self, reason: str) -> None:
-        """exactly-once: abort the open transaction, rebuild the producer (same
-        transactional id: it fences the old one), re-read from the last committed offsets."""
-        self.last_error = reason
-        self._incr("aborts", metric=False)
-        self._incr("batch_retries", metric=False)
-        log.warning("%s: transaction aborted (%s); re-processing from the last committed "
-                    "offsets", self.kind, reason)
-        points = self._restart_points()
-        clients = self._clients
-        self._forget(None)
-        was_open, self._txn_open, self._txn_from = self._txn_open, False, {}
-        if clients is None:
-            return
-        if was_open:
-            try:
-                clients.abort()
-            except Exception as exc:  # noqa: BLE001 - the next producer's init aborts it
-                log.warning("%s: abort failed (%s: %s); the next producer aborts it",
-                            self.kind, type(exc).__name__, exc)
-        clients.rebuild_producer()
-        self._incr("producer_rebuilds", metric=False)
-        self._seek_all(clients, points)
 
     def _seek_all(self, clients: StageClients, points: Mapping[TP, int]) -> None:
         for tp, off in points.items():
@@ -565,22 +541,40 @@ class Stage:
                 break
 
     def _rewind(self, reason: str) -> None:
-        """An output failed: commit what is safe, replace the producer, re-read the rest."""
-        if self.exactly_once:
-            self._abort(reason)
-            return
+        """An output (exactly-once: or the commit) failed. At-least-once: commit what is safe;
+        exactly-once: abort the open transaction. Then replace the producer (exactly-once:
+        same transactional id, it fences the old one) and re-read from the first offset not
+        handled to the end (exactly-once: the last committed transaction's)."""
         self.last_error = reason
         self._incr("batch_retries", metric=False)
-        log.warning("%s: outputs failed (%s); re-processing from the first unacked offset",
-                    self.kind, reason)
-        self._commit(force=True)
+        if self.exactly_once:
+            self._incr("aborts", metric=False)
+            log.warning("%s: transaction aborted (%s); re-processing from the last committed "
+                        "offsets", self.kind, reason)
+        else:
+            log.warning("%s: outputs failed (%s); re-processing from the first unacked "
+                        "offset", self.kind, reason)
+            self._commit(force=True)
         points = self._restart_points()
         clients = self._clients
         self._forget(None)
+        self._abort_open(clients)
         if clients is not None:
             clients.rebuild_producer()
             self._incr("producer_rebuilds", metric=False)
             self._seek_all(clients, points)
+
+    def _abort_open(self, clients: StageClients | None) -> None:
+        """exactly-once: abort the open transaction now, so readers need not wait for the
+        broker's timeout; if that fails, the next producer's init (or the timeout) does."""
+        was_open, self._txn_open, self._txn_from = self._txn_open, False, {}
+        if not was_open or clients is None:
+            return
+        try:
+            clients.abort()
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("%s: abort failed (%s: %s); the next producer or the broker's "
+                        "timeout aborts it", self.kind, type(exc).__name__, exc)
 
     def _drain(self, timeout_s: float) -> None:
         """Wait (bounded) for the calls in flight, produce their results, wait for the acks
@@ -598,12 +592,7 @@ class Stage:
 
     def _close_clients(self) -> None:
         clients, self._clients = self._clients, None
-        if clients is not None and self._txn_open:
-            self._txn_open, self._txn_from = False, {}
-            try:  # readers need not wait for the broker's timeout
-                clients.abort()
-            except Exception:  # noqa: BLE001 - the broker aborts it after the timeout
-                log.warning("%s: could not abort the open transaction at close", self.kind)
+        self._abort_open(clients)
         if clients is not None:
             clients.close_consumer()
             clients.close_producer(5.0)

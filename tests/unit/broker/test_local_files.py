@@ -118,7 +118,7 @@ def test_mvn_runs_with_strict_checksums_and_lists_what_it_resolved(tmp_path):
 def test_resolved_names_are_checked_against_the_folder(tmp_path):
     (tmp_path / "a-1.jar").write_bytes(b"")
     (tmp_path / "b-2.jar").write_bytes(b"")
-    repo = "/root/.m2/repository"
+    repo = str(tmp_path / "m2" / "repository")  # a local maven repository
     listing = os.pathsep.join([f"{repo}/x/a/1/a-1.jar", f"{repo}/y/b/2/b-2.jar"])
     assert resolved_names(listing + "\n", tmp_path) == ["a-1.jar", "b-2.jar"]
     with pytest.raises(BrokerError, match="c-3.jar"):
