@@ -217,24 +217,37 @@ class AsyncPostProducer:
             return self._submit_sync(post, key, value, intended_at)
         pf = PostFuture(post, intended_at, self)
         failover = self._failover
-        if failover is not None and (failover.state is not State.SENDING
-                                     or len(self._in_flight) >= self.max_in_flight):
-            self._refuse_if_spool_full()  # it would queue behind the backlog, or on disk
-        if (failover is not None and failover.state is not State.SENDING
-                and failover.spool_behind_backlog(pf, key, value)):
-            pass  # queued behind the spooled backlog, on disk
-        elif len(self._in_flight) < self.max_in_flight:
+        if failover is None:
+            self._send_or_hold(pf, key, value, t0)
+        elif not self._queued_behind_backlog(failover, pf, key, value):
+            try:  # SENDING (read under the failover's lock): straight to the client
+                self._send_or_hold(pf, key, value, t0)
+            finally:
+                failover.sent_directly()
+        now = time.perf_counter()
+        self.metrics.observe("submitted", "submit", now - t0, now)
+        return pf
+
+    def _send_or_hold(self, pf: PostFuture, key: bytes, value: bytes, t0: float) -> None:
+        """Send it, unless ``max_in_flight`` posts are in the client: then ``on_full`` says."""
+        if len(self._in_flight) < self.max_in_flight:
             self._send(pf, key, value)
         elif self.on_full == "spool":
-            failover.spool_overflow(pf, key, value)
+            self._refuse_if_spool_full()  # it would queue behind the backlog, on disk
+            self._failover.spool_overflow(pf, key, value)
         elif self.on_full == "block" and self._wait_for_slot(t0 + self.max_block_s):
             self._send(pf, key, value)
         else:
             self.metrics.incr("rejected")
             raise BackpressureError(self.max_in_flight, time.perf_counter() - t0)
-        now = time.perf_counter()
-        self.metrics.observe("submitted", "submit", now - t0, now)
-        return pf
+
+    def _queued_behind_backlog(self, failover: Failover, pf: PostFuture, key: bytes,
+                               value: bytes) -> bool:
+        try:
+            return failover.queue_behind_backlog(pf, key, value)
+        except SpoolError:  # a full spool: refused, not accepted (see "Size caps" in .spool)
+            self.metrics.incr("rejected")
+            raise
 
     def _send(self, pf: PostFuture, key: bytes, value: bytes) -> None:
         """Hand one post to the client: ``send`` returns at once, the answer comes later."""
@@ -283,6 +296,8 @@ class AsyncPostProducer:
             has_spool=self._failover is not None)
         if decision.replace_client:
             self._worker.submit(self._clients.replace, pf.generation)
+        if self._failover is not None and decision.action is not Action.FAIL:
+            self._failover.reroute_coming()  # newer posts queue behind this one from now on
         if decision.action is Action.SPOOL:
             self._queue_for_spool(pf, exc, decision.outage)
         elif decision.action is Action.RESEND_ALONE:
@@ -347,8 +362,11 @@ class AsyncPostProducer:
                 self._fail(pf, exc)
             else:
                 self._dead_letter(pf, exc)
-            return
-        self.on_ack(pf, md, time.perf_counter())
+        else:
+            self.on_ack(pf, md, time.perf_counter())
+        finally:
+            if self._failover is not None:
+                self._failover.reroute_done()
 
     def _queue_for_spool(self, pf: PostFuture, exc: BaseException, outage: bool) -> None:
         """Failed posts are spooled by the worker, those that failed together in one
@@ -363,7 +381,10 @@ class AsyncPostProducer:
     def _drain_to_spool(self) -> None:
         with self._to_spool_lock:
             batch, self._to_spool = self._to_spool, []
-        self._spool_failed([(pf, exc) for pf, exc, _ in batch], any(o for *_, o in batch))
+        try:
+            self._spool_failed([(pf, exc) for pf, exc, _ in batch], any(o for *_, o in batch))
+        finally:
+            self._failover.reroute_done(len(batch))
 
     def _spool_failed(self, batch: list[tuple[PostFuture, BaseException]],
                       outage: bool) -> None:

@@ -7,6 +7,7 @@ One state value says where a new post goes::
     REPLAYING ──(spool empty)──► SENDING
     REPLAYING ──(probe fails, or a replayed post fails)──► SPOOLING
     SENDING ──(overflow spooled under on_full="spool")──► REPLAYING
+    SENDING ──(a delivery error: the post is about to be spooled or re-sent alone)──► REPLAYING
 
 * ``SENDING``: posts go straight to the Kafka client.
 * ``SPOOLING``: the broker is unreachable; posts go to the spool (SQLite, on disk).
@@ -15,6 +16,17 @@ One state value says where a new post goes::
   (the *tail*, at most ``tail_limit`` posts; the broker answers, so they are as safe there as
   in the client's own buffer) and are sent when the spool is empty; a full tail, or the broker
   going away again, moves the tail to the spool first, in order.
+
+**Order per user.** A post either goes straight to the client or queues behind the backlog,
+and that choice is made under the state lock (:meth:`Failover.queue_behind_backlog`). The
+backlog (spool, then tail) waits while (1) a caller that read ``SENDING`` is still handing its
+post to the client, (2) a failed post is still on its way to the spool or to its lone re-send
+(the state left ``SENDING`` in the error callback itself, before that work was queued), or
+(3) a replaced client still holds posts. Re-sent posts keep their submit stamp, and the spool
+replays by it. What is left: a post already inside the client when an older one of its user
+fails (kafka-python keeps a partition's order within one client, and a replaced client's posts
+all fail over together); and without a spool (no failover) a refused batch's mates are re-sent
+alone beside newer posts. ``tests/unit/producer/test_order_paths.py`` holds each window open.
 
 The decisions are pure functions (:func:`decide_on_error`, :func:`after_probe`,
 :func:`after_replay`), unit-tested branch by branch without a broker. :class:`Failover` applies
@@ -241,6 +253,11 @@ class Failover:
         self._tail_limit = tail_limit
         self._replay_batch_size = replay_batch
         self._replay_share = replay_share
+        # Both guarded by _lock. Callers handing a post to the client because they read
+        # SENDING, and failed posts not yet re-routed (spooled, re-sent alone or failed): while
+        # either is non-zero, the backlog waits, or a newer post would overtake an older one.
+        self._direct = 0
+        self._reroutes = 0
         self._state = State.SENDING
         self._enter(state, "start")
         # owned by the health thread
@@ -255,8 +272,8 @@ class Failover:
     # --- the state ------------------------------------------------------------------------------
     @property
     def state(self) -> State:
-        """Read without the lock (one attribute read): a post that reads SENDING just as the
-        state changes is sent to the client, which keeps it until it is acked or fails."""
+        """For a reader (metrics, health): one attribute read. The caller's choice between
+        sending directly and queueing is made under the lock, by :meth:`queue_behind_backlog`."""
         return self._state
 
     def _enter(self, new: State, reason: str) -> None:
@@ -296,19 +313,49 @@ class Failover:
         for pf, _key, _value in entries:
             pf.set_result(Delivery(pf.post_id, "spooled", self.topic))
 
-    def spool_behind_backlog(self, pf: PostFuture, key: bytes, value: bytes) -> bool:
-        """While not SENDING, a new post queues behind the backlog: in the tail while
-        REPLAYING (it stays pending until it is sent and acked), else in the spool. False if
-        the replayer switched back to SENDING meanwhile (then the caller sends it directly)."""
+    def queue_behind_backlog(self, pf: PostFuture, key: bytes, value: bytes) -> bool:
+        """The caller's question, answered under the state lock: SENDING, so send it directly
+        (False; the caller then calls :meth:`sent_directly` once the client has it), or queue
+        it behind the backlog (True): in the tail while REPLAYING (it stays pending until it
+        is sent and acked), else in the spool. Raises :class:`SpoolFullError` (nothing
+        queued) when it would wait at a full spool's back."""
         with self._lock:
             if self._state is State.SENDING:
+                self._direct += 1
                 return False
+            self.spool.check_room()
             if self._state is State.REPLAYING and len(self._tail) < self._tail_limit:
                 self._tail.append((pf, key, value))
                 return True
             self._tail_to_spool_locked()  # older posts first (raises, keeping them, if refused)
             self.spool_post(pf, key, value)
             return True
+
+    def sent_directly(self) -> None:
+        with self._lock:
+            self._direct -= 1
+
+    def reroute_coming(self) -> None:
+        """Sender thread, on a failed post that will be spooled or re-sent alone: newer posts
+        queue behind it from now on (the state leaves SENDING here, before the re-route),
+        and nothing in the backlog is sent until :meth:`reroute_done`."""
+        with self._lock:
+            self._reroutes += 1
+            if self._state is State.SENDING:
+                self._enter_locked(State.REPLAYING, "a post failed")
+
+    def reroute_done(self, n: int = 1) -> None:
+        with self._lock:
+            self._reroutes -= n
+
+    def _backlog_waits(self) -> bool:
+        with self._lock:
+            return not self._backlog_may_move()
+
+    def _backlog_may_move(self) -> bool:
+        """(Under the lock.) No failed post is still on its way, no caller is still handing a
+        post it was allowed to send directly to the client: the backlog's turn."""
+        return not self._reroutes and not self._direct
 
     @property
     def tail_length(self) -> int:
@@ -403,6 +450,8 @@ class Failover:
         if self._clients.current[1] is None:  # _rebuild_if_missing tries again, paced
             self._enter(State.SPOOLING, "no client could connect")
             return
+        if self._backlog_waits():
+            return  # the next round sends the backlog, behind the failed posts
         if self._in_flight.held_by_older_clients(self._clients.current[0]):
             # a replaced client's posts leave it by failing, then sort before newer posts in
             # the spool; sent through the new client now, newer posts would overtake them.
@@ -410,7 +459,8 @@ class Failover:
             return
         failed = False
         while (not self.spool.is_empty() and not failed and not self._stop.is_set()
-               and self._stale_generation is None):  # a refused record poisons the client
+               and self._stale_generation is None  # a refused record poisons the client
+               and not self._backlog_waits()):
             started = time.monotonic()
             outcome = self._replay_batch(self._replay_batch_size)
             if outcome is None:
@@ -422,8 +472,9 @@ class Failover:
             pass
         with self._lock:  # the switch back to SENDING, unless a post was queued just now
             self._enter_locked(after_replay(
-                self._state, spool_empty=self.spool.is_empty() and not self._tail,
-                failed=failed), "replay")
+                self._state, failed=failed, spool_empty=(
+                    self.spool.is_empty() and not self._tail and self._backlog_may_move())),
+                "replay")
 
     def _rebuild_if_missing(self, answers: bool) -> bool:
         """No client (the first never connected, a rebuild failed, or a stuck one was dropped
@@ -457,7 +508,8 @@ class Failover:
         """Send the oldest posts of the tail (only once the spool is empty). False if there
         was nothing to send, or the state left REPLAYING."""
         with self._lock:
-            if self._state is not State.REPLAYING or not self._tail or not self.spool.is_empty():
+            if (self._state is not State.REPLAYING or not self._tail
+                    or not self.spool.is_empty() or not self._backlog_may_move()):
                 return False
             chunk = [self._tail.popleft() for _ in range(min(limit, len(self._tail)))]
         for pf, key, value in chunk:  # in order; the client keeps a partition's order

@@ -354,7 +354,7 @@ def _replaying_with_tail(tmp_path: Path, n: int, tail_limit: int) -> tuple[Failo
                   send=lambda pf, key, value: None, tail_limit=tail_limit)
     pfs = [PostFuture(p, time.perf_counter()) for p in posts(n)]
     for pf in pfs:
-        assert fo.spool_behind_backlog(pf, pf.post.key_bytes(), pf.post.to_json_bytes())
+        assert fo.queue_behind_backlog(pf, pf.post.key_bytes(), pf.post.to_json_bytes())
     return fo, pfs
 
 
@@ -363,7 +363,7 @@ def test_a_full_tail_the_spool_refuses_keeps_every_post(tmp_path: Path, monkeypa
     _refusing(fo.spool, monkeypatch)
     newest = PostFuture(posts(4)[3], time.perf_counter())
     with pytest.raises(Exception, match="locked"):  # the caller refuses the new post
-        fo.spool_behind_backlog(newest, newest.post.key_bytes(), newest.post.to_json_bytes())
+        fo.queue_behind_backlog(newest, newest.post.key_bytes(), newest.post.to_json_bytes())
     assert fo.tail_length == 3 and not any(pf.done() for pf in pfs)
 
 
@@ -375,7 +375,7 @@ def test_entering_spooling_with_a_refusing_spool_keeps_the_tail(tmp_path: Path,
     assert fo.state is State.SPOOLING and fo.tail_length == 5
     monkeypatch.undo()  # the disk takes writes again: the tail goes first, then the new post
     newest = PostFuture(posts(6)[5], time.perf_counter())
-    fo.spool_behind_backlog(newest, newest.post.key_bytes(), newest.post.to_json_bytes())
+    fo.queue_behind_backlog(newest, newest.post.key_bytes(), newest.post.to_json_bytes())
     assert fo.tail_length == 0
     assert [r.post_id for r in fo.spool.lease(10)] == [pf.post_id for pf in [*pfs, newest]]
 
