@@ -147,6 +147,7 @@ class AsyncPostProducer:
         self._failed_lock = threading.Lock()
         self._failed_ids: deque[str] = deque(maxlen=MAX_FAILED_IDS)  # the newest, named
         self._failed_count = 0  # all of them, counted; both guarded by _failed_lock
+        self._resending = 0  # without a spool: lone re-sends not done yet (also _failed_lock)
         self._closed = False
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lab-worker")
         # lone re-sends and dead letters wait for the broker (up to 30 s each): on a worker of
@@ -229,8 +230,9 @@ class AsyncPostProducer:
         return pf
 
     def _send_or_hold(self, pf: PostFuture, key: bytes, value: bytes, t0: float) -> None:
-        """Send it, unless ``max_in_flight`` posts are in the client: then ``on_full`` says."""
-        if len(self._in_flight) < self.max_in_flight:
+        """Send it, unless ``max_in_flight`` posts are in the client, or (without a spool) a
+        refused batch's posts are being re-sent alone: then ``on_full`` says."""
+        if len(self._in_flight) < self.max_in_flight and not self._resending:
             self._send(pf, key, value)
         elif self.on_full == "spool":
             self._refuse_if_spool_full()  # it would queue behind the backlog, on disk
@@ -239,7 +241,8 @@ class AsyncPostProducer:
             self._send(pf, key, value)
         else:
             self.metrics.incr("rejected")
-            raise BackpressureError(self.max_in_flight, time.perf_counter() - t0)
+            raise BackpressureError(self.max_in_flight, time.perf_counter() - t0,
+                                    self._resending)
 
     def _queued_behind_backlog(self, failover: Failover, pf: PostFuture, key: bytes,
                                value: bytes) -> bool:
@@ -298,6 +301,8 @@ class AsyncPostProducer:
             self._worker.submit(self._clients.replace, pf.generation)
         if self._failover is not None and decision.action is not Action.FAIL:
             self._failover.reroute_coming()  # newer posts queue behind this one from now on
+        elif decision.action is Action.RESEND_ALONE:  # no spool: newer posts wait, or are
+            self._count_resending(1)  # refused (on_full), until it is re-sent
         if decision.action is Action.SPOOL:
             self._queue_for_spool(pf, exc, decision.outage)
         elif decision.action is Action.RESEND_ALONE:
@@ -317,7 +322,7 @@ class AsyncPostProducer:
 
     def _wait_for_slot(self, deadline: float) -> bool:
         """The ``block`` policy: poll until a post in flight settles, or the deadline."""
-        while len(self._in_flight) >= self.max_in_flight:
+        while len(self._in_flight) >= self.max_in_flight or self._resending:
             if time.perf_counter() >= deadline:
                 return False
             time.sleep(0.0005)
@@ -367,6 +372,12 @@ class AsyncPostProducer:
         finally:
             if self._failover is not None:
                 self._failover.reroute_done()
+            else:
+                self._count_resending(-1)
+
+    def _count_resending(self, n: int) -> None:
+        with self._failed_lock:
+            self._resending += n
 
     def _queue_for_spool(self, pf: PostFuture, exc: BaseException, outage: bool) -> None:
         """Failed posts are spooled by the worker, those that failed together in one

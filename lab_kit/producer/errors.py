@@ -5,15 +5,17 @@ from __future__ import annotations
 
 
 class BackpressureError(RuntimeError):
-    """Too many posts in flight: the post was NOT accepted (the caller may retry later)."""
+    """Too many posts in flight (``field="max_in_flight"``), or, without a spool, a refused
+    batch's posts still being re-sent one by one (``field="resend_alone"``: a newer post would
+    overtake them): the post was NOT accepted (the caller may retry later)."""
 
-    def __init__(self, limit: int, waited_s: float):
-        self.field = "max_in_flight"
+    def __init__(self, limit: int, waited_s: float, resending: int = 0):
+        self.field = "resend_alone" if resending else "max_in_flight"
         self.limit = limit
-        super().__init__(
-            f"max_in_flight: {limit} posts already in flight (waited {waited_s * 1000:.0f} ms); "
-            f"the post was not accepted"
-        )
+        why = (f"resend_alone: {resending} posts of a refused batch are being re-sent one by "
+               f"one, and without a spool a newer post cannot queue behind them"
+               if resending else f"max_in_flight: {limit} posts already in flight")
+        super().__init__(f"{why} (waited {waited_s * 1000:.0f} ms); the post was not accepted")
 
 
 class ProducerClosedError(RuntimeError):

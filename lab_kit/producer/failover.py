@@ -25,8 +25,10 @@ post to the client, (2) a failed post is still on its way to the spool or to its
 (3) a replaced client still holds posts. Re-sent posts keep their submit stamp, and the spool
 replays by it. What is left: a post already inside the client when an older one of its user
 fails (kafka-python keeps a partition's order within one client, and a replaced client's posts
-all fail over together); and without a spool (no failover) a refused batch's mates are re-sent
-alone beside newer posts. ``tests/unit/producer/test_order_paths.py`` holds each window open.
+all fail over together). Without a spool there is no failover and nowhere to queue: while a
+refused batch's posts are re-sent alone, a new post is held as if ``max_in_flight`` were
+reached (``on_full``), then refused. ``tests/unit/producer/test_order_paths.py`` holds each
+window open.
 
 The decisions are pure functions (:func:`decide_on_error`, :func:`after_probe`,
 :func:`after_replay`), unit-tested branch by branch without a broker. :class:`Failover` applies

@@ -6,7 +6,9 @@ moment that used to let a newer post overtake an older one of the same user:
 
 * a refused batch's posts re-sent one by one (``RESEND_ALONE``) while new posts arrive;
 * a failed post on its way to the spool (the worker busy) while new posts arrive;
-* a caller that read SENDING and is still inside ``send()`` when the state changes.
+* a caller that read SENDING and is still inside ``send()`` when the state changes;
+* without a spool, a newer post while a refused batch's posts are re-sent alone: it is
+  refused (``BackpressureError``, not accepted), since there is nowhere to queue it.
 
 What reaches Kafka is the order in which the clients and the lone re-sends were given records
 that were then acked. How the real client keeps a partition's order is tested on the broker
@@ -21,11 +23,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from kafka.errors import MessageSizeTooLargeError, NotLeaderForPartitionError
 
 from lab_kit.posts import Post
 from lab_kit.producer import dead_letters
 from lab_kit.producer.async_producer import AsyncPostProducer
+from lab_kit.producer.errors import BackpressureError
 from lab_kit.producer.failover import State
 
 LANDED: list[str] = []  # post ids in the order Kafka acked them, across clients and re-sends
@@ -203,4 +207,40 @@ def test_the_backlog_waits_for_a_caller_still_inside_send(tmp_path, monkeypatch)
     client.flush()
     assert [i for i in LANDED if i != other.post_id] == [posts[0].post_id, posts[1].post_id]
     assert other.post_id in LANDED
+    p.close(timeout=5)
+
+
+def test_without_a_spool_a_newer_post_is_refused_not_sent_past_a_lone_re_send(
+        tmp_path, monkeypatch):
+    LANDED.clear()
+    first, second = Client(), Client()
+    made = iter([first, second])
+    monkeypatch.setattr(AsyncPostProducer, "_new_client", lambda self: next(made))
+    release, resent = threading.Event(), []
+
+    def slow_resend(self, post, timeout_s=30.0):
+        resent.append(post.post_id)
+        release.wait(10)
+        Record(post.post_id).ack()
+        return SimpleNamespace(topic="posts", partition=0, offset=len(LANDED))
+
+    monkeypatch.setattr(dead_letters.DeadLetters, "resend_alone", slow_resend)
+    p = AsyncPostProducer("127.0.0.1:9", max_block_s=0.05)  # no spool: on_full="block"
+    posts = by_one_user(2)
+    try:
+        older = p.submit(posts[0])
+        first.sent[0].fail(MessageSizeTooLargeError("a batch-mate is too large"))
+        wait_until(lambda: resent == [posts[0].post_id])
+        with pytest.raises(BackpressureError) as info:
+            p.submit(posts[1])  # blocked 50 ms, then refused: not accepted, not reordered
+        assert info.value.field == "resend_alone" and "not accepted" in str(info.value)
+        assert p.metrics.counters()["rejected"] == 1
+    finally:
+        release.set()
+    assert older.result(timeout=5).outcome == "acked"
+    wait_until(lambda: not p._resending)
+    newer = p.submit(posts[1])  # taken again once the re-send is done
+    p._clients.current[1].flush()
+    assert newer.result(timeout=5).outcome == "acked"
+    assert LANDED == [posts[0].post_id, posts[1].post_id]
     p.close(timeout=5)
