@@ -15,6 +15,7 @@ Start with :mod:`.async_producer`: ``AsyncPostProducer.submit`` hands a post to 
 * :mod:`.asyncio_bridge`: ``await`` a post's delivery from an event loop (the post API uses it);
 * :mod:`.kafka_quirks`: kafka-python 3.0 behaviours worked around (used by moderation too);
 * :mod:`.encoding`: post → record, with its validation fast path;
+* :mod:`.partitioner`: kafka-python's key → partition rule, with each user's hash remembered;
 * :mod:`.errors`: what ``submit`` and the futures raise.
 """
 

@@ -64,6 +64,7 @@ from lab_kit.producer.kafka_quirks import (
     is_sender_thread,
     warm_metadata,
 )
+from lab_kit.producer.partitioner import KeyHashPartitioner
 from lab_kit.producer.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, Spool, SpoolError
 from lab_kit.topics import POSTS, POSTS_DLQ
 
@@ -197,7 +198,7 @@ class AsyncPostProducer:
         return failover
 
     def _new_client(self) -> KafkaProducer:
-        client = KafkaProducer(**self._kafka_config)
+        client = KafkaProducer(**{"partitioner": KeyHashPartitioner(), **self._kafka_config})
         warm_metadata(client, self.topic)  # so send() never waits for it (kafka_quirks, 4)
         return client
 
