@@ -191,6 +191,7 @@ class AsyncPostProducer:
             spool=self.spool, topic=self.topic, clients=self._clients,
             in_flight=self._in_flight, metrics=self.metrics,
             dead_letter_spooled=self._dead_letter_spooled,
+            resend_spooled=self._dead_letters.resend_spooled,
             probe=health_probe or bootstrap_probe(self._kafka_config),
             probe_interval_s=probe_interval_s, stall_timeout_s=stall_timeout_s, state=state,
             send=self._send)

@@ -83,6 +83,11 @@ class DeadLetters:
         return self._client().send(self.topic, key=post.key_bytes(),
                                    value=post.to_json_bytes()).get(timeout=timeout_s)
 
+    def resend_spooled(self, record: Any, timeout_s: float = 30.0) -> Any:
+        """The same for a spooled record the replay's batch got refused with."""
+        return self._client().send(record.topic, key=record.key,
+                                   value=record.value).get(timeout=timeout_s)
+
     def write(self, post: Post, exc: BaseException) -> None:
         """Write an accepted post and the reason it was refused to the DLQ, and wait."""
         self._send(dlq_record(post, exc, source_topic=self.topic))

@@ -72,9 +72,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError, UnknownError
 
 from lab_kit.producer.future import Delivery, InFlight, PostFuture
+from lab_kit.producer.kafka_quirks import settle
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,9 @@ class Failover:
     """Owns the state, the spool side of the producer and the health thread.
 
     ``clients`` is the producer's :class:`~lab_kit.producer.async_producer.ClientSlot`;
-    ``dead_letter_spooled(record, exc)`` writes a spooled record Kafka refused for good.
+    ``dead_letter_spooled(record, exc)`` writes a spooled record Kafka refused for good;
+    ``resend_spooled(record)`` sends one on its own and waits (raising if it is refused again):
+    a refused record may only have shared its batch with the one that was at fault.
     """
 
     def __init__(self, *, spool: Any, topic: str, clients: Any, in_flight: InFlight,
@@ -236,8 +239,10 @@ class Failover:
                  probe: Callable[[], bool], probe_interval_s: float, stall_timeout_s: float,
                  state: State, send: Callable[[PostFuture, bytes, bytes], None],
                  tail_limit: int = 10_000, replay_batch: int = 1000,
-                 replay_share: float = 0.5):
+                 replay_share: float = 0.5,
+                 resend_spooled: Callable[[Any], Any] | None = None):
         self.spool = spool
+        self._resend_spooled = resend_spooled
         self.topic = topic
         self._clients = clients
         self._in_flight = in_flight
@@ -585,6 +590,8 @@ class Failover:
             client.flush(timeout=timeout_s)
         except KafkaTimeoutError:
             pass
+        except UnknownError:  # a batch was split: its records are still settling (quirk 8)
+            settle([kf for _rec, kf in futures], timeout_s)
         except Exception as exc:  # noqa: BLE001 - e.g. the client was closed meanwhile
             log.warning("replay: flush failed (%r): the batch stays in the spool", exc)
             flush_failed = True
@@ -598,8 +605,9 @@ class Failover:
                 retry.append(rec.seq)
         retry += [rec.seq for rec in records[len(futures):]]
         dead = []  # refused for good, and now in the dead-letter topic
-        for rec, exc in refused:
-            (dead if self._try_dead_letter(rec, exc) else retry).append(rec.seq)
+        for rec, exc in refused:  # in spool order; after one that must wait, the rest wait
+            outcome = "retry" if retry else self._refused_again(rec, exc)
+            {"acked": acked, "dead": dead, "retry": retry}[outcome].append(rec.seq)
         # counted before the rows leave the spool: whoever sees the spool empty (drain_spool,
         # a drill's report) must also see them counted; Kafka has them either way
         self._metrics.incr("replayed", len(acked))
@@ -612,6 +620,20 @@ class Failover:
             settled.update(retry)
             self._metrics.incr("replay_failed", len(retry))
         return bool(retry)
+
+    def _refused_again(self, rec: Any, exc: BaseException) -> str:
+        """A record the broker refused with its batch: ``acked`` once re-sent on its own (its
+        batch-mate was at fault), ``dead`` if refused alone too and dead-lettered, ``retry``
+        (it stays spooled) if that could not be settled now."""
+        if self._resend_spooled is not None:
+            try:
+                self._resend_spooled(rec)
+                return "acked"
+            except Exception as again:  # noqa: BLE001 - classified like the first refusal
+                if getattr(again, "retriable", True):
+                    return "retry"
+                exc = again
+        return "dead" if self._try_dead_letter(rec, exc) else "retry"
 
     def _try_dead_letter(self, rec: Any, exc: BaseException) -> bool:
         """Write a refused spooled record to the DLQ; False (it stays spooled) if that fails."""

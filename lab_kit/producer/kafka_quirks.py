@@ -33,6 +33,12 @@ module that touches a private attribute of kafka-python (``KafkaProducer._sender
    the sender) and waits at most ``timeout_s``; on ``KafkaTimeoutError`` the stage drops the
    client, and the next one, built with the same ``transactional_id``, aborts the open
    transaction when it initializes (``init_transactions``: Kafka fences the old epoch).
+8. **``flush()`` raises ``UnknownError('Future not done')`` after a batch split.** A batch the
+   broker refuses as ``MESSAGE_TOO_LARGE`` is split and retried; ``flush()`` then finds the
+   old batch's future unfinished and raises at once, while the records are still settling
+   (an idempotent client then aborts them all: quirk 2). The replay waits for the records
+   themselves (:func:`settle`) instead of taking the raise as "nothing was sent": before,
+   one too-large post in the spool held the replay for good, every round the same.
 """
 
 from __future__ import annotations
@@ -108,3 +114,11 @@ def warm_metadata(client: KafkaProducer, topic: str) -> None:
             f"exist, and the lab's brokers create no topic on first use; create it with "
             f"`python -m lab_kit topics` or lab_kit.topics.ensure_topics (or it has no leader "
             f"right now)") from exc
+
+
+def settle(futures: list, timeout_s: float) -> None:
+    """Wait until every record future is done, or ``timeout_s`` (quirk 8)."""
+    deadline = time.monotonic() + timeout_s
+    for kf in futures:
+        while not kf.is_done and time.monotonic() < deadline:
+            time.sleep(0.005)

@@ -108,6 +108,38 @@ def test_a_post_the_broker_refuses_as_too_large_ends_in_errback_and_dlq(
     assert dict(records[0].headers)["error_type"] == b"MessageSizeTooLargeError"
 
 
+def test_a_spooled_batch_refused_for_one_post_delivers_its_mates(
+        bootstrap, client_config, topic_name, tmp_path):
+    """Replay sends the spool in batches; the broker refuses a whole batch when one record
+    in it is too large for the topic. The mates are re-sent alone and delivered, in order;
+    only the big post is dead-lettered."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from lab_kit.producer.spool import Spool
+
+    small, dlq = topic_name, topic_name + ".dlq"
+    admin = KafkaAdminClient(**client_config)
+    admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"})])
+    admin.close()
+    create_topic(client_config, dlq)
+    posts = [Post(user_id="u-1", text=f"short post {i}") for i in range(5)]
+    posts[2] = Post(user_id="u-1", text="a long rant " * 300)  # ~3.6 kB: over 1024
+    spool = Spool(str(tmp_path / "spool.db"))  # what a crashed producer left behind
+    spool.append_many((small, p.key_bytes(), p.to_json_bytes(), p.post_id, i)
+                      for i, p in enumerate(posts))
+    spool.close()
+    with AsyncPostProducer(bootstrap, small, dlq_topic=dlq, spool_path=str(tmp_path / "spool.db"),
+                           linger_ms=50) as producer:
+        assert producer.drain_spool(timeout=60) == 0
+        counters = producer.metrics.counters()
+    landed = [json.loads(r.value)["post_id"] for r in read_all(client_config, small)]
+    assert landed == [p.post_id for i, p in enumerate(posts) if i != 2]
+    dead = [json.loads(r.value)["post_id"] for r in read_all(client_config, dlq)]
+    assert dead == [posts[2].post_id]
+    assert counters["replayed"] == 4 and counters["dead_lettered"] == 1
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"text": "no user"}, "user_id"),
     ({"user_id": "u1", "text": "   "}, "text"),

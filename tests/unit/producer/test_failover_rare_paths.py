@@ -212,6 +212,35 @@ def test_a_dead_letter_that_works_takes_the_post_out_of_the_spool(tmp_path: Path
     spool.close()
 
 
+def test_a_refused_batch_is_re_sent_one_by_one_and_only_the_culprit_is_dead_lettered(
+        tmp_path: Path) -> None:
+    """The broker refuses a whole batch for one record in it (kafka-python: every record of
+    the batch gets the error): each is re-sent alone, in spool order, before any is called
+    refused for good."""
+    spool, ps = spool_with(tmp_path, 4)
+    batch = tuple(p.to_json_bytes() for p in ps[:3])  # refused together, ps[1] at fault
+    resent, written, metrics = [], [], MetricsRecorder()
+
+    def resend_alone(rec):
+        resent.append(rec.post_id)
+        if rec.value == batch[1]:
+            raise MessageSizeTooLargeError("too large, alone too")
+
+    fo = Failover(spool=spool, topic="posts",
+                  clients=SimpleNamespace(current=(1, FakeClient(refuse=batch))),
+                  in_flight=InFlight(), metrics=metrics,
+                  dead_letter_spooled=lambda rec, exc: written.append(rec.post_id),
+                  probe=lambda: True, probe_interval_s=0.05, stall_timeout_s=3.0,
+                  state=State.REPLAYING, send=lambda pf, key, value: None,
+                  resend_spooled=resend_alone)
+    fo._replay_batch()
+    assert resent == [p.post_id for p in ps[:3]]
+    assert written == [ps[1].post_id]  # only the one refused on its own
+    assert metrics.counters()["replayed"] == 3  # ps[0], ps[2] alone, ps[3] in the batch
+    assert spool.is_empty()
+    spool.close()
+
+
 def test_a_flush_that_raises_nacks_the_batch(tmp_path: Path) -> None:
     spool, ps = spool_with(tmp_path, 6)
     client = FakeClient(flush_error=RuntimeError("the client was closed"), pending=True)
