@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError, UnknownError
 
 from lab_kit import broker
 from lab_kit.kafka_settings import check_producer_settings
@@ -500,8 +500,8 @@ class AsyncPostProducer:
         if client is not None and self.state is State.SENDING:
             try:
                 client.flush(timeout=timeout)
-            except KafkaTimeoutError:
-                pass
+            except (KafkaTimeoutError, UnknownError):  # UnknownError: kafka_quirks, quirk 8
+                pass  # the wait below is on the posts themselves
         while len(self._in_flight) or self._tail_length():
             if deadline is not None and time.monotonic() > deadline:
                 return False
