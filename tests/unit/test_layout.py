@@ -106,6 +106,23 @@ def cycles() -> list[list[str]]:
             if not (mods[src].name == "__init__.py" and dst.startswith(src + ".")):
                 if not (mods[dst].name == "__init__.py" and src.startswith(dst + ".")):
                     graph[src].add(dst)
+    return strong_components(graph)
+
+
+def folder_cycles() -> list[list[str]]:
+    """The same between top-level parts (a folder of lab_kit, or a module at its root),
+    counting imports inside functions too: ``drills`` -> ``api_bench`` -> ``drills.nemesis``
+    is no cycle between modules, but it is one between the two places a reader opens."""
+    graph = defaultdict(set)
+    for src, dst, _, _, _ in imports():
+        a, b = ".".join(src.split(".")[:2]), ".".join(dst.split(".")[:2])
+        if a != b:
+            graph[a].add(b)
+    return strong_components(graph)
+
+
+def strong_components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of more than one node."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -116,7 +133,7 @@ def cycles() -> list[list[str]]:
         index[v] = low[v] = len(index)
         stack.append(v)
         on.add(v)
-        for w in graph[v]:
+        for w in graph.get(v, ()):
             if w not in index:
                 strong(w)
                 low[v] = min(low[v], low[w])
@@ -161,6 +178,12 @@ def test_no_library_module_imports_a_benchmark():
 
 def test_no_import_cycles():
     assert cycles() == []
+    assert folder_cycles() == []
+
+
+def test_the_cycle_finder_finds_a_seeded_cycle():
+    graph = defaultdict(set, {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
+    assert strong_components(graph) == [["a", "b", "c"]]
 
 
 def test_no_function_over_80_lines():
@@ -207,6 +230,7 @@ def report() -> str:
     lines = [f"modules: {len(mods)}, lines: {sum(n for n, _ in sizes)}",
              f"imports of lab_kit inside lab_kit: {len(imp)} ({inner} inside functions)",
              f"arrows that run up: {len(arrows_up())}", f"cycles: {len(cycles())}",
+             f"cycles between top-level parts: {folder_cycles()}",
              "largest modules:"]
     lines += [f"  {n:5d}  {m}" for n, m in sizes[:10]]
     lines.append("longest functions:")
