@@ -19,8 +19,8 @@ ROUTES = {"/posts": "/posts", "/healthz": "/healthz", "/metrics": "/metrics"}
 REJECT_FIELDS = frozenset({
     "post_id", "user_id", "text", "created_at", "media_urls", "lang", "reply_to",  # the post
     "body", "content-type", "content-length", "size", "post", "value", "wait",  # the request
-    "server", "broker", "max_in_flight", "spool", "spool_rows", "spool_bytes", "disk_free",
-    "disk",  # the server's side (503)
+    "server", "broker", "max_in_flight", "resend_alone", "spool", "spool_rows", "spool_bytes",
+    "disk_free", "disk",  # the server's side (503)
 })
 
 

@@ -236,21 +236,26 @@ class AsyncPostProducer:
         refused batch's posts are being re-sent alone: then ``on_full`` says."""
         if len(self._in_flight) < self.max_in_flight and not self._resending:
             self._send(pf, key, value)
-        elif self.on_full == "spool":
-            self._refuse_if_spool_full()  # it would queue behind the backlog, on disk
-            self._failover.spool_overflow(pf, key, value)
+        elif self.on_full == "spool":  # it goes on disk, and newer posts behind it
+            self._counted_if_refused(self._failover.spool_overflow, pf, key, value)
         elif self.on_full == "block" and self._wait_for_slot(t0 + self.max_block_s):
             self._send(pf, key, value)
         else:
             self.metrics.incr("rejected")
-            raise BackpressureError(self.max_in_flight, time.perf_counter() - t0,
-                                    self._resending)
+            resending = self._resending
+            raise BackpressureError(0 if resending else self.max_in_flight,
+                                    time.perf_counter() - t0, resending)
 
     def _queued_behind_backlog(self, failover: Failover, pf: PostFuture, key: bytes,
                                value: bytes) -> bool:
+        return self._counted_if_refused(failover.queue_behind_backlog, pf, key, value)
+
+    def _counted_if_refused(self, to_spool: Callable[..., Any], *args: Any) -> Any:
+        """A post the spool refuses (full: see "Size caps" in :mod:`.spool`; locked; closed)
+        was not accepted: the error goes to the caller, counted as ``rejected``."""
         try:
-            return failover.queue_behind_backlog(pf, key, value)
-        except SpoolError:  # a full spool: refused, not accepted (see "Size caps" in .spool)
+            return to_spool(*args)
+        except SpoolError:
             self.metrics.incr("rejected")
             raise
 
@@ -300,28 +305,53 @@ class AsyncPostProducer:
             from_current_client=pf.generation == self._clients.current[0],
             has_spool=self._failover is not None)
         if decision.replace_client:
-            self._worker.submit(self._clients.replace, pf.generation)
-        if self._failover is not None and decision.action is not Action.FAIL:
-            self._failover.reroute_coming()  # newer posts queue behind this one from now on
-        elif decision.action is Action.RESEND_ALONE:  # no spool: newer posts wait, or are
-            self._count_resending(1)  # refused (on_full), until it is re-sent
-        if decision.action is Action.SPOOL:
-            self._queue_for_spool(pf, exc, decision.outage)
-        elif decision.action is Action.RESEND_ALONE:
-            self._dlq_worker.submit(self._resend_alone, pf, exc)
-        else:
+            self._replace_client(pf.generation)
+        if decision.action is Action.FAIL:
+            self._fail(pf, exc)
+            return
+        self._reroute_coming()  # newer posts queue behind this one (or wait) from now on
+        try:
+            if decision.action is Action.SPOOL:
+                self._queue_for_spool(pf, exc, decision.outage)
+            else:
+                self._dlq_worker.submit(self._resend_alone, pf, exc)
+        except RuntimeError:  # the workers were shut down (a late error after close())
+            self._reroute_done(1)
             self._fail(pf, exc)
 
-    # --- backpressure and the blocking way, for comparison ------------------------------------
-    def _refuse_if_spool_full(self) -> None:
-        """A post that would wait behind the spool is refused (:class:`SpoolFullError`, not
-        accepted) when the spool is at its cap: see "Size caps" in :mod:`.spool`."""
-        try:
-            self.spool.check_room()
-        except SpoolError:
-            self.metrics.incr("rejected")
-            raise
+    def _reroute_coming(self) -> None:
+        if self._failover is not None:
+            self._failover.reroute_coming()
+        else:  # no spool: nowhere to queue; new posts wait (on_full) until it is re-sent
+            self._count_resending(1)
 
+    def _reroute_done(self, n: int) -> None:
+        if self._failover is not None:
+            self._failover.reroute_done(n)
+        else:
+            self._count_resending(-n)
+
+    def _replace_client(self, generation: int) -> None:
+        """On the worker. Without a spool the posts the old client still holds fail only
+        when it is force-closed (queued on the same worker, after the replacement), and are
+        then re-sent alone: until then they count as being re-sent, so no new post goes
+        through the new client first."""
+        try:
+            if self._failover is not None or not len(self._in_flight):
+                self._worker.submit(self._clients.replace, generation)  # nothing to wait for
+                return
+            self._count_resending(1)
+            self._worker.submit(self._replace_then_release, generation)
+        except RuntimeError:  # shut down: close() force-closes every client itself
+            pass
+
+    def _replace_then_release(self, generation: int) -> None:
+        try:
+            self._clients.replace(generation)  # queues the old client's force_close here
+        finally:  # released by a task queued behind that force_close
+            self._worker.submit(self._count_resending, -1)
+
+    # --- backpressure and the blocking way, for comparison ------------------------------------
     def _wait_for_slot(self, deadline: float) -> bool:
         """The ``block`` policy: poll until a post in flight settles, or the deadline."""
         while len(self._in_flight) >= self.max_in_flight or self._resending:
@@ -372,10 +402,7 @@ class AsyncPostProducer:
         else:
             self.on_ack(pf, md, time.perf_counter())
         finally:
-            if self._failover is not None:
-                self._failover.reroute_done()
-            else:
-                self._count_resending(-1)
+            self._reroute_done(1)
 
     def _count_resending(self, n: int) -> None:
         with self._failed_lock:
@@ -389,7 +416,12 @@ class AsyncPostProducer:
             self._to_spool.append((pf, exc, outage))
             if len(self._to_spool) > 1:
                 return  # a drain is queued already and will take this one too
-        self._worker.submit(self._drain_to_spool)
+        try:
+            self._worker.submit(self._drain_to_spool)
+        except RuntimeError:  # shut down: no drain will come; the caller fails this one
+            with self._to_spool_lock:
+                self._to_spool.clear()
+            raise
 
     def _drain_to_spool(self) -> None:
         with self._to_spool_lock:
@@ -397,7 +429,7 @@ class AsyncPostProducer:
         try:
             self._spool_failed([(pf, exc) for pf, exc, _ in batch], any(o for *_, o in batch))
         finally:
-            self._failover.reroute_done(len(batch))
+            self._reroute_done(len(batch))
 
     def _spool_failed(self, batch: list[tuple[PostFuture, BaseException]],
                       outage: bool) -> None:

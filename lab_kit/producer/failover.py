@@ -25,10 +25,11 @@ post to the client, (2) a failed post is still on its way to the spool or to its
 (3) a replaced client still holds posts. Re-sent posts keep their submit stamp, and the spool
 replays by it. What is left: a post already inside the client when an older one of its user
 fails (kafka-python keeps a partition's order within one client, and a replaced client's posts
-all fail over together). Without a spool there is no failover and nowhere to queue: while a
-refused batch's posts are re-sent alone, a new post is held as if ``max_in_flight`` were
-reached (``on_full``), then refused. ``tests/unit/producer/test_order_paths.py`` holds each
-window open.
+all fail over together). A tail chunk stops where one of its posts fails (the rest waits,
+first in line). Without a spool there is no failover and nowhere to queue: while a refused
+batch's posts are re-sent alone, or still sit in the client being replaced, every new post is
+held as if ``max_in_flight`` were reached (``on_full``), then refused.
+``tests/unit/producer/test_order_paths.py`` holds each window open.
 
 The decisions are pure functions (:func:`decide_on_error`, :func:`after_probe`,
 :func:`after_replay`), unit-tested branch by branch without a broker. :class:`Failover` applies
@@ -79,6 +80,9 @@ from lab_kit.producer.kafka_quirks import settle
 
 log = logging.getLogger(__name__)
 
+#: Records of a refused replay batch re-sent alone per round (each waits for its answer on the
+#: health thread, so probes and the stall check pause meanwhile); the rest wait a round.
+MAX_LONE_RESENDS = 100
 OUTAGE_WINDOW = "broker unreachable"  # the label of outage windows in the metrics/plots
 
 
@@ -345,7 +349,9 @@ class Failover:
     def reroute_coming(self) -> None:
         """Sender thread, on a failed post that will be spooled or re-sent alone: newer posts
         queue behind it from now on (the state leaves SENDING here, before the re-route),
-        and nothing in the backlog is sent until :meth:`reroute_done`."""
+        and nothing in the backlog is sent until :meth:`reroute_done`. The lock may be held
+        by a caller writing to the spool: on a delivery error the sender thread can wait
+        for one SQLite commit here (nothing holding the lock waits for the sender thread)."""
         with self._lock:
             self._reroutes += 1
             if self._state is State.SENDING:
@@ -391,8 +397,10 @@ class Failover:
 
     def spool_overflow(self, pf: PostFuture, key: bytes, value: bytes) -> None:
         """``on_full="spool"``: the post goes to disk, and newer posts queue behind it there
-        until the replayer has drained the spool, so none of them overtakes it."""
+        until the replayer has drained the spool, so none of them overtakes it. Raises
+        :class:`SpoolFullError` (not accepted) when the spool is at its cap."""
         with self._lock:
+            self.spool.check_room()
             self.spool_post(pf, key, value)
             if self._state is State.SENDING:
                 self._enter_locked(State.REPLAYING, "in-flight bound reached")
@@ -519,7 +527,12 @@ class Failover:
                     or not self.spool.is_empty() or not self._backlog_may_move()):
                 return False
             chunk = [self._tail.popleft() for _ in range(min(limit, len(self._tail)))]
-        for pf, key, value in chunk:  # in order; the client keeps a partition's order
+        generation = self._clients.current[0]
+        for i, (pf, key, value) in enumerate(chunk):  # in order: the client keeps a
+            if self._reroutes or self._clients.current[0] != generation:  # partition's
+                with self._lock:  # a post failed meanwhile, or the client changed: the rest
+                    self._tail.extendleft(reversed(chunk[i:]))  # waits, first in line
+                return False
             self._send(pf, key, value)
         return True
 
@@ -605,8 +618,9 @@ class Failover:
                 retry.append(rec.seq)
         retry += [rec.seq for rec in records[len(futures):]]
         dead = []  # refused for good, and now in the dead-letter topic
-        for rec, exc in refused:  # in spool order; after one that must wait, the rest wait
-            outcome = "retry" if retry else self._refused_again(rec, exc)
+        for n, (rec, exc) in enumerate(refused):  # in spool order; after one that must
+            outcome = ("retry" if retry or n >= MAX_LONE_RESENDS  # wait, the rest wait
+                       else self._refused_again(rec, exc))
             {"acked": acked, "dead": dead, "retry": retry}[outcome].append(rec.seq)
         # counted before the rows leave the spool: whoever sees the spool empty (drain_spool,
         # a drill's report) must also see them counted; Kafka has them either way

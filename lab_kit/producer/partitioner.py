@@ -10,7 +10,7 @@ lab's producer took 86.5 CPU microseconds per post with the default and 80.1 wit
 :class:`KeyHashPartitioner` gives the same partition for every key (a unit test checks it
 against kafka-python's, key by key) and remembers each user's hash: a user posts many times,
 and the hash of their key never changes. Records without a key take kafka-python's own
-path.
+path, and so do keys that are not ``bytes``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class KeyHashPartitioner(DefaultPartitioner):
 
     def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
                   serialized_value: bytes | None, cluster: Any) -> int:
-        if serialized_key is None:
+        if type(serialized_key) is not bytes:  # no key, or a bytearray (unhashable)
             return super().partition(topic, key, serialized_key, value, serialized_value,
                                      cluster)
         h = self._hashes.get(serialized_key)

@@ -244,3 +244,75 @@ def test_without_a_spool_a_newer_post_is_refused_not_sent_past_a_lone_re_send(
     assert newer.result(timeout=5).outcome == "acked"
     assert LANDED == [posts[0].post_id, posts[1].post_id]
     p.close(timeout=5)
+
+
+def test_a_tail_chunk_stops_where_a_post_fails_and_the_rest_waits_first_in_line(tmp_path):
+    from lab_kit.metrics import MetricsRecorder
+    from lab_kit.producer.failover import Failover
+    from lab_kit.producer.future import InFlight, PostFuture
+    from lab_kit.producer.spool import Spool
+
+    sent = []
+
+    def send(pf, key, value):  # the second post fails at once (send() raised): re-routed
+        sent.append(pf.post_id)
+        if len(sent) == 2:
+            fo.reroute_coming()
+
+    fo = Failover(spool=Spool(tmp_path / "spool.db"), topic="posts",
+                  clients=SimpleNamespace(current=(1, Client())), in_flight=InFlight(),
+                  metrics=MetricsRecorder(), dead_letter_spooled=lambda rec, exc: None,
+                  probe=lambda: True, probe_interval_s=60, stall_timeout_s=3.0,
+                  state=State.REPLAYING, send=send)
+    pfs = [PostFuture(p, time.perf_counter()) for p in by_one_user(5)]
+    for pf in pfs:
+        assert fo.queue_behind_backlog(pf, pf.post.key_bytes(), pf.post.to_json_bytes())
+    assert fo._send_tail_chunk() is False
+    assert sent == [pf.post_id for pf in pfs[:2]]
+    assert [pf.post_id for pf, _k, _v in fo._tail] == [pf.post_id for pf in pfs[2:]]
+    fo.reroute_done()
+    assert fo._send_tail_chunk() is True
+    assert sent == [pf.post_id for pf in pfs[:2] + pfs[2:]]
+    fo.spool.close()
+
+
+def test_without_a_spool_new_posts_wait_until_the_replaced_client_gave_its_posts_back(
+        tmp_path, monkeypatch):
+    """A refused post replaces the client; the posts the old one still holds fail only when
+    it is force-closed, on the worker, a little later. Until then a new post of their user
+    must not go through the new client."""
+    LANDED.clear()
+    closing = threading.Event()
+
+    class Closing(Client):
+        def close(self, timeout=None):  # kafka-python fails what it holds (errbacks run)
+            closing.wait(10)
+            for record in self.sent:
+                if not record.is_done:
+                    record.fail(NotLeaderForPartitionError("producer closed forcefully"))
+
+    first, second = Closing(), Client()
+    made = iter([first, second])
+    monkeypatch.setattr(AsyncPostProducer, "_new_client", lambda self: next(made))
+
+    def resend(self, post, timeout_s=30.0):
+        Record(post.post_id).ack()
+        return SimpleNamespace(topic="posts", partition=0, offset=len(LANDED))
+
+    monkeypatch.setattr(dead_letters.DeadLetters, "resend_alone", resend)
+    p = AsyncPostProducer("127.0.0.1:9", on_full="reject")
+    posts = by_one_user(3)
+    try:
+        p.submit(posts[0]), p.submit(posts[1])
+        first.sent[0].fail(MessageSizeTooLargeError("too large"))  # posts[1] still inside
+        wait_until(lambda: p._clients.current[1] is second)
+        with pytest.raises(BackpressureError):
+            p.submit(posts[2])  # the old client has not given posts[1] back yet
+        assert second.sent == []
+    finally:
+        closing.set()
+    wait_until(lambda: not p._resending)
+    p.submit(posts[2])
+    second.flush()
+    assert LANDED == [post.post_id for post in posts]
+    p.close(timeout=5)
