@@ -150,10 +150,11 @@ class PipelineRun:
             self.pipe.delete_topics()
 
     def verdicts(self) -> None:
-        """First verdicts; lost = no result, or not on the posts topic."""
+        """First verdicts. ``lost`` keeps the guide's meaning: accepted, and not on the posts
+        topic. A post that is on the topic but got no result before the run stopped waiting
+        is ``missing`` (no result within the window), not lost: it is still there to moderate."""
         self.firsts, self.duplicates, self.missing = first_verdicts(self.results, self.ids)
-        no_result = {pid for pid in self.ids if pid not in self.firsts}
-        self.lost = len(no_result | set(self.landed.lost_ids))
+        self.lost = self.landed.lost
 
     # -- small hooks -------------------------------------------------------------------------
     def lag_probes(self) -> dict[str, GroupLag]:

@@ -80,7 +80,8 @@ def test_bench_pipeline_timeline_and_cpu_add_up(bench):
 def test_bench_pipeline_targets_and_ceiling(bench):
     rep, _ = bench
     targets = rep["targets"]
-    assert set(targets) == {"achieved_rate", "e2e_p99_ms", "degraded_fraction", "lost"}
+    assert set(targets) == {"achieved_rate", "e2e_p99_ms", "degraded_fraction", "lost",
+                            "results_missing"}
     for t in targets.values():
         assert set(t) >= {"value", "target", "met"} and isinstance(t["met"], bool)
     assert targets["lost"]["met"] is True
