@@ -147,10 +147,14 @@ def test_a_paused_member_comes_back_as_a_zombie_and_is_fenced_by_the_group(
             for pid in list(dups)[:5]}
     assert not dups, (f"{len(dups)} posts with two committed results, moderated at {when}\n"
                       f"{log.read_text()[-4000:]}")
-    # the fencing itself: the woken member's commit was refused and its transaction aborted
+    # the fencing itself: if the paused member held an open transaction (its records are
+    # what only a read_uncommitted reader sees), the woken member's commit was refused and
+    # that transaction aborted. Paused just after a commit, it held none: nothing to fence
+    # (seen once in CI: 0 extra records, no abort, duplicates 0).
     aborted = [line for line in log.read_text().splitlines() if "transaction aborted" in line]
-    assert aborted, log.read_text()[-3000:]
-    uncommitted = _copies(client_config, topics["results"], "read_uncommitted")
-    print(f"\nzombie member: read_committed duplicates 0; read_uncommitted sees "
-          f"{sum(uncommitted.values()) - len(expected)} extra; log says: "
-          f"{[line[-160:] for line in log.read_text().splitlines() if 'aborted' in line][:3]}")
+    extra = sum(_copies(client_config, topics["results"], "read_uncommitted").values()) \
+        - len(expected)
+    assert aborted or extra == 0, (f"{extra} records only read_uncommitted sees, and no "
+                                   f"member aborted a transaction\n{log.read_text()[-3000:]}")
+    print(f"\nzombie member: read_committed duplicates 0; read_uncommitted sees {extra} "
+          f"extra; log says: {[line[-160:] for line in aborted][:3]}")
