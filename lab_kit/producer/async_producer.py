@@ -222,7 +222,7 @@ class AsyncPostProducer:
         failover = self._failover
         if failover is None:
             self._send_or_hold(pf, key, value, t0)
-        elif not self._queued_behind_backlog(failover, pf, key, value):
+        elif not self._counted_if_refused(failover.queue_behind_backlog, pf, key, value):
             try:  # SENDING (read under the failover's lock): straight to the client
                 self._send_or_hold(pf, key, value, t0)
             finally:
@@ -245,10 +245,6 @@ class AsyncPostProducer:
             resending = self._resending
             raise BackpressureError(0 if resending else self.max_in_flight,
                                     time.perf_counter() - t0, resending)
-
-    def _queued_behind_backlog(self, failover: Failover, pf: PostFuture, key: bytes,
-                               value: bytes) -> bool:
-        return self._counted_if_refused(failover.queue_behind_backlog, pf, key, value)
 
     def _counted_if_refused(self, to_spool: Callable[..., Any], *args: Any) -> Any:
         """A post the spool refuses (full: see "Size caps" in :mod:`.spool`; locked; closed)
@@ -332,10 +328,10 @@ class AsyncPostProducer:
             self._count_resending(-n)
 
     def _replace_client(self, generation: int) -> None:
-        """On the worker. Without a spool the posts the old client still holds fail only
-        when it is force-closed (queued on the same worker, after the replacement), and are
-        then re-sent alone: until then they count as being re-sent, so no new post goes
-        through the new client first."""
+        """Queue the replacement on the worker. Without a spool the posts the old client
+        still holds fail only when it is force-closed (queued on the same worker, after the
+        replacement), and are then re-sent alone: until then they count as being re-sent, so
+        no new post goes through the new client first."""
         try:
             if self._failover is not None or not len(self._in_flight):
                 self._worker.submit(self._clients.replace, generation)  # nothing to wait for

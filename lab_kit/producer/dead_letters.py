@@ -80,13 +80,14 @@ class DeadLetters:
     def resend_alone(self, post: Post, timeout_s: float = 30.0) -> Any:
         """Send one post on its own and wait: its record metadata, or the error it gets when
         it is the only record in its batch (then the error is its own fault)."""
-        return self._client().send(self.topic, key=post.key_bytes(),
-                                   value=post.to_json_bytes()).get(timeout=timeout_s)
+        return self._resend(self.topic, post.key_bytes(), post.to_json_bytes(), timeout_s)
 
     def resend_spooled(self, record: Any, timeout_s: float = 30.0) -> Any:
         """The same for a spooled record the replay's batch got refused with."""
-        return self._client().send(record.topic, key=record.key,
-                                   value=record.value).get(timeout=timeout_s)
+        return self._resend(record.topic, record.key, record.value, timeout_s)
+
+    def _resend(self, topic: str, key: bytes | None, value: bytes, timeout_s: float) -> Any:
+        return self._client().send(topic, key=key, value=value).get(timeout=timeout_s)
 
     def write(self, post: Post, exc: BaseException) -> None:
         """Write an accepted post and the reason it was refused to the DLQ, and wait."""
