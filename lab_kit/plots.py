@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 __all__ = [
     "register_notebook_display",
@@ -677,6 +678,43 @@ def overload_timeline(result: Mapping[str, Any], *,
         _no_data(ax_rate)
     ax_deg.set_xlabel("time since the load started (s)")
     fig.suptitle(title)
+    return fig
+
+
+__all__ += ["cpu_profile"]
+
+
+def cpu_profile(profile: Mapping[str, Any], *,
+                title: str = "Where the CPU goes: µs of CPU per post") -> Figure:
+    """Horizontal bars, one per part of each stage, in the order a post meets them, coloured
+    by stage, with the value on each bar and the total in the title; a part that was not
+    measured is labelled so, not drawn as zero.
+
+    ``profile``: ``bench pipeline``'s ``profile`` section (``rows`` of ``stage``, ``part``,
+    ``cpu_us_per_post``; ``total_cpu_us_per_post``).
+    """
+    rows = list(profile.get("rows") or [])
+    fig, (ax,) = _figure(figsize=(9.0, 0.32 * max(len(rows), 4) + 1.2))
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    colors = {s: f"C{i}" for i, s in enumerate(stages)}
+    y = np.arange(len(rows))[::-1]
+    values = [_value(r.get("cpu_us_per_post")) for r in rows]
+    finite = [v if math.isfinite(v) else 0.0 for v in values]
+    ax.barh(y, finite, color=[colors[r["stage"]] for r in rows], height=0.7)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v if math.isfinite(v) else 0.0, yi, f" {v:.1f}" if math.isfinite(v)
+                else " not measured", va="center", fontsize="small")
+    ax.set_yticks(y, [r["part"] for r in rows], fontsize="small")
+    if rows:
+        ax.legend(handles=[Patch(color=c, label=s) for s, c in colors.items()],
+                  fontsize="small", loc="lower right")
+    else:
+        _no_data(ax)
+    total = _value(profile.get("total_cpu_us_per_post"))
+    ax.set_xlim(0, max([*finite, 1.0]) * 1.25)
+    ax.set_xlabel("CPU µs per post")
+    ax.set_title(f"{title} (total {total:.0f})" if math.isfinite(total) else title)
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

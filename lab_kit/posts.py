@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from lab_kit import json_codec
+
 # ---------------------------------------------------------------------------
 # Limits
 # ---------------------------------------------------------------------------
@@ -107,8 +109,7 @@ class Post:
 
     def to_json_bytes(self) -> bytes:
         """The Kafka value: compact UTF-8 JSON."""
-        text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8")
+        return json_codec.dumps(self.to_dict())
 
     def key_bytes(self) -> bytes:
         """The Kafka key: ``user_id`` in UTF-8, so one user's posts stay in order."""
@@ -132,7 +133,7 @@ class Post:
         if b is None:
             raise PostValidationError("value", limit, "record has no value")
         try:
-            data = json.loads(bytes(b).decode("utf-8"))
+            data = json_codec.loads_lenient(b)
         except UnicodeDecodeError as exc:
             raise PostValidationError("value", limit, f"not valid UTF-8 ({exc.reason})") from exc
         except json.JSONDecodeError as exc:

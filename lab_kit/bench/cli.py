@@ -1,16 +1,16 @@
-"""``python -m lab_kit bench [producer|pipeline|api]``: one ``bench`` parser, three suites.
+"""``python -m lab_kit bench [producer|pipeline|api|json]``: one ``bench`` parser, four suites.
 
 :func:`add_parser` adds the ``bench`` subcommand to ``python -m lab_kit``; :func:`main` checks
 ``--json`` before any work and hands the arguments to the suite: :func:`lab_kit.bench.producers.
 main` (the default), :func:`lab_kit.bench.pipeline.main`, :func:`lab_kit.bench.api.
-main_from_bench`.
+main_from_bench`, :func:`lab_kit.bench.json_codecs.main`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lab_kit.bench import producers
+from lab_kit.bench import json_codecs, producers
 from lab_kit.bench.pipeline import main as pipeline_main
 from lab_kit.output_paths import check_output_path
 
@@ -19,11 +19,13 @@ __all__ = ["add_parser", "main"]
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the producers (default) or the whole pipeline")
-    p.add_argument("suite", nargs="?", choices=("producer", "pipeline", "api"),
+    p.add_argument("suite", nargs="?", choices=("producer", "pipeline", "api", "json"),
                    default="producer",
                    help="producer: sync / raw / lab_kit / confluent / open loop (default); "
                         "pipeline: producer -> Kafka -> moderation service -> results; "
-                        "api: open-loop HTTP load on the post API (async vs blocking)")
+                        "api: open-loop HTTP load on the post API (async vs blocking); "
+                        "json: the standard library's json against msgspec on the "
+                        "lab's posts (no broker)")
     p.add_argument("--quick", action="store_true",
                    help="producer: fewer posts and a 5 s open loop; pipeline: 2000/s for 5 s")
     p.add_argument("--json", dest="json_path", default=None, help="write the report here")
@@ -37,12 +39,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--processes", type=int, default=None,
                    help="moderation member processes of one consumer group (1-32, default 1)")
     g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
-                   help="the moderation service's Kafka client (default kafka-python)")
+                   help="the moderation service's Kafka client (default confluent: "
+                        "librdkafka; the load producer is kafka-python either way)")
     g.add_argument("--guarantee", choices=("at-least-once", "exactly-once", "both"),
                    default=None, help="the moderation members' guarantee (default "
                    "at-least-once); both: one run of each, and their throughput ratio")
     g.add_argument("--backlog", type=int, default=None,
                    help="write N posts first, then time the service draining them")
+    g.add_argument("--profile", action="store_true",
+                   help="print the CPU µs per post of each part of each stage (always in "
+                        "the JSON)")
     g.add_argument("--shed-after-ms", type=float, default=None,
                    help="passed to the service (0: never shed; default: the service's)")
     a = p.add_argument_group("api suite")
@@ -66,4 +72,6 @@ def main(args: argparse.Namespace) -> int:
         return main_from_bench(args)
     if args.suite == "pipeline":
         return pipeline_main(args)
+    if args.suite == "json":
+        return json_codecs.main(args)
     return producers.main(args)

@@ -42,12 +42,21 @@ from typing import Any
 from lab_kit import broker as lab_broker
 from lab_kit.harness.open_loop import run_open_loop
 from lab_kit.harness.pipeline import WARMUP_TIMEOUT_S, make_producer
-from lab_kit.harness.results import build_timeline, ceiling, cpu_per_post, steady_rate
+from lab_kit.harness.results import (
+    build_timeline,
+    ceiling,
+    cpu_per_post,
+    format_profile,
+    profile_table,
+    steady_rate,
+)
 from lab_kit.harness.runner import PipelineRun
 from lab_kit.harness.sampler import Sampler
 from lab_kit.machine import cpu_count
 from lab_kit.metrics import percentiles_ms
 from lab_kit.moderation.clients import CLIENTS as CLIENT_CHOICES
+from lab_kit.moderation.clients import DEFAULT_CLIENT
+from lab_kit.moderation.profile import merge as merge_profiles
 from lab_kit.moderation.settings import GUARANTEES
 from lab_kit.output_paths import check_output_path
 from lab_kit.posts import Workload
@@ -77,12 +86,13 @@ class PipelineSettings:
     rate: float = FULL["rate"]
     seconds: float = FULL["seconds"]
     processes: int = 1
-    client: str = "kafka-python"
+    client: str = DEFAULT_CLIENT
     backlog: int | None = None
     shed_after_ms: float | None = None  # None: the service's default
     guarantee: str = "at-least-once"  # or "exactly-once", or "both" (one after the other)
     json_path: str | None = None
     quick: bool = False
+    profile: bool = False  # print the per-stage profile (it is in the JSON either way)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PipelineSettings:
@@ -95,11 +105,11 @@ class PipelineSettings:
         return cls(rate=base["rate"] if args.rate is None else args.rate,
                    seconds=base["seconds"] if args.seconds is None else args.seconds,
                    processes=1 if args.processes is None else args.processes,
-                   client=args.client or "kafka-python", backlog=args.backlog,
+                   client=args.client or DEFAULT_CLIENT, backlog=args.backlog,
                    shed_after_ms=args.shed_after_ms,
                    guarantee=getattr(args, "guarantee", None) or "at-least-once",
                    json_path=args.json_path,
-                   quick=args.quick)
+                   quick=args.quick, profile=bool(getattr(args, "profile", False)))
 
     def validate(self) -> None:
         def bad(v: Any) -> bool:
@@ -335,6 +345,10 @@ def _open_loop_report(settings: PipelineSettings, run: OpenLoopRun) -> dict[str,
         "load_s": round(run.load_s, 2),
         "drain_s": round(run.drain_s, 2),
         "cpu_us_per_post": cpu,
+        "profile": profile_table(
+            run.cpu0, run.cpu1, len(ids),
+            merge_profiles([m.get("profile") for m in run.service_stop.get("members", [])]),
+            run.reader_cpu_s),
         "cpu_cores_busy": {k: None if v is None else round(v * len(ids) / 1e6 / busy_s, 2)
                            for k, v in cpu.items()},
         "timeline": build_timeline(run.samples, firsts, run.t0),
@@ -439,6 +453,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: bench pipeline: {exc}", file=sys.stderr)
         return 1
     print(format_report(report))
+    if settings.profile and report.get("profile"):
+        print("CPU profile, µs of CPU per submitted post:")
+        print(format_profile(report["profile"]))
     if settings.json_path:
         Path(settings.json_path).write_text(json.dumps(report, indent=2))
         print(f"wrote {settings.json_path}")

@@ -21,9 +21,15 @@ import psutil
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from lab_kit.harness.sampler import GroupLag
-from lab_kit.harness.service_process import ServiceProcess, pids_cpu_s, process_cpu_s
+from lab_kit.harness.service_process import (
+    ServiceProcess,
+    pids_cpu_s,
+    process_cpu_s,
+    thread_cpu_s,
+)
 from lab_kit.moderation import topic_names
 from lab_kit.moderation.backend import ModerationBackend
+from lab_kit.moderation.clients import DEFAULT_CLIENT
 from lab_kit.posts import Post
 from lab_kit.producer import AsyncPostProducer, BackpressureError
 from lab_kit.topics import ensure_topics
@@ -60,7 +66,7 @@ class Pipeline:
     """
 
     def __init__(self, broker, *, prefix: str, workdir: Path, processes: int = 1,
-                 client: str = "kafka-python", service_args: tuple[str, ...] = (),
+                 client: str = DEFAULT_CLIENT, service_args: tuple[str, ...] = (),
                  backend_settings: dict[str, float] | None = None,
                  max_seconds: float | None = None):
         self.broker, self.prefix, self.workdir = broker, prefix, Path(workdir)
@@ -145,7 +151,8 @@ class Pipeline:
         return {"producer": process_cpu_s(psutil.Process()),
                 "moderation": self.service.cpu_seconds() if self.service else None,
                 "backend": pids_cpu_s([self.backend.pid] if self.backend.pid else []),
-                "broker": pids_cpu_s(self.broker_pids())}
+                "broker": pids_cpu_s(self.broker_pids()),
+                "load_threads": thread_cpu_s()}
 
     def _check_service(self) -> None:
         if self.service is not None and not self.service.alive():

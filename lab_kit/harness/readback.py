@@ -7,12 +7,13 @@ after a newer post of the same user (:func:`order_violations`, given the submit 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from lab_kit import json_codec
 
 
 def _consumer(client_config: dict):
@@ -90,7 +91,7 @@ def keyed_post_ids_in(client_config: dict, topic: str, timeout_s: float = 60.0,
     out = []
     for record in read_topic(client_config, topic, timeout_s, start):
         try:
-            pid = json.loads(record.value).get("post_id")
+            pid = json_codec.loads(record.value).get("post_id")
         except (ValueError, AttributeError, TypeError):
             continue
         if pid:

@@ -92,3 +92,79 @@ def ceiling(cpu: dict[str, float | None]) -> dict[str, Any] | None:
             "cores_at_100000_per_s": round(total * 100_000 / 1e6, 2),
             "cores_here": cpu_count(),
             "not_measured": [k for k, v in cpu.items() if v is None]}
+
+
+#: the rows of the per-stage profile, in the order a post goes through them
+PROFILE_ROWS = (
+    ("load producer", "caller thread: submit()"),
+    ("load producer", "kafka-python network thread"),
+    ("load producer", "other threads (sampler, producer workers)"),
+    ("broker", "JVM, every request (posts, results, fetches, commits)"),
+    ("moderation stage", "consume: poll()"),
+    ("moderation stage", "decode: JSON -> Post"),
+    ("moderation stage", "dispatch: chunks to the backend pool"),
+    ("moderation stage", "backend call, client side"),
+    ("moderation stage", "results: encode + produce"),
+    ("moderation stage", "delivery reports"),
+    ("moderation stage", "commit"),
+    ("moderation stage", "client threads, GC, loop (the rest)"),
+    ("backend", "backend call, server side (HTTP, rules)"),
+    ("e2e reader", "results read back"),
+)
+_PHASE_OF_ROW = {"consume: poll()": "consume", "decode: JSON -> Post": "decode",
+                 "dispatch: chunks to the backend pool": "dispatch",
+                 "backend call, client side": "backend_client",
+                 "results: encode + produce": "results",
+                 "delivery reports": "delivery_reports", "commit": "commit",
+                 "client threads, GC, loop (the rest)": "other"}
+_THREAD_OF_ROW = {"caller thread: submit()": "caller",
+                  "kafka-python network thread": "kafka-python",
+                  "other threads (sampler, producer workers)": "other"}
+
+
+def profile_table(before: dict, after: dict, posts: int, stage_profile: dict | None,
+                  reader_cpu_s: float | None) -> dict[str, Any]:
+    """CPU µs per post of each part of each stage.
+
+    The load's threads come from the bench process (``load_threads`` of the snapshots), the
+    broker and the backend from their processes, the stage's phases from its members' own
+    :class:`~lab_kit.moderation.profile.StageProfile`: their shares of the members' CPU,
+    applied to the stage's CPU measured over the same window as the rest. The e2e reader is
+    the read-back of the results topic after the run.
+    """
+    per_post = cpu_per_post(before, after, posts)
+    lt0, lt1 = before.get("load_threads") or {}, after.get("load_threads") or {}
+    phases = (stage_profile or {}).get("phases_cpu_s") or {}
+    phase_total = sum(phases.values())
+    rows = []
+    for stage, part in PROFILE_ROWS:
+        us: float | None = None
+        if stage == "load producer" and part in _THREAD_OF_ROW and posts > 0:
+            key = _THREAD_OF_ROW[part]
+            if key in lt0 and key in lt1:
+                us = max(0.0, lt1[key] - lt0[key]) / posts * 1e6  # a thread that ended
+        elif stage == "moderation stage":
+            measured = per_post.get("moderation")
+            if measured is not None and phase_total > 0:
+                us = measured * phases.get(_PHASE_OF_ROW[part], 0.0) / phase_total
+        elif stage == "e2e reader":
+            us = None if reader_cpu_s is None or posts <= 0 else reader_cpu_s / posts * 1e6
+        elif stage in ("broker", "backend"):
+            us = per_post.get(stage)
+        rows.append({"stage": stage, "part": part,
+                     "cpu_us_per_post": None if us is None else round(us, 2)})
+    known = [r["cpu_us_per_post"] for r in rows if r["cpu_us_per_post"] is not None]
+    return {"rows": rows, "total_cpu_us_per_post": round(sum(known), 1),
+            "not_measured": [f"{r['stage']}: {r['part']}" for r in rows
+                             if r["cpu_us_per_post"] is None]}
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    """The profile as a plain-text table (what ``bench pipeline --profile`` prints)."""
+    lines = [f"  {'stage':<17} {'part':<55} {'µs/post':>8}"]
+    for r in profile["rows"]:
+        v = r["cpu_us_per_post"]
+        lines.append(f"  {r['stage']:<17} {r['part']:<55} "
+                     f"{'-' if v is None else format(v, '.1f'):>8}")
+    lines.append(f"  {'total':<17} {'':<55} {profile['total_cpu_us_per_post']:>8.1f}")
+    return "\n".join(lines)

@@ -76,6 +76,7 @@ class PipelineRun:
         self.landed: AuditReport | None = None
         self.firsts: dict[str, dict] = {}
         self.duplicates = self.missing = self.lost = 0
+        self.reader_cpu_s: float | None = None  # CPU of reading the results back (e2e reader)
 
     # -- the sequence ------------------------------------------------------------------------
     def execute(self) -> PipelineRun:
@@ -143,7 +144,9 @@ class PipelineRun:
         """The results topic and the posts topic read back; then the topics go."""
         n = len(self.ids)
         cfg, names = self.pipe.cfg, self.pipe.names
+        t_cpu = time.process_time()
         self.results = moderation_results(cfg, names["results"], timeout_s=max(60.0, n / 2000))
+        self.reader_cpu_s = time.process_time() - t_cpu
         self.landed = audit(cfg, names["posts"], self.ids, dlq_topic=names["dlq"],
                             timeout_s=self.audit_timeout_s())
         if self.delete_topics:

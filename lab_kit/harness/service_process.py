@@ -15,10 +15,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from lab_kit.moderation.clients import DEFAULT_CLIENT
 
 STOP_TIMEOUT_S = 20.0
 #: the directory that holds the ``lab_kit`` package: the service imports it from there
@@ -45,6 +48,29 @@ def pids_cpu_s(pids: list[int]) -> float | None:
     return sum(vals) if vals else None
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's threads, grouped: ``caller`` (the main thread: the load's
+    ``submit()`` calls), ``kafka-python`` (the client's network thread), ``other`` (the rest:
+    the sampler, the producer's own workers, threads that have ended)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main_id = threading.main_thread().native_id
+    out = {"caller": 0.0, "kafka-python": 0.0, "other": 0.0}
+    proc = psutil.Process()
+    try:
+        threads = proc.threads()
+        total = process_cpu_s(proc) or 0.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return out
+    for t in threads:
+        name = names.get(t.id, "")
+        group = ("caller" if t.id == main_id else
+                 "kafka-python" if "kafka" in name.lower() else "other")
+        out[group] += t.user_time + t.system_time
+    # threads that ended took their CPU with them from threads(), not from the process
+    out["other"] += max(0.0, total - sum(out.values()))
+    return out
+
+
 class ServiceProcess:
     """``python -m lab_kit.moderation ... --processes N`` in a session of its own.
 
@@ -54,7 +80,7 @@ class ServiceProcess:
     """
 
     def __init__(self, bootstrap: str, backend_url: str, *, prefix: str, group: str,
-                 processes: int = 1, client: str = "kafka-python",
+                 processes: int = 1, client: str = DEFAULT_CLIENT,
                  extra_args: tuple[str, ...] = (), log_path: Path):
         self.cmd = [sys.executable, "-m", "lab_kit.moderation", "--bootstrap", bootstrap,
                     "--backend-url", backend_url, "--processes", str(processes),
@@ -146,4 +172,4 @@ def _member_summary(text: str) -> dict[str, Any]:
             "guarantee": svc.get("guarantee"), "transactions": svc.get("transactions"),
             "aborts": svc.get("aborts"), "rebalances": svc.get("rebalances"),
             "commit_failures": svc.get("commit_failures"),
-            "batch_retries": svc.get("batch_retries")}
+            "batch_retries": svc.get("batch_retries"), "profile": svc.get("profile")}

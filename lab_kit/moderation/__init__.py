@@ -4,6 +4,7 @@ docstring is the data flow, and ``Stage`` is the loop (poll -> chunks -> backend
 outputs -> commits). ``service.py`` is the :class:`ModerationService` (circuit breaker, load
 shedding, its ``Backend`` calls), ``recheck.py`` the :class:`RecheckWorker` that re-moderates
 degraded posts, ``results.py`` reads the results back (:func:`moderation_results`),
+``profile.py`` times the loop's phases (CPU per phase, for ``bench pipeline --profile``),
 ``settings.py`` holds the constants, :func:`topic_names` and the checks of every setting,
 ``cli.py`` is ``python -m lab_kit.moderation`` (one member, or a supervisor of N member
 processes). Below them: ``clients.py`` (kafka-python or confluent-kafka consumer + producer),

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from lab_kit.kafka_settings import check_bootstrap_servers, check_topic_name
-from lab_kit.moderation.clients import CLIENTS
+from lab_kit.moderation.clients import CLIENTS, DEFAULT_CLIENT
 from lab_kit.moderation.recheck import RecheckWorker
 from lab_kit.moderation.service import ModerationService
 from lab_kit.moderation.service import log as service_log
@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-url", required=True, help="moderation backend URL")
     p.add_argument("--processes", type=int, default=1,
                    help="member processes of the consumer group (1-32)")
-    p.add_argument("--client", choices=CLIENTS, default="kafka-python",
-                   help="Kafka client of the service (default kafka-python)")
+    p.add_argument("--client", choices=CLIENTS, default=DEFAULT_CLIENT,
+                   help=f"Kafka client of the service (default {DEFAULT_CLIENT}: librdkafka)")
     p.add_argument("--guarantee", choices=GUARANTEES, default="at-least-once",
                    help="at-least-once: commit offsets after the outputs are acked (a killed "
                    "member's work is redone: duplicates); exactly-once: outputs and offsets "

@@ -39,11 +39,16 @@ from lab_kit.kafka_settings import check_consumer_settings, check_producer_setti
 from lab_kit.moderation.offsets import TP
 from lab_kit.producer.kafka_quirks import end_transaction, force_close
 
-__all__ = ["CLIENTS", "GroupMembershipLost", "Rec", "StageClients", "KafkaPythonClients",
-           "ConfluentClients", "make_clients", "consumer_settings", "producer_config",
-           "check_settings"]
+__all__ = ["CLIENTS", "DEFAULT_CLIENT", "GroupMembershipLost", "Rec", "StageClients",
+           "KafkaPythonClients", "ConfluentClients", "make_clients", "consumer_settings",
+           "producer_config", "check_settings"]
 
 CLIENTS = ("kafka-python", "confluent")
+#: The client of the service *process* (``python -m lab_kit.moderation``, and the benches and
+#: drills that start it): librdkafka, which costs the stage a fraction of kafka-python's CPU
+#: per record. A :class:`~lab_kit.moderation.service.ModerationService` built in a notebook
+#: keeps kafka-python, the client the lessons teach.
+DEFAULT_CLIENT = "confluent"
 #: Fewer, fuller fetches: each fetch request costs the broker CPU of its own; waiting 50 ms
 #: at most for 64 KiB is well inside the 2 s end-to-end budget.
 FETCH_MIN_BYTES = 65536

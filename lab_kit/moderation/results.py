@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from lab_kit import json_codec
 from lab_kit import topics as lab_topics
 
 __all__ = ["moderation_results"]
@@ -41,7 +41,7 @@ def moderation_results(cfg: Mapping[str, Any] | str,
             for recs in consumer.poll(timeout_ms=300).values():
                 for r in recs:
                     try:
-                        doc = json.loads(r.value)
+                        doc = json_codec.loads(r.value)
                     except (TypeError, ValueError):
                         continue
                     if isinstance(doc, dict) and "post_id" in doc:

@@ -269,6 +269,7 @@ class ModerationService(Stage):
 
     def _call(self, posts: list[Post]) -> tuple[str, Any]:
         """On a pool thread: ``("ok", results)`` or ``("fail", cause)``."""
+        t0 = time.thread_time_ns()
         try:
             return "ok", self._through_breaker(self._call_backend, posts)
         except pybreaker.CircuitBreakerError:
@@ -285,6 +286,8 @@ class ModerationService(Stage):
         except Exception as exc:  # noqa: BLE001 - a client bug must not stop moderation
             self.last_error = f"backend: {type(exc).__name__}: {exc}"
             return "fail", type(exc).__name__
+        finally:
+            self.profile.add("backend_client", time.thread_time_ns() - t0)
 
     def _through_breaker(self, fn: Any, *args: Any) -> Any:
         """``breaker.call(fn, *args)``, but concurrent while the breaker is closed.

@@ -43,8 +43,10 @@ open until the broker aborts it (``TRANSACTION_TIMEOUT_MS``), and those readers 
 then. What a transaction cannot cover: the call to the moderation backend (a side effect
 outside Kafka), which a re-read makes again.
 
-Clients: ``client="kafka-python"`` (default, the lessons' client) or ``"confluent"``
-(librdkafka; ~6x less CPU per record, see :mod:`lab_kit.moderation.clients`).
+Clients: ``client="kafka-python"`` (the default of a stage built in a notebook: the lessons'
+client) or ``"confluent"`` (librdkafka; ~6x less CPU per record, see
+:mod:`lab_kit.moderation.clients`), the default of the service process
+(``python -m lab_kit.moderation``, :data:`~lab_kit.moderation.clients.DEFAULT_CLIENT`).
 
 Run it in a notebook (``service.start()`` / ``service.stop()``), in the current thread
 (``service.run(stop_event, max_seconds)``) or as processes of one consumer group::
@@ -65,9 +67,11 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from lab_kit import json_codec
 from lab_kit.metrics import MetricsRecorder
 from lab_kit.moderation.clients import CLIENTS, StageClients, make_clients
 from lab_kit.moderation.offsets import TP, Chunk, OffsetTracker
+from lab_kit.moderation.profile import StageProfile
 from lab_kit.moderation.rules import Verdict
 from lab_kit.moderation.settings import (
     BUSY_POLL_S,
@@ -94,11 +98,7 @@ __all__ = ["Stage", "Dead", "header"]
 
 log = logging.getLogger(__name__)
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per call
-
-
-def _json(doc: dict) -> bytes:
-    return _ENCODER.encode(doc).encode("utf-8")
+_json = json_codec.dumps  # every output of the stage: compact UTF-8 JSON
 
 
 def _raw_post_id(raw: bytes | None) -> str | None:
@@ -213,6 +213,7 @@ class Stage:
         self._txn_from: dict[TP, int] = {}  # first offset per partition in the open txn
         self.last_error: str | None = None
         self.assignment: list[int] = []  # partitions of the source topic we own now
+        self.profile = StageProfile()  # CPU per phase of the loop (profile.py)
         self.oldest_age_s = 0.0  # age of the oldest post handed to moderation last
 
     # -- counters --------------------------------------------------------------------------
@@ -245,6 +246,7 @@ class Stage:
         out["guarantee"] = self.guarantee
         out["in_flight"] = self._tracker.in_flight()
         out["buffered"] = self._buffered
+        out["profile"] = self.profile.snapshot()
         return out
 
     def is_running(self) -> bool:
@@ -323,6 +325,7 @@ class Stage:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         backoff = 0.0
         self._running = True
+        self.profile.start()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"lab-{self.kind}")
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -353,6 +356,8 @@ class Stage:
         clients = self._clients
         assert clients is not None
         busy = bool(self._current) or bool(self._watched)
+        prof, clock = self.profile, time.thread_time_ns
+        t0 = clock()
         records = clients.poll(BUSY_POLL_S if busy else IDLE_POLL_S)
         for r in records:
             tp = (r.topic, r.partition)
@@ -361,12 +366,20 @@ class Stage:
                 q = self._queues[tp] = deque()
             q.append(r)
         self._buffered += len(records)
+        t1 = clock()
         clients.serve()
+        t2 = clock()
         self._collect()
-        self._dispatch()
+        t3 = clock()
+        self._dispatch()  # adds its own decode and dispatch time
+        t4 = clock()
         self._backpressure()
         ok = self._settle()
         self._commit()
+        t5 = clock()
+        for phase, ns in (("consume", t1 - t0), ("delivery_reports", t2 - t1),
+                          ("results", t3 - t2), ("commit", t5 - t4)):
+            prof.add(phase, ns)
         return ok
 
     def _backpressure(self) -> None:
@@ -385,6 +398,7 @@ class Stage:
         """Start a chunk on every partition that has records and none in moderation."""
         if self._running and self._active_stop.is_set():
             return
+        t0, decode_ns = time.thread_time_ns(), 0
         now = time.monotonic()
         self._before_dispatch()
         for tp, q in self._queues.items():
@@ -404,8 +418,12 @@ class Stage:
             self._current[tp] = chunk
             self._incr("consumed", n)
             self._incr("chunks", metric=False)
+            t = time.thread_time_ns()
             chunk.items = [self._parse(r) for r in records]
+            decode_ns += time.thread_time_ns() - t
             self._begin(chunk)
+        self.profile.add("decode", decode_ns)
+        self.profile.add("dispatch", time.thread_time_ns() - t0 - decode_ns)
 
     def _collect(self) -> None:
         """Finish every chunk whose backend calls have all answered."""

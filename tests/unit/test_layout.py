@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "lab_kit"
 MAX_FUNCTION_LINES = 80
 
 # layer of each part, lowest first: a module may import its own part or a lower layer
-SHARED = {"posts", "metrics", "kafka_settings", "lab_env", "machine", "topics", "output_paths",
-          "cli_support"}
+SHARED = {"posts", "json_codec", "metrics", "kafka_settings", "lab_env", "machine", "topics",
+          "output_paths", "cli_support"}
 SURFACE = {"experiments", "plots", "widgets", "users_panel", "exercises"}
 LAYERS = {
     "shared": 0, "broker": 1, "producer": 2, "moderation": 3, "api": 3, "harness": 4,

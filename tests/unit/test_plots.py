@@ -324,3 +324,28 @@ def test_overload_timeline_minimal_and_empty():
     empty = plots.overload_timeline({"timeline": []})
     assert "no data" in empty.axes[0].texts[0].get_text()
     _render(empty)
+
+
+def test_cpu_profile_one_bar_per_part_coloured_by_stage_unmeasured_labelled():
+    profile = {"rows": [
+        {"stage": "load producer", "part": "caller thread: submit()", "cpu_us_per_post": 38.6},
+        {"stage": "moderation stage", "part": "decode: JSON -> Post", "cpu_us_per_post": 7.7},
+        {"stage": "moderation stage", "part": "commit", "cpu_us_per_post": 0.8},
+        {"stage": "e2e reader", "part": "results read back", "cpu_us_per_post": None},
+    ], "total_cpu_us_per_post": 47.1}
+    fig = plots.cpu_profile(profile)
+    (ax,) = fig.axes
+    assert [round(p.get_width(), 1) for p in ax.patches] == [38.6, 7.7, 0.8, 0.0]
+    assert ax.patches[1].get_facecolor() == ax.patches[2].get_facecolor()
+    assert ax.patches[0].get_facecolor() != ax.patches[1].get_facecolor()
+    texts = [t.get_text().strip() for t in ax.texts]
+    assert texts == ["38.6", "7.7", "0.8", "not measured"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "load producer", "moderation stage", "e2e reader"]
+    assert "total 47" in ax.get_title()
+    _render(fig)
+
+
+def test_cpu_profile_without_rows_says_so():
+    (ax,) = plots.cpu_profile({"rows": []}).axes
+    assert "no data" in ax.texts[0].get_text()

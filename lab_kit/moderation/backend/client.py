@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from lab_kit import json_codec
 from lab_kit.moderation.backend.errors import (
     BackendBadRequest,
     BackendError,
@@ -136,7 +136,7 @@ class ModerationClient:
         return status, _decode(status, data)
 
     def _roundtrip(self, method: str, path: str, payload: Any) -> tuple[int, bytes]:
-        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        body = None if payload is None else json_codec.dumps(payload)
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -179,8 +179,8 @@ class ModerationClient:
 
 def _decode(status: int, data: bytes) -> Any:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        doc = json_codec.loads(data)
+    except ValueError:
         doc = None
     if status == 200:
         if doc is None:

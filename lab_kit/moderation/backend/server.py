@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from lab_kit import json_codec
 from lab_kit.machine import write_json_atomic
 from lab_kit.moderation.backend.protocol import (
     BURST_S,
@@ -307,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _send_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(doc).encode("utf-8"), headers=headers)
+        self._send(status, json_codec.dumps(doc), headers=headers)
 
     def _read_json(self, max_bytes: int = MAX_BODY_BYTES) -> Any:
         length = self.headers.get("Content-Length")
@@ -324,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _RequestError(413, f"body larger than {max_bytes} bytes", "body")
         raw = self.rfile.read(n)
         try:
-            return json.loads(raw.decode("utf-8"))
+            return json_codec.loads_lenient(raw)
         except (UnicodeDecodeError, ValueError) as e:
             raise _RequestError(400, f"invalid JSON body: {e}", "body") from None
 
@@ -471,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
                         continue
                 append(_item_error(item))
             latency_ms = round((time.perf_counter() - t0) * 1000.0, 3)
-            return json.dumps({"results": results, "latency_ms": latency_ms}).encode("utf-8")
+            return json_codec.dumps({"results": results, "latency_ms": latency_ms})
 
         self._serve(len(posts), answer)
 

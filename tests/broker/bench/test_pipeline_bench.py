@@ -40,7 +40,7 @@ def _run(args: list[str], timeout: float, env: dict | None = None
 def bench(kafka_broker, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "pipeline.json"
     proc = _run(["bench", "pipeline", "--quick", "--seconds", "3", "--rate", "500",
-                 "--json", str(out)], timeout=240)
+                 "--profile", "--json", str(out)], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     yield report, proc.stdout
@@ -52,7 +52,7 @@ def test_bench_pipeline_reports_every_field_and_loses_nothing(bench):
     missing = [k for k in TOP_LEVEL if k not in rep]
     assert not missing, missing
     assert rep["offered_rate"] == 500 and rep["processes"] == 1
-    assert rep["client"] == "kafka-python"
+    assert rep["client"] == "confluent"  # the service process's default: librdkafka
     assert rep["submitted"] == 1500 and rep["skipped"] == 0
     assert rep["lost"] == 0 and rep["results_missing"] == 0 and rep["posts_lost"] == 0
     assert rep["achieved_rate"] > 0
@@ -77,6 +77,23 @@ def test_bench_pipeline_timeline_and_cpu_add_up(bench):
         assert rep["cpu_us_per_post"][stage] > 0, stage
 
 
+def test_bench_pipeline_profile_splits_the_stages_it_measured(bench):
+    rep, stdout = bench
+    prof = rep["profile"]
+    by_part = {(r["stage"], r["part"]): r["cpu_us_per_post"] for r in prof["rows"]}
+    stage = [v for (s, _), v in by_part.items() if s == "moderation stage"]
+    assert None not in stage and sum(stage) == pytest.approx(
+        rep["cpu_us_per_post"]["moderation"], rel=0.02)
+    assert by_part[("moderation stage", "decode: JSON -> Post")] > 0
+    assert by_part[("moderation stage", "backend call, client side")] > 0
+    assert by_part[("load producer", "caller thread: submit()")] > 0
+    assert by_part[("e2e reader", "results read back")] > 0
+    assert by_part[("broker", "JVM, every request (posts, results, fetches, commits)")] == \
+        rep["cpu_us_per_post"]["broker"]
+    assert prof["not_measured"] == []
+    assert "decode: JSON -> Post" in stdout  # --profile prints the table
+
+
 def test_bench_pipeline_targets_and_ceiling(bench):
     rep, _ = bench
     targets = rep["targets"]
@@ -97,11 +114,13 @@ def test_bench_pipeline_targets_and_ceiling(bench):
 
 def test_bench_pipeline_backlog_drains_everything(kafka_broker, tmp_path):
     out = tmp_path / "backlog.json"
-    proc = _run(["bench", "pipeline", "--backlog", "2000", "--json", str(out)], timeout=240)
+    proc = _run(["bench", "pipeline", "--backlog", "2000", "--client", "kafka-python",
+                 "--json", str(out)], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(out.read_text())
     delete_topics_with_prefix(rep["topic_prefix"])
     assert rep["mode"] == "backlog" and rep["backlog_posts"] == 2000
+    assert rep["client"] == "kafka-python"
     assert rep["submitted"] == 2000 and rep["drained"] is True
     assert rep["lost"] == 0 and rep["results_missing"] == 0 and rep["duplicates"] == 0
     assert rep["backlog_rate"] > 0
@@ -150,7 +169,7 @@ def test_settings_quick_defaults_and_helpers():
     ns = argparse.Namespace(quick=True, rate=None, seconds=None, processes=None, client=None,
                             backlog=None, shed_after_ms=None, json_path=None)
     s = PipelineSettings.from_args(ns)
-    assert (s.rate, s.seconds, s.processes, s.client) == (2000, 5, 1, "kafka-python")
+    assert (s.rate, s.seconds, s.processes, s.client) == (2000, 5, 1, "confluent")
     ns.seconds = 3
     assert PipelineSettings.from_args(ns).seconds == 3
     # 1,000 events evenly over 10 s: 100/s between the 10 % and 90 % marks
