@@ -172,4 +172,5 @@ def _member_summary(text: str) -> dict[str, Any]:
             "guarantee": svc.get("guarantee"), "transactions": svc.get("transactions"),
             "aborts": svc.get("aborts"), "rebalances": svc.get("rebalances"),
             "commit_failures": svc.get("commit_failures"),
-            "batch_retries": svc.get("batch_retries"), "profile": svc.get("profile")}
+            "batch_retries": svc.get("batch_retries"), "chunks": svc.get("chunks"),
+            "backend_calls": svc.get("backend_calls"), "profile": svc.get("profile")}
