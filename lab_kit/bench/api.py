@@ -8,7 +8,12 @@ condition is :func:`lab_kit.harness.api_condition.run_condition`; the open-loop 
 from each request's intended send time, no coordinated omission) is
 :mod:`lab_kit.harness.http_load`.
 
-``python -m lab_kit.bench.api [--rate R] [--seconds S] [--rounds N] [--json PATH] [--quick]``
+``--cross-check`` runs only :func:`cross_check`: the async API at 5,000 requests/s on one
+worker and 10,000 on two (the issue's targets: p99 <= 100 ms), driven by the lab's driver and
+by Debian's ``hey`` (:mod:`lab_kit.harness.hey_load`) on the same server, side by side.
+
+``python -m lab_kit.bench.api [--rate R] [--seconds S] [--rounds N] [--json PATH] [--quick]
+[--cross-check]``
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from lab_kit import broker as lab_broker
 from lab_kit import lab_env
+from lab_kit.api import ApiServer
 from lab_kit.cli_support import run_cli
-from lab_kit.harness.api_condition import CONDITIONS, own_broker, run_condition
-from lab_kit.harness.http_load import driver_ceiling
+from lab_kit.harness.api_condition import CONDITIONS, delete_topic, own_broker, run_condition
+from lab_kit.harness.hey_load import HEY_USER, INSTALL_HINT, hey_path, run_hey
+from lab_kit.harness.http_load import driver_ceiling, make_bodies, run_load
+from lab_kit.harness.readback import audit, keyed_post_ids_in
 from lab_kit.output_paths import check_output_path
+from lab_kit.topics import ensure_topics
 
 MEDIAN_KEYS = ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "max_ms", "errors",
                "p99_during_outage_ms", "p999_during_outage_ms")
@@ -142,6 +153,93 @@ def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, ma
     return result
 
 
+#: (requests/s, API worker processes) of the cross-check: the issue's targets, p99 <= 100 ms
+CROSS_CHECK_POINTS = ((5000, 1), (10000, 2))
+CROSS_KEYS = ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "errors")
+
+
+def hey_workers(rate: float) -> int:
+    """hey's connections for ``rate``: 20 requests/s each, 4 to 256 (the lab driver's pool)."""
+    return min(256, max(4, int(rate // 20)))
+
+
+def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: bool
+                 ) -> dict[str, Any]:
+    """One API server on a fresh topic: a warm-up, then the lab's driver and hey, one after
+    the other (``hey_first`` swaps them), then the topic read back for both."""
+    cfg = broker.client_config()
+    topic = f"lab.api.cross.{time.strftime('%H%M%S')}.{time.time_ns() % 997}"
+    ensure_topics(cfg, names=(topic,), partitions={topic: 6})
+    bodies = make_bodies(int(rate * (seconds + 2)))
+    warm, bodies = bodies[:int(rate * 2)], bodies[int(rate * 2):]
+    try:
+        with tempfile.TemporaryDirectory(prefix="lab-api-cross-") as tmp:
+            server = ApiServer(variant="async", topic=topic, workers=workers,
+                               spool_dir=Path(tmp), bootstrap=broker.bootstrap_servers,
+                               verdicts="off", log_path=Path(tmp) / "api.log").start()
+            try:
+                ids = list(run_load(server.url, warm, rate, 2.0).accepted_ids)
+                out: dict[str, Any] = {}
+                for driver in (("hey", "lab") if hey_first else ("lab", "hey")):
+                    if driver == "hey":
+                        out["hey"] = run_hey(server.url, rate, seconds,
+                                             workers=hey_workers(rate))
+                    else:
+                        load = run_load(server.url, bodies, rate, seconds)
+                        out["lab"] = {"driver": "lab", **load.summary()}
+                        ids += load.accepted_ids
+                server.wait_drained(timeout_s=120)
+            finally:
+                server.stop()
+        rep = audit(cfg, topic, ids, timeout_s=120)
+        hey_on_topic = sum(1 for key, _pid in keyed_post_ids_in(cfg, topic)
+                           if key == HEY_USER.encode())
+        out["lab"].update(lost=rep.lost, duplicates=rep.duplicates)
+        out["hey"].update(on_topic=hey_on_topic,
+                          missing_from_topic=max(0, out["hey"]["accepted"] - hey_on_topic))
+        return out
+    finally:
+        delete_topic(cfg, topic)
+
+
+def cross_check(points: tuple[tuple[float, int], ...] = CROSS_CHECK_POINTS,
+                seconds: float = 10.0, rounds: int = 3, broker=None, progress: bool = True
+                ) -> dict[str, Any]:
+    """Per ``(rate, workers)``: ``rounds`` servers, each driven by the lab's driver and by hey
+    at the same rate (the order alternates), medians per driver, and whether each driver saw
+    p99 <= 100 ms with no errors at >= 98 % of the rate. On a broker of its own unless
+    ``broker`` is given."""
+    if hey_path() is None:
+        raise RuntimeError(f"--cross-check needs hey: {INSTALL_HINT}")
+    own = broker is None
+    broker = own_broker("api-cross") if own else broker
+    try:
+        out: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "points": []}
+        for rate, workers in points:
+            rs = [_cross_round(broker, rate, seconds, workers, hey_first=bool(i % 2))
+                  for i in range(rounds)]
+            point: dict[str, Any] = {"rate": rate, "workers": workers, "rounds": rs}
+            for driver in ("lab", "hey"):
+                med = {k: statistics.median(r[driver][k] for r in rs
+                                            if r[driver].get(k) is not None)
+                       for k in CROSS_KEYS}
+                med["p99_le_100ms"] = (med["p99_ms"] <= 100 and med["errors"] == 0
+                                       and med["achieved_rate"] >= 0.98 * rate)
+                point[driver] = med
+            point["lost_max"] = max(r["lab"]["lost"] for r in rs)
+            point["hey_missing_max"] = max(r["hey"]["missing_from_topic"] for r in rs)
+            out["points"].append(point)
+            if progress:
+                print(f"{rate:,.0f}/s on {workers} worker(s): " + " | ".join(
+                    f"{d} achieved {point[d]['achieved_rate']:,.0f}/s p50 {point[d]['p50_ms']} "
+                    f"p99 {point[d]['p99_ms']} ms errors {point[d]['errors']}"
+                    for d in ("lab", "hey")), flush=True)
+        return out
+    finally:
+        if own:
+            broker.down(purge=True)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=2000, help="requests per second (default 2000)")
     p.add_argument("--seconds", type=float, default=30, help="per run (default 30)")
@@ -152,6 +250,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-max-rate", action="store_true", help="skip the max-rate search")
     p.add_argument("--variants", default="async,durable,blocking",
                    help="comma-separated, of async, durable (?wait=ack), blocking")
+    p.add_argument("--cross-check", action="store_true",
+                   help="only the lab driver against hey: 5,000/s on 1 worker, 10,000/s on 2")
     p.add_argument("--json", dest="json_path", default=None)
 
 
@@ -165,6 +265,15 @@ def main(args: argparse.Namespace) -> int:
     if unknown or not variants:
         raise ValueError(f"--variants: each must be async, durable or blocking, got "
                          f"{args.variants!r}")
+    if getattr(args, "cross_check", False):
+        res = cross_check(seconds=10 if args.quick else min(args.seconds, 30),
+                          rounds=1 if args.quick else args.rounds)
+        print(json.dumps({k: v for k, v in res.items() if k != "points"}, indent=2))
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(res, indent=2))
+            print(f"wrote {args.json_path}")
+        return 0 if all(p[d]["p99_le_100ms"] for p in res["points"] for d in ("lab", "hey")) \
+            else 1
     if args.quick:
         res = run_bench(args.rate, 10, 1, 5, max_rates=() if args.no_max_rate else
                         (2000, 4000), max_rate_seconds=5, json_path=args.json_path,
@@ -198,7 +307,8 @@ def main_from_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds if args.rounds is not None else 3,
         outage=getattr(args, "outage", None) or 10,
         quick=args.quick, no_max_rate=getattr(args, "no_max_rate", False),
-        variants=getattr(args, "variants", None), json_path=args.json_path)
+        variants=getattr(args, "variants", None), json_path=args.json_path,
+        cross_check=getattr(args, "cross_check", False))
     return main(ns)
 
 

@@ -6,8 +6,9 @@ stamped submit, sampler, warm-up, load, flush, drain, read back) that ``bench pi
 backlog bench and the moderation-overload drill configure. Then, by what they do:
 
 * load: :mod:`.open_loop` (posts at a fixed rate through a producer, ``run_open_loop``),
-  :mod:`.http_load` (the same over HTTP with asyncio, ``run_load``), :mod:`.load_generator`
-  (the dashboard's adjustable load, no UI);
+  :mod:`.http_load` (the same over HTTP with asyncio, ``run_load``), :mod:`.hey_load`
+  (Debian's ``hey`` on the same server, a second opinion), :mod:`.load_generator` (the
+  dashboard's adjustable load, no UI);
 * the system under test: :mod:`.pipeline` (fresh topics, backend, service, producer,
   ``StampedSubmit``, ``warm_up``), :mod:`.service_process` (the moderation service as its own
   processes), :mod:`.api_condition` (the post API served, loaded, its broker killed);

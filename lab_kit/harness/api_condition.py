@@ -103,7 +103,7 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
         if nemesis is not None and any(n.state != "running" for n in broker.nodes()):
             heal(broker, None)  # never leave the lab's broker down
         if not keep_topic:
-            _delete_topic(cfg, topic)
+            delete_topic(cfg, topic)
         if tmp is not None:
             tmp.cleanup()
 
@@ -151,7 +151,7 @@ def on_own_broker(name: str, broker, workdir: Path | None,
         return run(broker, Path(tmp))
 
 
-def _delete_topic(cfg: dict, topic: str) -> None:
+def delete_topic(cfg: dict, topic: str) -> None:
     try:
         admin = KafkaAdminClient(**cfg, request_timeout_ms=10000)
         try:

@@ -6,7 +6,9 @@ HTTP/1.1 with keep-alive over a pool of connections, uvloop when installed). Eve
 an *intended* send time ``start + i / rate``; its latency is measured from that time, not from
 when a connection was free, so a stalled server cannot hide its queue (no coordinated
 omission, as in wrk2). Debian's ``wrk`` and ``hey`` are closed-loop load generators (they
-wait for a response before the next request on a connection), which is why they are not used.
+wait for a response before the next request on a connection), which is why they do not drive
+the benchmark; ``hey`` is its second opinion (:mod:`lab_kit.harness.hey_load`,
+``bench api --cross-check``).
 
 The driver is Python too, so its own ceiling is measured (:func:`driver_ceiling`, against a
 stub server that answers 202 without doing anything) and reported next to the results.

@@ -1,0 +1,32 @@
+"""``bench api --cross-check``: the lab's driver and Debian's hey on the same API server, and
+the topic read back for both (real broker, real API processes, real hey)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab_kit.bench.api import cross_check
+from lab_kit.harness.hey_load import hey_path
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(300),
+              pytest.mark.skipif(hey_path() is None,
+                                 reason="hey is not installed (apt-get install hey; .ci/run "
+                                        "installs it)")]
+
+
+def test_both_drivers_load_the_same_server_and_every_accepted_post_is_on_the_topic(
+        kafka_broker):
+    res = cross_check(points=((200, 1),), seconds=3, rounds=1, broker=kafka_broker,
+                      progress=False)
+    (point,) = res["points"]
+    (rnd,) = point["rounds"]
+    lab, hey = rnd["lab"], rnd["hey"]
+    assert lab["accepted"] >= 0.9 * 200 * 3 and lab["errors"] == 0 and lab["lost"] == 0
+    # hey holds each of its workers to rate / workers: about the same load, from Go
+    assert 0.5 * 200 * 3 <= hey["accepted"] <= 1.2 * 200 * 3, hey
+    assert hey["errors"] == 0 and hey["workers"] == 10
+    assert hey["on_topic"] >= hey["accepted"] and hey["missing_from_topic"] == 0
+    for driver in ("lab", "hey"):
+        assert 0 < point[driver]["p50_ms"] <= point[driver]["p99_ms"]
+        assert isinstance(point[driver]["p99_le_100ms"], bool)
+    assert point["lost_max"] == 0 and point["hey_missing_max"] == 0
