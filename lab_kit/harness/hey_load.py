@@ -12,7 +12,9 @@ server keeps up the two loops offer the same load and should agree; when it fall
 sends less and its latencies leave out the wait the server caused (coordinated omission), so
 hey's p99 is then a lower bound and its achieved rate drops below the target. hey sends one
 body over and over: :data:`HEY_USER`'s post without a ``post_id`` (the API gives each one
-its own), so its posts can be counted on the topic by their key.
+its own), so its posts can be counted on the topic by their key. hey's CSV has a row per
+*answered* request only: transport errors (refused, timed out) are left out of it, so
+``errors`` counts non-2xx answers, and a shortfall in ``achieved_rate`` shows the rest.
 """
 
 from __future__ import annotations
