@@ -1,11 +1,12 @@
 """The data path's JSON: every post, result and backend call is encoded and decoded here.
 
 One library for the whole data path: `msgspec <https://jcristharif.com/msgspec/>`_. Measured
-on the lab's own posts (``python -m lab_kit bench json``): it encodes a post about 10x and
-decodes it about 5x faster than the standard library, and in this lab every post is
-decoded by the stage and encoded two to four times on its way (post, backend call, result,
-fan-out). Reports and settings files, read by people and written once, keep the standard
-library's ``json`` (indentation, ``default=str``).
+on the lab's own posts (``python -m lab_kit bench json``): it encodes a post more than 10x and
+decodes it about 6x faster than the standard library, and in this lab every post is
+encoded three or four times on its way (post, backend call, result, fan-out record) and
+decoded by the stage. End to end (``bench pipeline --profile``, README "Headroom") it took
+about 30 µs of CPU off each post's ~195. Reports and settings files, read by people and
+written once, keep the standard library's ``json`` (indentation, ``default=str``).
 
 :func:`dumps` gives compact UTF-8 bytes, non-ASCII kept as is (what
 ``json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()`` gives).
