@@ -1,8 +1,10 @@
-"""Exercises of notebook 08 (moderation at scale): Little's law, the commit rule, shedding.
+"""Exercises of notebook 08 (moderation at scale): Little's law, the commit rule, shedding, and
+the bound a CPU profile puts on the rate.
 
-All three are pure logic, checked offline: the sizing against the backend's cost model, the
+All four are pure logic, checked offline: the sizing against the backend's cost model, the
 commit rule against the stage's own :class:`~lab_kit.moderation.offsets.OffsetTracker`, the
-shed policy against the rules of ``ModerationService._shed`` and ``_call``.
+shed policy against the rules of ``ModerationService._shed`` and ``_call``, the bound against
+the arithmetic of ``bench pipeline``'s profile (µs per post x posts per second = cores busy).
 """
 
 from __future__ import annotations
@@ -217,6 +219,73 @@ q3 = Exercise(
     solution_obj=_solution_q3, wrong=(_wrong_q3_no_hysteresis, _wrong_q3_half_open_refuses))
 
 
+# --- q4: the bound of a machine, from a CPU profile ---------------------------------------------
+
+# ({part: CPU µs per post, None if not measured}, cores) -> posts/s, or None
+_BOUND_CASES = [
+    (({"load producer": 60.0, "broker": 20.0, "moderation stage": 45.0, "backend": 25.0}, 2),
+     13_333),
+    (({"load producer": 60.0, "broker": 20.0, "moderation stage": 45.0, "backend": 25.0}, 8),
+     53_333),
+    (({"moderation stage": 45.0}, 1), 22_222),
+    (({"load producer": 56.0, "broker": 17.0, "moderation stage": 48.0, "backend": 24.0,
+       "e2e reader": 15.0}, 2), 13_793),  # the reader runs after the load: not counted
+    (({"broker": 20.0, "backend": None}, 2), None),  # an unmeasured part: no bound
+    (({"load producer": 0.5}, 2), 4_000_000),
+]
+
+
+def _check_bound(max_rate: Any) -> int:
+    for (parts, cores), want in _BOUND_CASES:
+        got = max_rate(dict(parts), cores)
+        case = f"us_per_post={parts}, cores={cores}"
+        if want is None:
+            if got is not None:
+                raise CaseFailed(case, f"you said {got!r}; a part was not measured (None), so "
+                                       "the bound is unknown: return None")
+            continue
+        if not isinstance(got, int) or isinstance(got, bool):
+            raise CaseFailed(case, f"return a whole number of posts per second, got {got!r}")
+        if got != want:
+            raise CaseFailed(case, f"you said {got!r}, expected {want!r}")
+    return len(_BOUND_CASES)
+
+
+def _solution_q4(us_per_post, cores):
+    busy = {part: us for part, us in us_per_post.items() if part != "e2e reader"}
+    if any(us is None for us in busy.values()):
+        return None  # a part nobody measured could cost anything
+    return int(cores * 1_000_000 / sum(busy.values()))  # µs of CPU per second / µs per post
+
+
+def _wrong_q4_costliest_only(us_per_post, cores):
+    busy = [us for part, us in us_per_post.items() if part != "e2e reader"]
+    return None if None in busy else int(cores * 1_000_000 / max(busy))
+
+
+def _wrong_q4_counts_the_reader(us_per_post, cores):
+    if None in us_per_post.values():
+        return None
+    return int(cores * 1_000_000 / sum(us_per_post.values()))
+
+
+def _wrong_q4_one_core(us_per_post, cores):
+    busy = [us for part, us in us_per_post.items() if part != "e2e reader"]
+    return None if None in busy else int(1_000_000 / sum(busy))
+
+
+q4 = Exercise(
+    name="08.q4 the bound of a machine",
+    task="max_rate(us_per_post, cores) returns the most posts per second the cores can carry "
+         "at these CPU costs (a whole number), or None if a part was not measured",
+    checker=_check_bound,
+    hint_text="every part that runs during the load costs CPU for every post: add them up "
+              "(the e2e reader runs after the load); a core gives 1,000,000 µs of CPU per "
+              "second; round down",
+    solution_obj=_solution_q4,
+    wrong=(_wrong_q4_costliest_only, _wrong_q4_counts_the_reader, _wrong_q4_one_core))
+
+
 recap = Quiz("08 recap", [
     Question("A stage sends one post and waits for the answer; a call takes 2 ms. Its ceiling?",
              {"a": "about 500 posts/s, however idle the backend", "b": "the backend's capacity",
@@ -246,4 +315,4 @@ recap = Quiz("08 recap", [
              "worker repairs shed verdicts later, with spare capacity."),
 ])
 
-EXERCISES = [q1, q2, q3]
+EXERCISES = [q1, q2, q3, q4]
