@@ -1,8 +1,8 @@
 """The data path's JSON: every post, result and backend call is encoded and decoded here.
 
 One library for the whole data path: `msgspec <https://jcristharif.com/msgspec/>`_. Measured
-on the lab's own posts (``python -m lab_kit bench json``): it encodes a post more than 10x and
-decodes it about 6x faster than the standard library, and in this lab every post is
+on the lab's own posts (``python -m lab_kit bench json``): it encodes a post about 10x and
+decodes it about 5.6x faster than the standard library, and in this lab every post is
 encoded three or four times on its way (post, backend call, result, fan-out record) and
 decoded by the stage. End to end (``bench pipeline --profile``, README "Headroom") it took
 about 30 µs of CPU off each post's ~195. Reports and settings files, read by people and

@@ -18,15 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
+from lab_kit import json_codec
 from lab_kit.posts import Workload
 
 __all__ = ["measure", "main"]
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
-
 
 def _std_dumps(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
@@ -38,7 +33,7 @@ def _std_loads(data: bytes) -> Any:
 
 CODECS: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
     "stdlib": (_std_dumps, _std_loads),
-    "msgspec": (_encoder.encode, _decoder.decode),
+    "msgspec": (json_codec.dumps, json_codec.loads),  # what the data path calls
 }
 
 

@@ -94,32 +94,25 @@ def ceiling(cpu: dict[str, float | None]) -> dict[str, Any] | None:
             "not_measured": [k for k, v in cpu.items() if v is None]}
 
 
-#: the rows of the per-stage profile, in the order a post goes through them
+#: the rows of the per-stage profile, in the order a post goes through them: (stage, part,
+#: key), the key being the load thread group (:func:`~lab_kit.harness.service_process.
+#: thread_cpu_s`) or the stage phase (:data:`~lab_kit.moderation.profile.PHASES`, ``other``)
 PROFILE_ROWS = (
-    ("load producer", "caller thread: submit()"),
-    ("load producer", "kafka-python network thread"),
-    ("load producer", "other threads (sampler, producer workers)"),
-    ("broker", "JVM, every request (posts, results, fetches, commits)"),
-    ("moderation stage", "consume: poll()"),
-    ("moderation stage", "decode: JSON -> Post"),
-    ("moderation stage", "dispatch: chunks to the backend pool"),
-    ("moderation stage", "backend call, client side"),
-    ("moderation stage", "results: encode + produce"),
-    ("moderation stage", "delivery reports"),
-    ("moderation stage", "commit"),
-    ("moderation stage", "client threads, GC, loop (the rest)"),
-    ("backend", "backend call, server side (HTTP, rules)"),
-    ("e2e reader", "results read back"),
+    ("load producer", "caller thread: submit()", "caller"),
+    ("load producer", "kafka-python network thread", "kafka-python"),
+    ("load producer", "other threads (sampler, producer workers)", "other"),
+    ("broker", "JVM, every request (posts, results, fetches, commits)", None),
+    ("moderation stage", "consume: poll()", "consume"),
+    ("moderation stage", "decode: JSON -> Post", "decode"),
+    ("moderation stage", "dispatch: chunks to the backend pool", "dispatch"),
+    ("moderation stage", "backend call, client side", "backend_client"),
+    ("moderation stage", "results: encode + produce", "results"),
+    ("moderation stage", "delivery reports", "delivery_reports"),
+    ("moderation stage", "commit", "commit"),
+    ("moderation stage", "client threads, GC, loop (the rest)", "other"),
+    ("backend", "backend call, server side (HTTP, rules)", None),
+    ("e2e reader", "results read back", None),
 )
-_PHASE_OF_ROW = {"consume: poll()": "consume", "decode: JSON -> Post": "decode",
-                 "dispatch: chunks to the backend pool": "dispatch",
-                 "backend call, client side": "backend_client",
-                 "results: encode + produce": "results",
-                 "delivery reports": "delivery_reports", "commit": "commit",
-                 "client threads, GC, loop (the rest)": "other"}
-_THREAD_OF_ROW = {"caller thread: submit()": "caller",
-                  "kafka-python network thread": "kafka-python",
-                  "other threads (sampler, producer workers)": "other"}
 
 
 def profile_table(before: dict, after: dict, posts: int, stage_profile: dict | None,
@@ -137,16 +130,15 @@ def profile_table(before: dict, after: dict, posts: int, stage_profile: dict | N
     phases = (stage_profile or {}).get("phases_cpu_s") or {}
     phase_total = sum(phases.values())
     rows = []
-    for stage, part in PROFILE_ROWS:
+    for stage, part, key in PROFILE_ROWS:
         us: float | None = None
-        if stage == "load producer" and part in _THREAD_OF_ROW and posts > 0:
-            key = _THREAD_OF_ROW[part]
+        if stage == "load producer" and posts > 0:
             if key in lt0 and key in lt1:
                 us = max(0.0, lt1[key] - lt0[key]) / posts * 1e6  # a thread that ended
         elif stage == "moderation stage":
             measured = per_post.get("moderation")
             if measured is not None and phase_total > 0:
-                us = measured * phases.get(_PHASE_OF_ROW[part], 0.0) / phase_total
+                us = measured * phases.get(key, 0.0) / phase_total
         elif stage == "e2e reader":
             us = None if reader_cpu_s is None or posts <= 0 else reader_cpu_s / posts * 1e6
         elif stage in ("broker", "backend"):
