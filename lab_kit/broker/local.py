@@ -220,10 +220,20 @@ def _exiting_process(pid: int | None) -> psutil.Process | None:
 
 
 def _our_process(pid: int | None, props: str) -> psutil.Process | None:
-    """The live JVM we started for this node, or None (never another process reusing the pid)."""
+    """The live JVM we started for this node, or None (never another process reusing the pid).
+
+    A child this process launched and has not reaped is ours whatever its command line says:
+    just after ``Popen`` it may still be the forked Python, not yet ``exec``'d into the JVM
+    (slow when the parent is big and the machine busy). Judged by its command line it would
+    look gone: start-up would call it dead and the kill that follows would miss the JVM."""
     if not pid:
         return None
     _reap(pid)
+    if pid in _CHILDREN:  # still running: _reap drops the children that exited
+        try:
+            return psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return None
     try:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:

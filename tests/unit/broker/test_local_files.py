@@ -138,3 +138,26 @@ def test_only_the_listed_jars_make_the_classpath(tmp_path):
     cp = broker_classpath(libs)
     assert "stray-evil" not in cp and "*" not in cp
     assert cp.split(os.pathsep) == [str(p) for p in jars]
+
+
+def test_a_child_not_yet_exec_d_into_the_jvm_is_ours_until_it_exits():
+    """Right after Popen the child may still carry its parent's command line; start-up must
+    not call it dead (and the kill after a failed start must still reach it)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    local._CHILDREN[proc.pid] = proc
+    try:
+        found = local._our_process(proc.pid, "/nowhere/server.properties")
+        assert found is not None and found.pid == proc.pid  # no kafka.Kafka in its cmdline
+        proc.kill()
+        proc.wait(10)
+        assert local._our_process(proc.pid, "/nowhere/server.properties") is None
+        assert proc.pid not in local._CHILDREN  # reaped and forgotten
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        local._CHILDREN.pop(proc.pid, None)
+    # a pid we did not launch still needs the JVM's command line
+    assert local._our_process(os.getpid(), "/nowhere/server.properties") is None
