@@ -179,6 +179,18 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _launched_child(pid: int | None) -> subprocess.Popen | None:
+    """The ``Popen`` of a node this process launched and has not reaped, else None.
+
+    Start-up asks this, not :func:`_our_process`: just after ``Popen`` the child can still be
+    the forked Python, not yet ``exec``'d into the JVM (slow when the parent is big and the
+    machine busy), and judged by its command line it would look gone."""
+    if not pid:
+        return None
+    _reap(pid)
+    return _CHILDREN.get(pid)
+
+
 def _wait_exited(procs: list[psutil.Process | None], timeout_s: float) -> bool:
     """Wait until every signalled process has exited (gone, or a zombie: dead, not reaped).
 
@@ -220,20 +232,10 @@ def _exiting_process(pid: int | None) -> psutil.Process | None:
 
 
 def _our_process(pid: int | None, props: str) -> psutil.Process | None:
-    """The live JVM we started for this node, or None (never another process reusing the pid).
-
-    A child this process launched and has not reaped is ours whatever its command line says:
-    just after ``Popen`` it may still be the forked Python, not yet ``exec``'d into the JVM
-    (slow when the parent is big and the machine busy). Judged by its command line it would
-    look gone: start-up would call it dead and the kill that follows would miss the JVM."""
+    """The live JVM we started for this node, or None (never another process reusing the pid)."""
     if not pid:
         return None
     _reap(pid)
-    if pid in _CHILDREN:  # still running: _reap drops the children that exited
-        try:
-            return psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            return None
     try:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
@@ -461,7 +463,9 @@ class LocalBroker(Broker):
         t0 = time.monotonic()
         for n in started:  # each started JVM must open its port (or we say why it died)
             while True:
-                if self.node_state(n)[0] == "stopped":
+                # a child of ours not yet reaped is alive, JVM or not yet exec'd
+                if _launched_child(n.get("pid")) is None and \
+                        self.node_state(n)[0] == "stopped":
                     raise BrokerError(f"node {n['id']} exited during start-up.\n{self.log_hint()}")
                 with socket.socket() as s:
                     s.settimeout(0.5)
@@ -477,7 +481,17 @@ class LocalBroker(Broker):
         self.wait_ready(timeout_s=remaining, expect_brokers=expect)
 
     def _kill_all(self, nodes: list[dict]) -> None:
-        _wait_exited([self._signal(n, signal.SIGKILL) for n in nodes], 10)
+        """SIGKILL the nodes of a failed start, including a child not yet exec'd."""
+        others = []
+        for n in nodes:
+            child = _launched_child(n.get("pid"))
+            if child is None:
+                others.append(self._signal(n, signal.SIGKILL))
+                continue
+            child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(10)
+        _wait_exited(others, 10)
 
     def _signal(self, n: dict, sig: int) -> psutil.Process | None:
         """Send ``sig`` to the node's JVM; returns the process signalled (None if not running)."""

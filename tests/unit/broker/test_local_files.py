@@ -140,24 +140,25 @@ def test_only_the_listed_jars_make_the_classpath(tmp_path):
     assert cp.split(os.pathsep) == [str(p) for p in jars]
 
 
-def test_a_child_not_yet_exec_d_into_the_jvm_is_ours_until_it_exits():
-    """Right after Popen the child may still carry its parent's command line; start-up must
-    not call it dead (and the kill after a failed start must still reach it)."""
+
+def test_a_child_not_yet_exec_d_into_the_jvm_counts_as_launched_until_it_exits():
+    """Right after Popen the child may still carry its parent's command line: start-up asks
+    _launched_child (alive until it exits), not the command line, whether it died."""
     import subprocess
     import sys
 
+    props = "/nowhere/server.properties"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     local._CHILDREN[proc.pid] = proc
     try:
-        found = local._our_process(proc.pid, "/nowhere/server.properties")
-        assert found is not None and found.pid == proc.pid  # no kafka.Kafka in its cmdline
+        assert local._our_process(proc.pid, props) is None  # no kafka.Kafka in its cmdline
+        assert local._launched_child(proc.pid) is proc  # but it is ours and alive
         proc.kill()
         proc.wait(10)
-        assert local._our_process(proc.pid, "/nowhere/server.properties") is None
+        assert local._launched_child(proc.pid) is None
         assert proc.pid not in local._CHILDREN  # reaped and forgotten
     finally:
         if proc.poll() is None:
             proc.kill()
         local._CHILDREN.pop(proc.pid, None)
-    # a pid we did not launch still needs the JVM's command line
-    assert local._our_process(os.getpid(), "/nowhere/server.properties") is None
+    assert local._launched_child(os.getpid()) is None  # a pid we did not launch
