@@ -303,3 +303,57 @@ def check_consumer_settings(config: M) -> M:
             raise ValueError(f"heartbeat_interval_ms: must be less than session_timeout_ms "
                              f"({s_shown}), got {h_shown}")
     return config
+
+
+# --- the same settings in librdkafka's names (confluent-kafka) ------------------------------
+#: kafka-python setting -> librdkafka property, for the settings both clients share.
+LIBRDKAFKA_CLIENT_KEYS = {
+    "bootstrap_servers": "bootstrap.servers",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "client_id": "client.id",
+}
+#: ... and for the producer's own settings.
+LIBRDKAFKA_PRODUCER_KEYS = {
+    "acks": "acks", "linger_ms": "linger.ms", "request_timeout_ms": "request.timeout.ms",
+    "delivery_timeout_ms": "delivery.timeout.ms", "compression_type": "compression.type",
+    "batch_size": "batch.size", "transactional_id": "transactional.id",
+    "transaction_timeout_ms": "transaction.timeout.ms",
+    "enable_idempotence": "enable.idempotence", "retries": "retries",
+    "retry_backoff_ms": "retry.backoff.ms", "max_request_size": "message.max.bytes",
+    "max_in_flight_requests_per_connection": "max.in.flight.requests.per.connection",
+    "reconnect_backoff_ms": "reconnect.backoff.ms",
+    "reconnect_backoff_max_ms": "reconnect.backoff.max.ms",
+    "metadata_max_age_ms": "metadata.max.age.ms",
+}
+#: kafka-python settings with no librdkafka counterpart that the lab may still pass: the lab
+#: reads ``bootstrap_timeout_ms`` itself; librdkafka's ``produce()`` never blocks
+#: (``max_block_ms``) and negotiates API versions itself (``api_version``).
+LIBRDKAFKA_IGNORED = {"bootstrap_timeout_ms", "max_block_ms", "api_version"}
+
+
+def librdkafka_config(kafka_config: Mapping[str, Any], *, producer: bool = False,
+                      ignore: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The lab's kafka-python style settings as librdkafka properties; ``ValueError`` naming
+    a setting the lab cannot translate. ``producer=True`` also translates the producer's own
+    settings; names in ``ignore`` are left out unchecked.
+
+    >>> librdkafka_config({"bootstrap_servers": ["127.0.0.1:9092"], "linger_ms": 5},
+    ...                   producer=True)
+    {'bootstrap.servers': '127.0.0.1:9092', 'linger.ms': 5}
+    """
+    known = {**LIBRDKAFKA_CLIENT_KEYS, **(LIBRDKAFKA_PRODUCER_KEYS if producer else {})}
+    out: dict[str, Any] = {}
+    for key, value in kafka_config.items():
+        if key in LIBRDKAFKA_IGNORED or key in ignore:
+            continue
+        if key not in known:
+            raise ValueError(f"{key}: no confluent-kafka equivalent in the lab (known: "
+                             f"{', '.join(sorted(known))}); use client='kafka-python'")
+        if key == "bootstrap_servers" and not isinstance(value, str):
+            value = ",".join(value)
+        out[known[key]] = value
+    return out

@@ -179,6 +179,8 @@ def has_visible_char(value: str) -> bool:
     format character (zero-width space, joiners, BOM, bidi marks...), a lone combining mark,
     unassigned or a blank filler. Stops at the first visible character (normal text: the
     first)."""
+    if value and value[0].isalnum() and value[0] not in _BLANK_LETTERS:
+        return True  # a letter or digit first (categories L* and N*): the usual case, fast
     for ch in value:
         cat = unicodedata.category(ch)
         if cat[0] not in "CZ" and cat not in ("Mn", "Me") and ch not in _BLANK_LETTERS:

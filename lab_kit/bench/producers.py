@@ -11,6 +11,10 @@ all of them alike; ratios are taken from those medians.
                        ``benchmarks/producer_performance.py`` (no per-post timing, no callbacks)
 * ``lab_kit_async``    ``AsyncPostProducer`` with its callbacks and metrics on
 * ``confluent_kafka``  confluent-kafka's ``Producer`` (librdkafka) as a peer, if installed
+* ``confluent_poll_thread`` the same plain loop, its reports served by a poll thread (the
+                       model ``lab_kit_confluent`` uses, without the lab's code)
+* ``lab_kit_confluent`` ``AsyncPostProducer(client="confluent")``: the same producer on
+                       librdkafka, callbacks on the lab's poll thread
 * ``open_loop``        ``AsyncPostProducer`` fed at a fixed rate (10,000 posts/s) by the
                        open-loop driver: latency is measured from each post's intended send
                        time, so queueing delay cannot hide (no coordinated omission)
@@ -25,6 +29,7 @@ import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -92,9 +97,13 @@ def run_raw(cfg: dict, posts: list[Post]) -> dict:
             **_latency_fields(None, None), **cpu_fields, "note": "plain loop: throughput only"}
 
 
-def run_lab(cfg: dict, posts: list[Post]) -> dict:
+def run_lab(cfg: dict, posts: list[Post], client: str = "kafka-python") -> dict:
+    """``AsyncPostProducer`` on ``client``; ``lost`` is read back from the topic (posts the
+    producer accepted that are not on it), from the offsets the round began at."""
+    since = end_offsets(cfg, [BENCH_TOPIC])
     with AsyncPostProducer(cfg["bootstrap_servers"], BENCH_TOPIC, handlers=[LoggingHandler()],
-                           max_in_flight=len(posts) + 1, **_extra(cfg), **COMMON) as p:
+                           max_in_flight=len(posts) + 1, client=client, **_extra(cfg),
+                           **COMMON) as p:
         p.submit(posts[0]).result(timeout=30)  # warm-up (connection, metadata)
         p.metrics.reset()
         cpu = CpuMeter().start()
@@ -106,8 +115,10 @@ def run_lab(cfg: dict, posts: list[Post]) -> dict:
         cpu_fields = cpu.fields(len(posts), elapsed)
         m = p.metrics
         acked = m.counters()["acked"]
-        return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "acked": acked,
-                **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack")), **cpu_fields}
+    report = audit(cfg, BENCH_TOPIC, {post.post_id for post in posts}, since=since)
+    return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "acked": acked,
+            "lost": report.lost, **_latency_fields(m.summary_ms("submit"), m.summary_ms("ack")),
+            **cpu_fields}
 
 
 def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
@@ -148,6 +159,50 @@ def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
     return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "errors": errors[0],
             **_latency_fields(percentiles_ms(submits), percentiles_ms(acks)),
             **cpu.fields(len(posts), elapsed)}
+
+
+def run_confluent_poll_thread(cfg: dict, posts: list[Post]) -> dict:
+    """The plain confluent loop with its reports served by a poll thread of its own instead of
+    ``poll(0)`` after each produce: what the model (callbacks off the caller's thread) costs
+    before any lab code runs. Each report takes the GIL from the producing thread."""
+    from confluent_kafka import Producer  # as in run_confluent: the peer is optional
+
+    acked = [0]
+    stop = threading.Event()
+
+    def on_delivery(err, msg):  # noqa: ANN001 - librdkafka callback signature
+        if err is None:
+            acked[0] += 1
+
+    producer = Producer({"bootstrap.servers": cfg["bootstrap_servers"], "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 5})
+    producer.produce(BENCH_TOPIC, b"warm-up")
+    producer.flush(30)
+
+    def serve() -> None:
+        while not stop.is_set():
+            producer.poll(0.05)
+
+    poller = threading.Thread(target=serve, name="bench-poll", daemon=True)
+    poller.start()
+    cpu = CpuMeter().start()
+    t0 = time.perf_counter()
+    for post in posts:
+        while True:
+            try:
+                producer.produce(BENCH_TOPIC, post.to_json_bytes(), post.key_bytes(),
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:  # the poll thread makes room
+                time.sleep(0.001)
+    while len(producer):  # the poll thread serves what is left
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - t0
+    cpu_fields = cpu.fields(len(posts), elapsed)
+    stop.set()
+    poller.join(5)
+    return {"msgs_per_s": len(posts) / elapsed, "posts": len(posts), "acked": acked[0],
+            **_latency_fields(None, None), **cpu_fields, "note": "plain loop, poll thread"}
 
 
 def run_open_loop_bench(cfg: dict, workload: Workload, rate: float, duration_s: float) -> dict:
@@ -207,7 +262,9 @@ def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_0
     contenders = {"sync": lambda: run_sync(cfg, posts[:n_sync]),
                   "raw_kafka_python": lambda: run_raw(cfg, posts),
                   "lab_kit_async": lambda: run_lab(cfg, posts),
-                  "confluent_kafka": lambda: run_confluent(cfg, posts)}
+                  "confluent_kafka": lambda: run_confluent(cfg, posts),
+                  "confluent_poll_thread": lambda: run_confluent_poll_thread(cfg, posts),
+                  "lab_kit_confluent": lambda: run_lab(cfg, posts, client="confluent")}
     runs: dict[str, list[dict]] = {k: [] for k in contenders}
     for r in range(rounds):
         order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
@@ -246,7 +303,13 @@ def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_0
         "results": results,
         "ratios": {"async_over_sync": ratio("lab_kit_async", "sync"),
                    "lab_kit_over_raw": ratio("lab_kit_async", "raw_kafka_python"),
-                   "lab_kit_over_confluent": ratio("lab_kit_async", "confluent_kafka")},
+                   "lab_kit_over_confluent": ratio("lab_kit_async", "confluent_kafka"),
+                   "lab_kit_confluent_over_raw_confluent": ratio("lab_kit_confluent",
+                                                                 "confluent_kafka"),
+                   "poll_thread_over_raw_confluent": ratio("confluent_poll_thread",
+                                                           "confluent_kafka"),
+                   "lab_kit_confluent_over_poll_thread": ratio("lab_kit_confluent",
+                                                               "confluent_poll_thread")},
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
     out["profile"] = cpu_profile(results)
@@ -294,6 +357,10 @@ def cpu_profile(results: dict) -> dict[str, Any] | None:
 TARGETS = {
     ("ratios", "async_over_sync"): (">=", 20),
     ("ratios", "lab_kit_over_raw"): (">=", 0.85),
+    ("ratios", "lab_kit_confluent_over_raw_confluent"): (">=", 0.6),
+    ("lab_kit_confluent", "msgs_per_s"): (">=", 100_000),
+    ("lab_kit_confluent", "lost"): ("<=", 0),
+    ("lab_kit_async", "lost"): ("<=", 0),
     ("open_loop", "achieved_rate"): (">=", 9800),
     ("open_loop", "submit_p99_ms"): ("<=", 1),
     ("open_loop", "submit_p999_ms"): ("<=", 5),

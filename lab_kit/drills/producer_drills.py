@@ -93,7 +93,7 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
     producer = AsyncPostProducer(cfg["bootstrap_servers"], topic, dlq_topic=dlq,
                                  spool_path=str(spool_path), metrics=metrics,
                                  probe_interval_s=0.25, stall_timeout_s=2.0,
-                                 max_in_flight=5_000, **extra)
+                                 max_in_flight=5_000, client=settings.client, **extra)
     nemesis: Nemesis | None = None
     launched = ok = False
     try:

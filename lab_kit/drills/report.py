@@ -251,8 +251,8 @@ class DrillReport(_Json):
     def summary(self) -> str:
         """The text ``python -m lab_kit drill NAME`` prints."""
         a = self.audit
-        lines = [f"drill {self.drill} on {self.nodes} node(s), Kafka {self.kafka_version}: "
-                 f"{'OK' if self.ok else 'FAILED'}",
+        lines = [f"drill {self.drill} on {self.nodes} node(s), Kafka {self.kafka_version}, "
+                 f"client {self.settings.client}: {'OK' if self.ok else 'FAILED'}",
                  "  " + ", ".join(f"{k}={getattr(a, k)}" for k in AUDIT_KEYS)]
         for w in self.outage_windows:
             lines.append(f"  outage {w.start_s:.1f}s..{w.end_s:.1f}s: {w.label}")

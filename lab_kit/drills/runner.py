@@ -19,7 +19,7 @@ from lab_kit.drills.api_crash import main_from_drill as api_crash_main
 from lab_kit.drills.full_spool import main_from_drill as full_spool_main
 from lab_kit.drills.member_crash import main_from_drill as member_crash_main
 from lab_kit.drills.moderation import moderation_drill, overload_drill, overload_main
-from lab_kit.drills.producer_drills import producer_drill
+from lab_kit.drills.producer_drills import PRODUCER_DRILLS, producer_drill
 from lab_kit.drills.report import DrillReport, OverloadReport, print_and_save
 from lab_kit.drills.workload import DrillSettings
 from lab_kit.moderation.clients import CLIENTS
@@ -96,7 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="member-crash: the moderation members' guarantee (default "
                    "exactly-once)")
     p.add_argument("--client", choices=CLIENTS, default=None,
-                   help="member-crash: the moderation members' Kafka client")
+                   help="broker-outage, broker-outage-long, broker-pause, leader-failover: "
+                   "the producer's Kafka client (default kafka-python); member-crash: the "
+                   "moderation members'")
     p.add_argument("--json", dest="json_path", default=None)
     p.set_defaults(func=main)
 
@@ -113,7 +115,11 @@ def main(args: argparse.Namespace) -> int:
         return member_crash_main(args)
     if args.name == "moderation-overload":
         return overload_main(args)
+    if args.client is not None and args.name not in PRODUCER_DRILLS:
+        raise ValueError(f"--client: drill {args.name} has no client choice (the producer "
+                         f"drills and member-crash do)")
     settings = DrillSettings.for_drill(args.name, posts=args.posts, rate=args.rate,
-                                       outage_s=args.outage, lead_s=args.lead)
+                                       outage_s=args.outage, lead_s=args.lead,
+                                       client=args.client)
     report = run_drill(args.name, settings, progress=True)
     return print_and_save(report, args.json_path)

@@ -27,8 +27,14 @@ class DrillSettings:
     rate: float = 2_000.0
     outage_s: float = 4.0
     lead_s: float = 2.0  # load runs this long before the nemesis strikes
+    client: str = "kafka-python"  # the producer's Kafka client (AsyncPostProducer(client=))
 
     def validate(self) -> None:
+        # a lazy import: the producer package is heavy, and settings are built without it
+        from lab_kit.producer.async_producer import CLIENTS
+
+        if self.client not in CLIENTS:
+            raise ValueError(f"--client must be one of {CLIENTS}, got {self.client!r}")
         if not 1 <= self.posts <= 1_000_000:
             raise ValueError(f"--posts must be between 1 and 1000000, got {self.posts}")
         if not 1 <= self.rate <= 50_000:
@@ -42,7 +48,7 @@ class DrillSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"posts": self.posts, "rate": self.rate, "outage_s": self.outage_s,
-                "lead_s": self.lead_s}
+                "lead_s": self.lead_s, "client": self.client}
 
     @classmethod
     def for_drill(cls, name: str, **overrides: Any) -> DrillSettings:

@@ -2,7 +2,7 @@
 ``nb00`` (start here), ``nb01`` (blocking vs non-blocking), ``nb02`` (futures and callbacks),
 ``nb03`` (the moderation pipeline), ``nb04`` (metrics), ``nb05`` (failover drills), ``nb06``
 (tuning), ``nb07`` (the instructor demo), ``nb08`` (moderation at scale), ``nb09`` (the users'
-side), ``nb10`` (guarantees).
+side), ``nb10`` (guarantees), ``nb11`` (where does my callback run).
 
 Open :mod:`.core` first: :class:`Exercise` (``check`` / ``hint`` / ``solution``) and
 :class:`Quiz` (the recap at the end of each notebook). Each ``nbNN`` module holds that

@@ -19,6 +19,7 @@ from typing import Any
 from lab_kit.exercises.core import CaseFailed, Exercise, Question, Quiz
 from lab_kit.posts import Post
 from lab_kit.producer import DeliveryFailed
+from lab_kit.producer.client_models import run_in_loop_thread
 from lab_kit.producer.future import Delivery, PostFuture
 
 # --- q1: an asyncio handler that awaits the ack without blocking the loop ----------------------
@@ -104,22 +105,10 @@ async def _exercise(handle: Any, fake: _FakeProducer) -> dict[str, Any]:
 
 def _run_in_own_loop(coro_fn: Any) -> Any:
     """asyncio.run in a thread: a notebook cell runs inside the kernel's own event loop."""
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["value"] = asyncio.run(coro_fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            out["error"] = exc
-
-    th = threading.Thread(target=target, name="exercise-loop", daemon=True)
-    th.start()
-    th.join(N_AT_ONCE * ACK_AFTER_S + 30)
-    if th.is_alive():
-        raise CaseFailed("12 posts at once", "your handler did not return within 30 s")
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    try:
+        return run_in_loop_thread(coro_fn, timeout=N_AT_ONCE * ACK_AFTER_S + 30)
+    except TimeoutError as exc:
+        raise CaseFailed("12 posts at once", "your handler did not return within 30 s") from exc
 
 
 def _pair(got: Any, case: str) -> tuple[int, dict]:

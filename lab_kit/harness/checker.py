@@ -22,6 +22,7 @@ from kafka import KafkaProducer
 
 from lab_kit.harness.readback import AuditReport, audit
 from lab_kit.harness.results import first_verdicts
+from lab_kit.producer.librdkafka import LibrdkafkaClient
 
 __all__ = ["WATCHED_METHODS", "AuditReport", "KafkaCallWatch", "ResultsCheck", "audit",
            "check_results"]
@@ -93,21 +94,31 @@ def check_results(results: dict[str, list[dict]], submitted_ids: list[str] | set
 #: the constructor for a bootstrap connection, close for the sender thread)
 WATCHED_METHODS = ("__init__", "send", "flush", "partitions_for", "close", "metrics",
                    "bootstrap_connected")
+#: ... and those of the lab's librdkafka client (``AsyncPostProducer(client="confluent")``)
+WATCHED_LIBRDKAFKA_METHODS = ("__init__", "send", "produce_for", "flush", "partitions_for",
+                              "close", "force_close", "metrics")
+
+
+def _watched() -> list[tuple[type, str]]:
+    return ([(KafkaProducer, name) for name in WATCHED_METHODS]
+            + [(LibrdkafkaClient, name) for name in WATCHED_LIBRDKAFKA_METHODS])
 
 
 class KafkaCallWatch:
-    """Counts calls into kafka-python's ``KafkaProducer`` made on one thread.
+    """Counts calls into a Kafka client (kafka-python's ``KafkaProducer``, or the lab's
+    :class:`~lab_kit.producer.librdkafka.LibrdkafkaClient`) made on one thread.
 
     Used as ``with KafkaCallWatch() as watch:`` on the thread that calls ``submit()``; while
-    any watch is active, the :data:`WATCHED_METHODS` of ``KafkaProducer`` are wrapped (once,
-    for every watch) and restored when the last watch ends. ``calls`` is the running total
-    for the watched thread, ``by_method`` the same per method name. A spooled post whose
+    any watch is active, the :data:`WATCHED_METHODS` of ``KafkaProducer`` (and
+    :data:`WATCHED_LIBRDKAFKA_METHODS`) are wrapped (once, for every watch) and restored when
+    the last watch ends. ``calls`` is the running total for the watched thread,
+    ``by_method`` the same per method name. A spooled post whose
     ``submit()`` moved ``calls`` reached the Kafka client: it may have waited on Kafka.
     """
 
     _lock = threading.Lock()
     _active: tuple[KafkaCallWatch, ...] = ()
-    _originals: dict[str, Any] = {}
+    _originals: dict[tuple[type, str], Any] = {}
 
     def __init__(self, thread: threading.Thread | None = None):
         self.thread_id = (thread or threading.current_thread()).ident
@@ -120,14 +131,14 @@ class KafkaCallWatch:
 
     @classmethod
     def _install(cls) -> None:
-        for name in WATCHED_METHODS:
-            original = KafkaProducer.__dict__[name]
-            cls._originals[name] = original
+        for owner, name in _watched():
+            original = owner.__dict__[name]
+            cls._originals[owner, name] = original
 
             def wrapper(*args: Any, _name: str = name, _original: Any = original,
-                        **kwargs: Any) -> Any:
+                        _kp: bool = owner is KafkaProducer, **kwargs: Any) -> Any:
                 ident = threading.get_ident()
-                if _name == "close" and args and getattr(args[0], "_closed", True):
+                if _kp and _name == "close" and args and getattr(args[0], "_closed", True):
                     # a no-op: kafka-python's __del__ closes a client closed long ago (or
                     # one whose __init__ failed), on whatever thread the garbage collector
                     # runs (measured: the caller's, inside a spool append); it returns at
@@ -138,12 +149,12 @@ class KafkaCallWatch:
                         watch._seen(_name)
                 return _original(*args, **kwargs)
 
-            setattr(KafkaProducer, name, functools.wraps(original)(wrapper))
+            setattr(owner, name, functools.wraps(original)(wrapper))
 
     @classmethod
     def _uninstall(cls) -> None:
-        for name, original in cls._originals.items():
-            setattr(KafkaProducer, name, original)
+        for (owner, name), original in cls._originals.items():
+            setattr(owner, name, original)
         cls._originals = {}
 
     def __enter__(self) -> KafkaCallWatch:

@@ -35,7 +35,12 @@ from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from lab_kit.kafka_settings import check_consumer_settings, check_producer_settings
+from lab_kit.kafka_settings import (
+    LIBRDKAFKA_PRODUCER_KEYS,
+    check_consumer_settings,
+    check_producer_settings,
+    librdkafka_config,
+)
 from lab_kit.moderation.offsets import TP
 from lab_kit.producer.kafka_quirks import end_transaction, force_close
 
@@ -349,43 +354,13 @@ def _settle(chunk: Any, result: Any) -> None:
 # confluent-kafka
 # =========================================================================================
 
-#: kafka-python setting -> librdkafka property, for the few the lab's configs carry.
-_CONFLUENT_KEYS = {
-    "bootstrap_servers": "bootstrap.servers",
-    "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanism",
-    "sasl_plain_username": "sasl.username",
-    "sasl_plain_password": "sasl.password",
-    "ssl_cafile": "ssl.ca.location",
-    "client_id": "client.id",
-}
-_PRODUCER_KEYS = {"acks": "acks", "linger_ms": "linger.ms",
-                  "request_timeout_ms": "request.timeout.ms",
-                  "delivery_timeout_ms": "delivery.timeout.ms",
-                  "compression_type": "compression.type", "batch_size": "batch.size",
-                  "transactional_id": "transactional.id",
-                  "transaction_timeout_ms": "transaction.timeout.ms"}
-_IGNORED = {"bootstrap_timeout_ms", "max_block_ms", "api_version", "enable_idempotence"}
-
-
 def confluent_config(kafka_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The lab's kafka-python style client settings as librdkafka properties.
+    """The stage's client settings (bootstrap, security) as librdkafka properties.
 
     >>> confluent_config({"bootstrap_servers": "127.0.0.1:9092"})
     {'bootstrap.servers': '127.0.0.1:9092'}
     """
-    out: dict[str, Any] = {}
-    for key, value in kafka_config.items():
-        if key in _IGNORED:
-            continue
-        if key not in _CONFLUENT_KEYS:
-            raise ValueError(f"{key}: no confluent-kafka equivalent in the lab (known: "
-                             f"{', '.join(sorted(_CONFLUENT_KEYS))}); use "
-                             f"client='kafka-python'")
-        if key == "bootstrap_servers" and not isinstance(value, str):
-            value = ",".join(value)
-        out[_CONFLUENT_KEYS[key]] = value
-    return out
+    return librdkafka_config(kafka_config, ignore={"enable_idempotence"})
 
 
 class ConfluentClients(StageClients):
@@ -473,8 +448,9 @@ class ConfluentClients(StageClients):
 
     def _producer_client(self) -> Any:
         if self._producer is None:
-            settings = {_PRODUCER_KEYS[k]: v for k, v in self.producer_settings.items()
-                        if k in _PRODUCER_KEYS}
+            settings = {LIBRDKAFKA_PRODUCER_KEYS[k]: v
+                        for k, v in self.producer_settings.items()
+                        if k in LIBRDKAFKA_PRODUCER_KEYS and k != "enable_idempotence"}
             producer = self._ck.Producer({**self._base, **settings,
                                           "enable.idempotence": True})
             if self.transactional:

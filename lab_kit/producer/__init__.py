@@ -12,7 +12,11 @@ Start with :mod:`.async_producer`: ``AsyncPostProducer.submit`` hands a post to 
   record format, which the moderation stage writes too);
 * :mod:`.callbacks`: delivery handlers for the lessons (collecting, logging, offloaded, slow,
   raising) and the two callback pitfalls as experiments;
+* :mod:`.librdkafka`: ``client="confluent"``: librdkafka behind the same producer, its
+  delivery reports served by a poll thread the lab owns, its errors mapped to kafka-python's;
 * :mod:`.asyncio_bridge`: ``await`` a post's delivery from an event loop (the post API uses it);
+* :mod:`.client_models`: notebook 11's experiments: which thread runs a callback in each client
+  model (kafka-python, librdkafka, asyncio), and what a missing poll/flush or metadata costs;
 * :mod:`.kafka_quirks`: kafka-python 3.0 behaviours worked around (used by moderation too);
 * :mod:`.encoding`: post → record, with its validation fast path;
 * :mod:`.partitioner`: kafka-python's key → partition rule, with each user's hash remembered;
@@ -20,6 +24,7 @@ Start with :mod:`.async_producer`: ``AsyncPostProducer.submit`` hands a post to 
 """
 
 from lab_kit.producer.async_producer import (
+    CLIENTS,
     LAB_DEFAULTS,
     MODES,
     ON_FULL_POLICIES,
@@ -37,7 +42,7 @@ from lab_kit.producer.future import Delivery, PostFuture
 from lab_kit.producer.kafka_quirks import force_close
 
 __all__ = [
-    "LAB_DEFAULTS", "MODES", "ON_FULL_POLICIES", "AsyncPostProducer", "BackpressureError",
-    "BrokerUnavailableError", "CloseReport", "Delivery", "DeliveryFailed", "PostFuture",
-    "ProducerClosedError", "State", "api_versions_probe", "force_close",
+    "CLIENTS", "LAB_DEFAULTS", "MODES", "ON_FULL_POLICIES", "AsyncPostProducer",
+    "BackpressureError", "BrokerUnavailableError", "CloseReport", "Delivery", "DeliveryFailed",
+    "PostFuture", "ProducerClosedError", "State", "api_versions_probe", "force_close",
 ]

@@ -17,9 +17,19 @@ producer adds to the plain client, each in its own module of this folder:
   moderation stage).
 * :mod:`.encoding`: the post → record encoding and its validation fast path.
 
+**Two clients** (``client=``): ``"kafka-python"`` (the default, the lessons' client) or
+``"confluent"``: librdkafka (:mod:`.librdkafka`), where the same lesson is::
+
+    client.produce(topic, value, key, on_delivery=pf.delivery_report)  # also returns at once
+    # ... and the report is served only inside poll(): by the lab's poll thread
+
+Same futures, callbacks, errors (librdkafka's mapped to kafka-python's classes), in-flight
+bound and failover either way.
+
 Threads: the caller runs ``submit`` (validation, ``client.send``, or a spool append while not
-``SENDING``). kafka-python's sender thread runs the delivery callbacks (:meth:`on_ack`,
-:meth:`on_send_error`): they only count, settle the future, call the handlers and queue work.
+``SENDING``). kafka-python's sender thread (or, with librdkafka, the lab's poll thread) runs
+the delivery callbacks (:meth:`on_ack`, :meth:`on_send_error`): they only count, settle the
+future, call the handlers and queue work.
 Two worker threads do what blocks: one spools failed posts and replaces clients, the other
 re-sends a post alone and writes dead letters (so the first never waits behind the broker).
 With a spool, the health thread probes the broker and replays.
@@ -64,6 +74,7 @@ from lab_kit.producer.kafka_quirks import (
     is_sender_thread,
     warm_metadata,
 )
+from lab_kit.producer.librdkafka import LibrdkafkaClient, producer_properties
 from lab_kit.producer.partitioner import KeyHashPartitioner
 from lab_kit.producer.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, Spool, SpoolError
 from lab_kit.topics import POSTS, POSTS_DLQ
@@ -78,6 +89,8 @@ ON_FULL_POLICIES = ("spool", "block", "reject")
 #: The close report names at most this many failed posts (it counts them all).
 MAX_FAILED_IDS = 10_000
 MODES = ("async", "sync")
+#: The Kafka client under the producer: kafka-python (the lessons') or librdkafka.
+CLIENTS = ("kafka-python", "confluent")
 
 
 class AsyncPostProducer:
@@ -118,20 +131,19 @@ class AsyncPostProducer:
         health_probe: Callable[[], bool] | None = None,
         spool_max_rows: int = DEFAULT_MAX_ROWS,
         spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        client: str = "kafka-python",
         **kafka_config: Any,
     ):
         on_full = on_full or ("spool" if spool_path else "block")
         _check_options(mode, max_in_flight, on_full, spool_path, max_block_s, probe_interval_s,
-                       stall_timeout_s)
-        if bootstrap_servers is None:
-
-            cfg = broker.ensure().client_config()
-            bootstrap_servers = cfg.pop("bootstrap_servers")
-            kafka_config = {**cfg, **kafka_config}
-        self._kafka_config = check_producer_settings(
-            {**LAB_DEFAULTS, **kafka_config, "bootstrap_servers": bootstrap_servers})
+                       stall_timeout_s, client)
+        self._kafka_config = _client_settings(bootstrap_servers, kafka_config, client,
+                                              max_in_flight)
+        bootstrap_servers = self._kafka_config["bootstrap_servers"]
         self.topic = topic
         self.mode = mode
+        self.client_kind = client
+        self._librdkafka = client == "confluent"
         self.max_in_flight = max_in_flight
         self.on_full = on_full
         self.max_block_s = max_block_s
@@ -198,7 +210,10 @@ class AsyncPostProducer:
         failover.start()
         return failover
 
-    def _new_client(self) -> KafkaProducer:
+    def _new_client(self) -> KafkaProducer | LibrdkafkaClient:
+        if self._librdkafka:  # bootstraps and reads the topic's metadata, as below
+            return LibrdkafkaClient(self._kafka_config, topic=self.topic,
+                                    queue_messages=self.max_in_flight)
         client = KafkaProducer(**{"partitioner": KeyHashPartitioner(), **self._kafka_config})
         warm_metadata(client, self.topic)  # so send() never waits for it (kafka_quirks, 4)
         return client
@@ -230,6 +245,16 @@ class AsyncPostProducer:
         now = time.perf_counter()
         self.metrics.observe("submitted", "submit", now - t0, now)
         return pf
+
+    async def asubmit(self, post: Post | dict, *, intended_at: float | None = None) -> Delivery:
+        """``await producer.asubmit(post)``: :meth:`submit`, then the :class:`Delivery` on the
+        running event loop, without a thread per call: the client's callback thread (sender
+        or poll thread) hands the outcome to the loop (:mod:`.asyncio_bridge`). Raises what
+        ``submit`` raises at once, and ``DeliveryFailed`` if the post failed."""
+        # a lazy import: the bridge imports this module
+        from lab_kit.producer.asyncio_bridge import wrap_future
+
+        return await wrap_future(self.submit(post, intended_at=intended_at))
 
     def _send_or_hold(self, pf: PostFuture, key: bytes, value: bytes, t0: float) -> None:
         """Send it, unless ``max_in_flight`` posts are in the client, or (without a spool) a
@@ -264,6 +289,9 @@ class AsyncPostProducer:
         pf.generation = generation
         self._in_flight.add(pf)
         try:
+            if self._librdkafka:  # the report comes on the lab's poll thread (librdkafka.py)
+                client.produce_for(self.topic, key, value, pf.delivery_report)
+                return
             kf = client.send(self.topic, value=value, key=key)
         except Exception as exc:  # noqa: BLE001 - e.g. too large, or no metadata in max_block_ms
             self.on_send_error(pf, exc)
@@ -274,10 +302,15 @@ class AsyncPostProducer:
     def on_ack(self, pf: PostFuture, metadata: Any, now: float) -> None:
         """The ack (sender thread; worker for a lone re-send): count it, settle the future,
         tell the handlers. Keep it short: every other delivery waits behind it."""
+        self.on_record_acked(pf, metadata.topic, metadata.partition, metadata.offset, now)
+
+    def on_record_acked(self, pf: PostFuture, topic: str, partition: int, offset: int,
+                        now: float) -> None:
+        """:meth:`on_ack` with the record's place given as values (librdkafka's delivery
+        report hands them over without building a metadata object per post)."""
         self._in_flight.discard(pf)
         latency = now - pf.intended_at
-        delivery = Delivery(pf.post_id, "acked", metadata.topic, metadata.partition,
-                            metadata.offset, latency)
+        delivery = Delivery(pf.post_id, "acked", topic, partition, offset, latency)
         if not pf.set_result(delivery):
             return  # settled already (spooled by close()): the spool's replay counts it
         self.metrics.observe("acked", "ack", latency, now)
@@ -483,8 +516,9 @@ class AsyncPostProducer:
 
     # --- what callers read --------------------------------------------------------------------
     @property
-    def client(self) -> KafkaProducer | None:
-        """The underlying kafka-python producer (for ``metrics()`` and experiments)."""
+    def client(self) -> KafkaProducer | LibrdkafkaClient | None:
+        """The underlying client (for ``metrics()`` and experiments): a ``KafkaProducer``, or
+        with ``client="confluent"`` a :class:`~.librdkafka.LibrdkafkaClient`."""
         return self._clients.current[1]
 
     @property
@@ -679,10 +713,29 @@ class ClientSlot:
             self._worker.submit(force_close, old)
 
 
+def _client_settings(bootstrap_servers: str | list[str] | None, kafka_config: dict[str, Any],
+                     client: str, max_in_flight: int) -> dict[str, Any]:
+    """The client's settings, checked: the lab's broker when none is named (started if need
+    be), the lab defaults under the caller's settings; for librdkafka, translated once here
+    so that a setting it lacks fails now, not at the first send."""
+    if bootstrap_servers is None:
+        cfg = broker.ensure().client_config()
+        bootstrap_servers = cfg.pop("bootstrap_servers")
+        kafka_config = {**cfg, **kafka_config}
+    config = check_producer_settings(
+        {**LAB_DEFAULTS, **kafka_config, "bootstrap_servers": bootstrap_servers})
+    if client == "confluent":
+        producer_properties(config, max_in_flight)
+    return config
+
+
 def _check_options(mode: str, max_in_flight: Any, on_full: str, spool_path: str | None,
-                   max_block_s: Any, probe_interval_s: Any, stall_timeout_s: Any) -> None:
+                   max_block_s: Any, probe_interval_s: Any, stall_timeout_s: Any,
+                   client: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+    if client not in CLIENTS:
+        raise ValueError(f"client: {client!r} is not one of {CLIENTS}")
     if type(max_in_flight) is not int or max_in_flight < 1:
         raise ValueError(f"max_in_flight: must be an integer >= 1, got {max_in_flight!r}")
     if on_full not in ON_FULL_POLICIES:

@@ -1,8 +1,9 @@
 """What ``submit()`` hands back: a :class:`PostFuture`, which settles into a :class:`Delivery`
 (acked or spooled) or raises :class:`~lab_kit.producer.errors.DeliveryFailed`.
 
-The future is also the callback kafka-python calls when the broker answers: one object per
-post serves as both callback and errback (see :meth:`PostFuture.__call__`).
+The future is also the callback the client calls when the broker answers: one object per post
+serves as both callback and errback for kafka-python (:meth:`PostFuture.__call__`) and as
+librdkafka's delivery report (:meth:`PostFuture.delivery_report`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lab_kit.posts import Post
+from lab_kit.producer.librdkafka import exception_for
 from lab_kit.producer.spool import next_submit_order
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ class DeliveryListener(Protocol):
     """Who hears about a post's answer from Kafka: the producer facade."""
 
     def on_ack(self, pf: PostFuture, metadata: Any, now: float) -> None: ...
+
+    def on_record_acked(self, pf: PostFuture, topic: str, partition: int, offset: int,
+                        now: float) -> None: ...
 
     def on_send_error(self, pf: PostFuture, exc: BaseException) -> None: ...
 
@@ -82,6 +87,15 @@ class PostFuture:
             self._listener.on_send_error(self, outcome)
         else:
             self._listener.on_ack(self, outcome, time.perf_counter())
+
+    def delivery_report(self, err: Any, msg: Any) -> None:
+        """librdkafka's delivery callback (``on_delivery``), served on the lab's poll thread
+        (:mod:`~lab_kit.producer.librdkafka`): the same two outcomes as :meth:`__call__`."""
+        if err is None:
+            self._listener.on_record_acked(self, msg.topic(), msg.partition(), msg.offset(),
+                                           time.perf_counter())
+        else:
+            self._listener.on_send_error(self, exception_for(err))
 
     def done(self) -> bool:
         return self._state == _DONE

@@ -52,7 +52,12 @@ from kafka.errors import KafkaTimeoutError
 
 
 def force_close(client: KafkaProducer) -> None:
-    """Close a kafka-python producer now, failing what it still holds (their errbacks run)."""
+    """Close a kafka-python producer now, failing what it still holds (their errbacks run).
+    A :class:`~lab_kit.producer.librdkafka.LibrdkafkaClient` does it its own way (``purge``)."""
+    own = getattr(client, "force_close", None)
+    if own is not None:
+        own()
+        return
     try:
         client.close(timeout=0)
     except KafkaTimeoutError:
@@ -92,9 +97,11 @@ def end_transaction(client: KafkaProducer, commit: bool, timeout_s: float, *,
 
 
 def is_sender_thread(*clients: KafkaProducer | None) -> bool:
-    """Quirk 3: True if the calling thread is the I/O thread of one of these clients."""
+    """Quirk 3: True if the calling thread is the one that runs callbacks for one of these
+    clients: kafka-python's sender thread, or the lab's librdkafka poll thread."""
     current = threading.current_thread()
-    return any(current is getattr(c, "_sender", None) for c in clients if c is not None)
+    return any(current in (getattr(c, "_sender", None), getattr(c, "poll_thread", None))
+               for c in clients if c is not None)
 
 
 class TopicMetadataTimeout(KafkaTimeoutError):

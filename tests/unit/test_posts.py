@@ -523,3 +523,23 @@ def test_deeply_nested_kafka_value_is_a_validation_error():
 def test_workload_posts_all_pass_the_new_rules():
     for post in Workload(seed=3).posts(2000):
         assert validate_post(post) is post or validate_post(post) == post
+
+
+def test_the_fast_path_of_has_visible_char_agrees_with_the_full_check():
+    """A letter or digit first takes the fast path: for every code point, the full check
+    (category, then the blank fillers) says the same."""
+    import sys
+    import unicodedata
+
+    from lab_kit.posts import _BLANK_LETTERS, has_visible_char
+
+    def full(ch: str) -> bool:
+        cat = unicodedata.category(ch)
+        return cat[0] not in "CZ" and cat not in ("Mn", "Me") and ch not in _BLANK_LETTERS
+
+    fast = [chr(c) for c in range(sys.maxunicode + 1)
+            if chr(c).isalnum() and chr(c) not in _BLANK_LETTERS]
+    assert len(fast) > 100_000
+    assert [hex(ord(ch)) for ch in fast if not full(ch)] == []
+    assert all(has_visible_char(ch) for ch in fast)
+    assert not has_visible_char("\u3164x"[:1]) and has_visible_char("\u3164x")

@@ -69,9 +69,26 @@ def test_cpu_profile_splits_caller_and_background(report):
 def test_targets_are_all_evaluated(report):
     rep, _ = report
     targets = rep["targets"]
-    assert len(targets) == 7
+    assert len(targets) == 11
     assert all(isinstance(v, bool) for v in targets.values())
     assert targets["open_loop.lost <= 0"] is True
+    assert targets["lab_kit_confluent.lost <= 0"] is True
+    assert targets["lab_kit_async.lost <= 0"] is True
+
+
+def test_the_confluent_contenders_ran_and_lab_kit_delivered_all(report):
+    """AsyncPostProducer(client="confluent") beside the plain confluent loops: every post read
+    back from the topic, and the ratios follow from the measured rates."""
+    rep, _ = report
+    res, ratios = rep["results"], rep["ratios"]
+    lab, raw, polled = (res["lab_kit_confluent"], res["confluent_kafka"],
+                        res["confluent_poll_thread"])
+    assert lab["acked"] == lab["posts"] and lab["lost"] == 0
+    assert polled["acked"] == polled["posts"]
+    assert ratios["lab_kit_confluent_over_raw_confluent"] == pytest.approx(
+        lab["msgs_per_s"] / raw["msgs_per_s"], abs=0.002)
+    assert ratios["lab_kit_confluent_over_poll_thread"] == pytest.approx(
+        lab["msgs_per_s"] / polled["msgs_per_s"], abs=0.002)
 
 
 @pytest.mark.parametrize("args, needle", [(["--rate", "0"], "--rate"),

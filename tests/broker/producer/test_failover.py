@@ -21,7 +21,7 @@ from lab_kit.drills import DrillSettings, KafkaCallWatch
 from lab_kit.drills.runner import run_drill
 from lab_kit.harness.readback import audit, post_ids_in
 from lab_kit.posts import Workload
-from lab_kit.producer import AsyncPostProducer, DeliveryFailed, force_close
+from lab_kit.producer import CLIENTS, AsyncPostProducer, DeliveryFailed, force_close
 from lab_kit.producer.spool import SpoolError
 from lab_kit.topics import ensure_topics
 
@@ -45,11 +45,12 @@ def fresh_topic(fault_broker, topic_name):
 
 @pytest.mark.parametrize("name, outage_s", [("broker-outage", 1.5), ("broker-pause", 1.5),
                                              ("broker-outage-long", 6.5)])
-def test_drill_at_small_scale_loses_nothing(fault_broker, tmp_path, name, outage_s):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_drill_at_small_scale_loses_nothing(fault_broker, tmp_path, name, outage_s, client):
     """broker-outage-long: down past the producer's delivery timeout (5 s in that drill), so
     posts time out inside the client after newer ones were spooled; still in order."""
     settings = DrillSettings(posts=3000, rate=1000 if outage_s < 3 else 300, outage_s=outage_s,
-                             lead_s=0.8)
+                             lead_s=0.8, client=client)
     report = run_drill(name, settings, broker=fault_broker, workdir=tmp_path)
     assert report.ok and report.nemesis_error is None
     audit = report.audit
@@ -72,10 +73,12 @@ def test_drill_at_small_scale_loses_nothing(fault_broker, tmp_path, name, outage
     assert fault_broker.nodes()[0].state == "running"
 
 
-def test_leader_failover_drill_on_three_nodes(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_leader_failover_drill_on_three_nodes(tmp_path_factory, tmp_path, client):
     cluster = local.up(nodes=3, state_dir=tmp_path_factory.mktemp("drill-cluster"))
     try:
-        settings = DrillSettings(posts=3000, rate=1000, outage_s=1.5, lead_s=0.8)
+        settings = DrillSettings(posts=3000, rate=1000, outage_s=1.5, lead_s=0.8,
+                                 client=client)
         report = run_drill("leader-failover", settings, broker=cluster, workdir=tmp_path)
     finally:
         cluster.down(purge=True)
@@ -84,10 +87,12 @@ def test_leader_failover_drill_on_three_nodes(tmp_path_factory, tmp_path):
     assert any("leader node" in w.label for w in report.outage_windows)
 
 
-def test_outage_sends_posts_to_the_spool_and_replays_them(fault_broker, fresh_topic, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_outage_sends_posts_to_the_spool_and_replays_them(fault_broker, fresh_topic, tmp_path,
+                                                           client):
     cfg = fault_broker.client_config()
     posts = Workload(seed=5).posts(1500)
-    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic,
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, client=client,
                            spool_path=str(tmp_path / "spool.db"), probe_interval_s=0.2,
                            stall_timeout_s=1.0) as producer:
         for p in posts[:500]:
@@ -119,8 +124,9 @@ CRASHER = textwrap.dedent("""
     import os, signal, sys
     from lab_kit.posts import Workload
     from lab_kit.producer import AsyncPostProducer, force_close
-    bootstrap, topic, spool = sys.argv[1:4]
-    p = AsyncPostProducer(bootstrap, topic, spool_path=spool, bootstrap_timeout_ms=1500)
+    bootstrap, topic, spool, client = sys.argv[1:5]
+    p = AsyncPostProducer(bootstrap, topic, spool_path=spool, bootstrap_timeout_ms=1500,
+                          client=client)
     for post in Workload(seed=23).posts(800):
         p.submit(post)
     print(len(p.spool), flush=True)
@@ -128,13 +134,15 @@ CRASHER = textwrap.dedent("""
 """)
 
 
-def test_a_new_producer_replays_what_a_killed_one_left(fault_broker, fresh_topic, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_new_producer_replays_what_a_killed_one_left(fault_broker, fresh_topic, tmp_path,
+                                                       client):
     cfg = fault_broker.client_config()
     spool = tmp_path / "crash.db"
     fault_broker.kill()  # broker down: every accepted post must go to the spool
     try:
         out = subprocess.run([sys.executable, "-c", CRASHER, cfg["bootstrap_servers"],
-                              fresh_topic, str(spool)], capture_output=True, text=True,
+                              fresh_topic, str(spool), client], capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
         assert int(out.stdout.strip()) == 800
@@ -143,7 +151,7 @@ def test_a_new_producer_replays_what_a_killed_one_left(fault_broker, fresh_topic
     finally:
         fault_broker.start()
     with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=str(spool),
-                           probe_interval_s=0.2) as replacement:
+                           probe_interval_s=0.2, client=client) as replacement:
         assert replacement.drain_spool(timeout=60) == 0
         assert replacement.metrics.counters()["replayed"] == 800
     ids = [p.post_id for p in Workload(seed=23).posts(800)]
@@ -151,10 +159,11 @@ def test_a_new_producer_replays_what_a_killed_one_left(fault_broker, fresh_topic
     assert report.lost == 0 and report.delivered_unique == 800 and report.duplicates == 0
 
 
-def test_per_user_order_is_kept_through_an_outage(fault_broker, fresh_topic, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_per_user_order_is_kept_through_an_outage(fault_broker, fresh_topic, tmp_path, client):
     cfg = fault_broker.client_config()
     posts = Workload(seed=9, users=20).posts(1200)
-    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, linger_ms=0,
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, linger_ms=0, client=client,
                            spool_path=str(tmp_path / "order.db"), probe_interval_s=0.2,
                            stall_timeout_s=1.0) as producer:
         for i, p in enumerate(posts):
@@ -199,9 +208,12 @@ def test_kafka_python_idempotent_producer_stops_after_an_expired_batch(fault_bro
         force_close(raw)
 
 
-def test_our_producer_recovers_from_an_expired_batch_without_a_spool(fault_broker, fresh_topic):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_our_producer_recovers_from_an_expired_batch_without_a_spool(fault_broker, fresh_topic,
+                                                                     client):
     cfg = fault_broker.client_config()
     with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, request_timeout_ms=1000,
+                           client=client,
                            delivery_timeout_ms=2500) as producer:
         producer.submit(Workload(seed=1).posts(1)[0]).result(timeout=10)
         fault_broker.pause()
@@ -221,8 +233,9 @@ def test_our_producer_recovers_from_an_expired_batch_without_a_spool(fault_broke
     assert counters["undeliverable"] == 1 and counters["acked"] == 2
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_close_during_an_outage_spools_what_is_still_in_the_client(fault_broker, fresh_topic,
-                                                                    tmp_path):
+                                                                    tmp_path, client):
     """close() while the broker is down and posts still sit in the client's batches: they
     go to the spool (not dropped), and a new producer on that spool delivers them."""
     cfg = fault_broker.client_config()
@@ -230,7 +243,8 @@ def test_close_during_an_outage_spools_what_is_still_in_the_client(fault_broker,
     posts = Workload(seed=41).posts(300)
     # linger 10 s: the posts stay in the client's batch, unsent, until close()
     producer = AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=spool,
-                                 linger_ms=10_000, batch_size=1_000_000, probe_interval_s=0.2)
+                                 client=client, linger_ms=10_000, batch_size=1_000_000,
+                                 probe_interval_s=0.2)
     futures = [producer.submit(p) for p in posts]
     fault_broker.kill()
     try:
@@ -243,7 +257,7 @@ def test_close_during_an_outage_spools_what_is_still_in_the_client(fault_broker,
     assert report.lost == 0 and report.failed_ids == [] and report.undelivered_ids == []
     assert {f.result(timeout=1).outcome for f in futures} == {"spooled"}
     with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, spool_path=spool,
-                           probe_interval_s=0.2) as replacement:
+                           probe_interval_s=0.2, client=client) as replacement:
         assert replacement.drain_spool(timeout=60) == 0
         counters = replacement.metrics.counters()
     report = audit(cfg, fresh_topic, [p.post_id for p in posts])
@@ -253,12 +267,14 @@ def test_close_during_an_outage_spools_what_is_still_in_the_client(fault_broker,
     assert report.duplicates == 0  # killed before the batch left the client
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_stuck_client_is_replaced_and_what_it_held_is_replayed(fault_broker, fresh_topic,
-                                                                 tmp_path):
+                                                                 tmp_path, client):
     """The broker answers the health probe, yet acks stop: here because a delivery handler
-    blocks the client's sender thread (kafka-python's idempotent producer that stops after
-    an expired batch looks the same from outside). Past twice the stall timeout the producer
-    replaces its client; the posts the old one still held are spooled and replayed."""
+    blocks the client's callback thread (kafka-python's sender thread, the lab's librdkafka
+    poll thread); kafka-python's idempotent producer that stops after an expired batch looks
+    the same from outside. Past twice the stall timeout the producer replaces its client; the
+    posts the old one still held are spooled and replayed."""
     from lab_kit.producer.callbacks import UserCallback
 
     cfg = fault_broker.client_config()
@@ -270,7 +286,7 @@ def test_a_stuck_client_is_replaced_and_what_it_held_is_replayed(fault_broker, f
             entered.set()
             release.wait(60)  # the sender thread is stuck here until the test lets go
 
-    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, linger_ms=0,
+    with AsyncPostProducer(cfg["bootstrap_servers"], fresh_topic, linger_ms=0, client=client,
                            spool_path=str(tmp_path / "stuck.db"), probe_interval_s=0.2,
                            stall_timeout_s=1.0,
                            handlers=[UserCallback(on_success=block_once)]) as producer:
@@ -293,7 +309,11 @@ def test_a_stuck_client_is_replaced_and_what_it_held_is_replayed(fault_broker, f
         assert producer.drain_spool(timeout=60) == 0
         assert producer.flush(60)
     counters = producer.metrics.counters()
-    assert counters["spooled"] > 0 and counters["replayed"] == counters["spooled"], dict(counters)
+    assert counters["replayed"] == counters.get("spooled", 0), dict(counters)
+    if client == "kafka-python":  # its sender thread does the I/O too: the posts never left
+        assert counters["spooled"] > 0, dict(counters)
+    # librdkafka sends on threads of its own: the posts did leave, only their reports waited
+    # behind the stuck callback, and they came once it let go (acked, not spooled again)
     report = audit(cfg, fresh_topic, [p.post_id for p in posts])
     assert report.lost == 0 and report.delivered_unique == 300
 

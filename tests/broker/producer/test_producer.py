@@ -10,6 +10,7 @@ import pytest
 
 from lab_kit.posts import Post, PostValidationError, Workload
 from lab_kit.producer import (
+    CLIENTS,
     AsyncPostProducer,
     BackpressureError,
     BrokerUnavailableError,
@@ -25,12 +26,6 @@ from lab_kit.producer.callbacks import (
 from tests.kafka_helpers import create_topic, read_all
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def topic(client_config, topic_name):
-    create_topic(client_config, topic_name, partitions=3)
-    return topic_name
 
 
 @pytest.fixture
@@ -72,8 +67,9 @@ def test_exactly_one_callback_per_post(bootstrap, topic, posts, client_config):
     assert sorted(landed) == sorted(p.post_id for p in posts)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_post_the_broker_refuses_as_too_large_ends_in_errback_and_dlq(
-        bootstrap, client_config, topic_name):
+        bootstrap, client_config, topic_name, client):
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
@@ -85,7 +81,7 @@ def test_a_post_the_broker_refuses_as_too_large_ends_in_errback_and_dlq(
     big = Post(user_id="u-big", text="a long rant " * 300)  # ~3.6 kB: valid, but > 1024
     ok = Post(user_id="u-ok", text="short and sweet")
     errors = []
-    with AsyncPostProducer(bootstrap, small, dlq_topic=dlq, linger_ms=0,
+    with AsyncPostProducer(bootstrap, small, dlq_topic=dlq, linger_ms=0, client=client,
                            handlers=[UserCallback(on_error=lambda p, e: errors.append(e))]
                            ) as producer:
         f_big, f_ok = producer.submit(big), producer.submit(ok)
@@ -109,8 +105,9 @@ def test_a_post_the_broker_refuses_as_too_large_ends_in_errback_and_dlq(
     assert dict(records[0].headers)["error_type"] == b"MessageSizeTooLargeError"
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_spooled_batch_refused_for_one_post_delivers_its_mates(
-        bootstrap, client_config, topic_name, tmp_path):
+        bootstrap, client_config, topic_name, tmp_path, client):
     """Replay sends the spool in batches; the broker refuses a whole batch when one record
     in it is too large for the topic. The mates are re-sent alone and delivered, in order;
     only the big post is dead-lettered."""
@@ -131,7 +128,7 @@ def test_a_spooled_batch_refused_for_one_post_delivers_its_mates(
                       for i, p in enumerate(posts))
     spool.close()
     with AsyncPostProducer(bootstrap, small, dlq_topic=dlq, spool_path=str(tmp_path / "spool.db"),
-                           linger_ms=50) as producer:
+                           linger_ms=50, client=client) as producer:
         assert producer.drain_spool(timeout=60) == 0
         counters = producer.metrics.counters()
     landed = [json.loads(r.value)["post_id"] for r in read_all(client_config, small)]

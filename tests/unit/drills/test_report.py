@@ -112,7 +112,8 @@ def test_audit_ids_are_capped_in_the_json_but_the_counts_are_not():
 
 def test_summary_text():
     text = _producer_report().summary()
-    assert text.splitlines()[0] == "drill broker-outage on 1 node(s), Kafka 4.0.0: OK"
+    assert text.splitlines()[0] == ("drill broker-outage on 1 node(s), Kafka 4.0.0, "
+                                    "client kafka-python: OK")
     assert ("submitted=100, acked=60, spooled=40, replayed=40, delivered_unique=100, "
             "duplicates=1, lost=0, dead_lettered=0") in text
     assert "outage 0.5s..1.5s: broker node 1 killed (-9)" in text
