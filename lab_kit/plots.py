@@ -416,12 +416,15 @@ def sync_vs_async(results: Mapping[str, Mapping[str, Any]], *,
 
 
 def cpu_per_post(results: Mapping[str, Mapping[str, Any]], *,
-                 title: str = "Where the CPU goes, per post") -> Figure:
+                 title: str = "Where the CPU goes, per post",
+                 background: str = "background (sender thread)") -> Figure:
     """Stacked horizontal bars: CPU µs per post on the caller's thread and in the background.
 
     ``results`` maps a mode to a dict with ``caller_cpu_us_per_post`` and
-    ``background_cpu_us_per_post`` (see :class:`lab_kit.metrics.CpuMeter`).
+    ``background_cpu_us_per_post`` (see :class:`lab_kit.metrics.CpuMeter`); ``background``
+    labels the second bar (kafka-python: its sender thread).
     """
+    background_label = background
     fig, (ax,) = _figure(1, figsize=(8.0, 0.9 + 0.6 * max(1, len(results))))
     modes = [m for m in results
              if math.isfinite(_value(results[m].get("caller_cpu_us_per_post")))]
@@ -433,7 +436,7 @@ def cpu_per_post(results: Mapping[str, Mapping[str, Any]], *,
     background = np.array([_value(results[m].get("background_cpu_us_per_post")) for m in modes])
     background = np.where(np.isfinite(background), background, 0.0)
     ax.barh(y, caller, color="C0", label="caller thread (submit)")
-    ax.barh(y, background, left=caller, color="C1", label="background (sender thread)")
+    ax.barh(y, background, left=caller, color="C1", label=background_label)
     for i, total in enumerate(caller + background):
         ax.text(total, i, f" {total:,.1f} µs", va="center", fontsize="small")
     ax.set_yticks(y, [str(m) for m in modes])
@@ -443,6 +446,33 @@ def cpu_per_post(results: Mapping[str, Mapping[str, Any]], *,
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def callback_timeline(timeline: pd.DataFrame, *,
+                      title: str = "When and where each post's callback ran") -> Figure:
+    """One lane per client model (``lab_kit.producer.client_models.callback_timeline``): grey
+    ticks where posts were submitted, dots where their callbacks ran (one colour per thread),
+    crosses where an ``await`` resumed (asyncio)."""
+    fig, (ax,) = _figure(1, figsize=(9.0, 3.6))
+    models = list(dict.fromkeys(timeline["model"]))
+    for lane, model in enumerate(models):
+        part = timeline[timeline["model"] == model]
+        ax.scatter(part["submitted_at_s"] * 1e3, [lane - 0.2] * len(part), marker="|",
+                   color="0.6", label="submit" if lane == 0 else None)
+        for thread, rows in part.groupby("callback_thread"):
+            ax.scatter(rows["callback_at_s"] * 1e3, [lane + 0.05] * len(rows), s=8,
+                       label=f"callback on {thread}")
+        resumed = part.dropna(subset=["resumed_at_s"])
+        if len(resumed):
+            ax.scatter(resumed["resumed_at_s"] * 1e3, [lane + 0.3] * len(resumed), s=8,
+                       marker="x", label=f"await resumed on {resumed['resumed_thread'].iloc[0]}")
+    ax.set_yticks(range(len(models)), models)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms since the model's first submit")
+    ax.set_title(title)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
     return fig
 
 

@@ -192,7 +192,7 @@ def missing_poll(bootstrap: str, topic: str, n: int, queue_max: int = 100,
         rows.append({"phase": phase, "produce_calls": calls, "accepted": accepted,
                      "buffer_errors": errors, "first_buffer_error_at": first,
                      "callbacks": len(fired), "callback_threads": ",".join(sorted(set(fired))),
-                     "waiting_for_poll": len(producer)})
+                     "len_producer": len(producer)})
 
     accepted, errors, first = 0, 0, None
     for i, post in enumerate(Post(user_id=f"user-{i % 10:05d}", text=f"post {i}")

@@ -86,7 +86,8 @@ class PostFuture:
         if isinstance(outcome, BaseException):
             self._listener.on_send_error(self, outcome)
         else:
-            self._listener.on_ack(self, outcome, time.perf_counter())
+            self._listener.on_record_acked(self, outcome.topic, outcome.partition,
+                                           outcome.offset, time.perf_counter())
 
     def delivery_report(self, err: Any, msg: Any) -> None:
         """librdkafka's delivery callback (``on_delivery``), served on the lab's poll thread

@@ -220,6 +220,21 @@ def test_cpu_per_post_stacks_caller_and_background():
     _render(fig)
 
 
+def test_callback_timeline_one_lane_per_model():
+    rows = [{"model": m, "i": i, "submitted_at_s": i * 0.001, "callback_at_s": 0.01 + i * 0.001,
+             "callback_thread": t, "resumed_at_s": (0.012 + i * 0.001) if m == "asyncio" else None,
+             "resumed_thread": "loop" if m == "asyncio" else None}
+            for m, t in (("kafka-python", "sender"), ("confluent", "poll"), ("asyncio", "sender"))
+            for i in range(3)]
+    fig = plots.callback_timeline(pd.DataFrame(rows))
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["kafka-python", "confluent", "asyncio"]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels.count("submit") == 1 and "await resumed on loop" in labels
+    assert {"callback on sender", "callback on poll"} <= set(labels)
+    _render(fig)
+
+
 def test_cpu_per_post_without_data_says_so():
     (ax,) = plots.cpu_per_post({"sync": {"msgs_per_s": 1.0}}).axes
     assert "no data" in ax.texts[0].get_text()

@@ -35,7 +35,7 @@ def test_a_producer_that_never_polls_fills_its_queue_then_flush_serves_all(boots
     first, later, flushed = df.iloc[0], df.iloc[1], df.iloc[2]
     assert (first.accepted, first.buffer_errors, first.first_buffer_error_at) == (50, 100, 50)
     assert first.callbacks == 0 and later.callbacks == 0 and later.buffer_errors == 1
-    assert flushed.callbacks == 50 and flushed.waiting_for_poll == 0
+    assert flushed.callbacks == 50 and flushed.len_producer == 0
     assert flushed.callback_threads == "MainThread"  # flush() served them on its caller
 
 
