@@ -40,7 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="moderation member processes of one consumer group (1-32, default 1)")
     g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
                    help="the moderation service's Kafka client (default confluent: "
-                        "librdkafka; the load producer is kafka-python either way)")
+                        "librdkafka)")
+    g.add_argument("--load-client", dest="load_client", choices=("kafka-python", "confluent"),
+                   default=None, help="pipeline: the open loop's load producer "
+                   "(AsyncPostProducer(client=...)); default confluent")
     g.add_argument("--guarantee", choices=("at-least-once", "exactly-once", "both"),
                    default=None, help="the moderation members' guarantee (default "
                    "at-least-once); both: one run of each, and their throughput ratio")

@@ -87,6 +87,10 @@ class PipelineSettings:
     seconds: float = FULL["seconds"]
     processes: int = 1
     client: str = DEFAULT_CLIENT
+    #: the open loop's load producer (``AsyncPostProducer(client=...)``): librdkafka by
+    #: default, so that the load costs the machine little (the notebooks' producer stays
+    #: kafka-python); ``--load-client kafka-python`` for the lessons' client
+    load_client: str = DEFAULT_CLIENT
     backlog: int | None = None
     shed_after_ms: float | None = None  # None: the service's default
     guarantee: str = "at-least-once"  # or "exactly-once", or "both" (one after the other)
@@ -106,6 +110,7 @@ class PipelineSettings:
                    seconds=base["seconds"] if args.seconds is None else args.seconds,
                    processes=1 if args.processes is None else args.processes,
                    client=args.client or DEFAULT_CLIENT, backlog=args.backlog,
+                   load_client=getattr(args, "load_client", None) or DEFAULT_CLIENT,
                    shed_after_ms=args.shed_after_ms,
                    guarantee=getattr(args, "guarantee", None) or "at-least-once",
                    json_path=args.json_path,
@@ -128,6 +133,9 @@ class PipelineSettings:
         if self.client not in CLIENT_CHOICES:
             raise ValueError(f"--client must be one of {', '.join(CLIENT_CHOICES)}, "
                              f"got {self.client!r}")
+        if self.load_client not in CLIENT_CHOICES:
+            raise ValueError(f"--load-client must be one of {', '.join(CLIENT_CHOICES)}, "
+                             f"got {self.load_client!r}")
         if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
             raise ValueError("--client confluent needs confluent-kafka "
                              "(pip install '.[confluent]')")
@@ -164,7 +172,7 @@ class OpenLoopRun(PipelineRun):
         super().__init__(
             broker, progress=progress, max_rows=int(2 * settings.seconds) + 200,
             drain_timeout_s=60 + settings.seconds,
-            producer_options={"linger_ms": PRODUCER_LINGER_MS},
+            producer_options={"linger_ms": PRODUCER_LINGER_MS, "client": settings.load_client},
             processes=settings.processes, client=settings.client,
             service_args=_service_args(settings),
             # the service ends itself after this long, should this process be killed (-9)
@@ -334,6 +342,7 @@ def _open_loop_report(settings: PipelineSettings, run: OpenLoopRun) -> dict[str,
         "posts_duplicates": run.landed.duplicates,
         "processes": settings.processes,
         "client": settings.client,
+        "load_client": settings.load_client,
         "guarantee": settings.guarantee,
         "submitted": len(ids),
         "rejected": run.submit.rejected,
@@ -410,7 +419,8 @@ def format_report(r: dict) -> str:
                  f"the window {r['results_missing']}, duplicates {r['duplicates']}",
                  "  " + cpu_line]
         return "\n".join(lines)
-    lines = [f"pipeline: {r['offered_rate']:,.0f} posts/s offered for {r['seconds']:g} s, "
+    lines = [f"pipeline: {r['offered_rate']:,.0f} posts/s offered for {r['seconds']:g} s "
+             f"(load producer: {r.get('load_client', 'kafka-python')}), "
              f"{r['processes']} moderation process(es) ({r['client']}, "
              f"{r.get('guarantee', 'at-least-once')})",
              f"  submitted {r['submitted']:,}; achieved {_f(r['achieved_rate'])} results/s; "

@@ -99,8 +99,9 @@ def ceiling(cpu: dict[str, float | None]) -> dict[str, Any] | None:
 #: thread_cpu_s`) or the stage phase (:data:`~lab_kit.moderation.profile.PHASES`, ``other``)
 PROFILE_ROWS = (
     ("load producer", "caller thread: submit()", "caller"),
-    ("load producer", "kafka-python network thread", "kafka-python"),
-    ("load producer", "other threads (sampler, producer workers)", "other"),
+    ("load producer", "client thread (kafka-python network / librdkafka poll)", "client"),
+    ("load producer", "other threads (sampler, producer workers, librdkafka's C threads)",
+     "other"),
     ("broker", "JVM, every request (posts, results, fetches, commits)", None),
     ("moderation stage", "consume: poll()", "consume"),
     ("moderation stage", "decode: JSON -> Post", "decode"),

@@ -50,11 +50,12 @@ def pids_cpu_s(pids: list[int]) -> float | None:
 
 def thread_cpu_s() -> dict[str, float]:
     """CPU seconds of this process's threads, grouped: ``caller`` (the main thread: the load's
-    ``submit()`` calls), ``kafka-python`` (the client's network thread), ``other`` (the rest:
-    the sampler, the producer's own workers, threads that have ended)."""
+    ``submit()`` calls), ``client`` (the thread that runs the client's callbacks:
+    kafka-python's network thread, or the lab's librdkafka poll thread), ``other`` (the rest:
+    the sampler, the producer's own workers, librdkafka's C threads, threads that ended)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     main_id = threading.main_thread().native_id
-    out = {"caller": 0.0, "kafka-python": 0.0, "other": 0.0}
+    out = {"caller": 0.0, "client": 0.0, "other": 0.0}
     proc = psutil.Process()
     try:
         threads = proc.threads()
@@ -64,7 +65,7 @@ def thread_cpu_s() -> dict[str, float]:
     for t in threads:
         name = names.get(t.id, "")
         group = ("caller" if t.id == main_id else
-                 "kafka-python" if "kafka" in name.lower() else "other")
+                 "client" if "kafka" in name.lower() else "other")
         out[group] += t.user_time + t.system_time
     # threads that ended took their CPU with them from threads(), not from the process
     out["other"] += max(0.0, total - sum(out.values()))

@@ -53,18 +53,48 @@ def _plain_str(v: Any, limit: int) -> bool:
     return type(v) is str and 0 < len(v) <= limit and has_visible_char(v)
 
 
+#: At most this many user ids and languages that passed are remembered; then memory restarts.
+MAX_REMEMBERED = 65_536
+_PLAIN_USERS: set[str] = set()  # set membership, add and clear are atomic under the GIL
+_PLAIN_LANGS: set[str] = set()
+
+
+def _remember(seen: set[str], value: str) -> None:
+    if len(seen) >= MAX_REMEMBERED:
+        seen.clear()
+    seen.add(value)
+
+
+def _plain_user(u: str) -> bool:
+    """The user id's checks, remembered: a user posts many times and the id never changes."""
+    if 0 < len(u) <= MAX_USER_ID_CHARS and has_visible_char(u):
+        _remember(_PLAIN_USERS, u)
+        return True
+    return False
+
+
+def _plain_lang(lang: str) -> bool:
+    if len(lang) <= MAX_LANG_CHARS and LANG_PATTERN.fullmatch(lang) is not None:
+        _remember(_PLAIN_LANGS, lang)
+        return True
+    return False
+
+
 def looks_plain(post: Any) -> bool:
     """True for a :class:`Post` that certainly passes validation; False means "check it fully".
 
-    UTF-8 validity is checked by the JSON encoding that follows.
+    UTF-8 validity is checked by the JSON encoding that follows. A user id or language that
+    passed once is remembered (the same rules, checked once per value).
     """
     if type(post) is not Post:
         return False
     u, t, i = post.user_id, post.text, post.post_id
     if not (type(u) is str and type(t) is str and type(i) is str
-            and 0 < len(u) <= MAX_USER_ID_CHARS and 0 < len(t) <= MAX_TEXT_CHARS
-            and len(i) <= MAX_POST_ID_CHARS and POST_ID_PATTERN.fullmatch(i)
-            and has_visible_char(u) and has_visible_char(t)):
+            and (u in _PLAIN_USERS or _plain_user(u)) and 0 < len(t) <= MAX_TEXT_CHARS
+            and len(i) <= MAX_POST_ID_CHARS
+            # letters and digits only (a uuid's hex): the pattern matches; else ask it
+            and ((i.isascii() and i.isalnum()) or POST_ID_PATTERN.fullmatch(i))
+            and has_visible_char(t)):
         return False
     created = post.created_at
     if (type(created) is not float or not math.isfinite(created)
@@ -74,7 +104,6 @@ def looks_plain(post: Any) -> bool:
     if media and (type(media) is not tuple or len(media) > MAX_MEDIA_URLS
                   or not all(_plain_str(m, MAX_URL_CHARS) for m in media)):
         return False
-    return ((lang is None or (type(lang) is str and len(lang) <= MAX_LANG_CHARS
-                              and LANG_PATTERN.fullmatch(lang) is not None))
+    return ((lang is None or (type(lang) is str and (lang in _PLAIN_LANGS or _plain_lang(lang))))
             and (reply_to is None or (type(reply_to) is str and len(reply_to) <= MAX_POST_ID_CHARS
                                       and POST_ID_PATTERN.fullmatch(reply_to) is not None)))

@@ -10,9 +10,9 @@ from lab_kit.harness.results import PROFILE_ROWS, format_profile, profile_table
 from lab_kit.moderation.profile import PHASES, StageProfile, merge
 
 BEFORE = {"producer": 1.0, "moderation": 10.0, "backend": 2.0, "broker": 5.0,
-          "load_threads": {"caller": 0.5, "kafka-python": 0.2, "other": 0.1}}
+          "load_threads": {"caller": 0.5, "client": 0.2, "other": 0.1}}
 AFTER = {"producer": 2.0, "moderation": 11.0, "backend": 2.5, "broker": 5.4,
-         "load_threads": {"caller": 1.1, "kafka-python": 0.4, "other": 0.15}}
+         "load_threads": {"caller": 1.1, "client": 0.4, "other": 0.15}}
 
 
 def row(table, part):
@@ -29,7 +29,8 @@ def test_stage_phases_split_the_measured_stage_cpu_by_their_shares():
     stage = [r["cpu_us_per_post"] for r in table["rows"] if r["stage"] == "moderation stage"]
     assert sum(stage) == pytest.approx(100.0)
     assert row(table, "caller thread: submit()") == pytest.approx(60.0)
-    assert row(table, "kafka-python network thread") == pytest.approx(20.0)
+    assert row(table, "client thread (kafka-python network / librdkafka poll)") == \
+        pytest.approx(20.0)
     assert row(table, "results read back") == pytest.approx(20.0)
     assert row(table, "JVM, every request (posts, results, fetches, commits)") == \
         pytest.approx(40.0)

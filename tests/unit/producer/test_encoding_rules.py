@@ -40,3 +40,22 @@ def test_a_plain_post_takes_the_fast_path():
                             reply_to="p-0"))
     assert not looks_plain(Post(user_id="u-1", text="\u200b", post_id="p-1"))
     assert not looks_plain(Post(user_id="u-1", text="hi", post_id="../x"))
+
+
+def test_remembered_users_and_languages_keep_the_rules(monkeypatch):
+    """A user id or language is remembered only once it passed, and the memory is bounded."""
+    from lab_kit.producer import encoding
+
+    monkeypatch.setattr(encoding, "MAX_REMEMBERED", 3)
+    monkeypatch.setattr(encoding, "_PLAIN_USERS", set())
+    monkeypatch.setattr(encoding, "_PLAIN_LANGS", set())
+    assert not looks_plain(Post(user_id="\u3164", text="hi", post_id="p-1"))
+    assert not looks_plain(Post(user_id="u-1", text="hi", post_id="p-1", lang="e n"))
+    assert encoding._PLAIN_USERS == {"u-1"} and encoding._PLAIN_LANGS == set()
+    for n in range(5):
+        assert looks_plain(Post(user_id=f"u-{n}", text="hi", post_id="p-1", lang="en"))
+    assert len(encoding._PLAIN_USERS) <= 3 and encoding._PLAIN_LANGS == {"en"}
+    assert not looks_plain(Post(user_id="u-1", text="hi", post_id="p-1", lang="x" * 40))
+    # a uuid's hex takes the shortcut past the post-id pattern; odd ids still meet it
+    assert looks_plain(Post(user_id="u-1", text="hi", post_id="0f3a" * 8))
+    assert not looks_plain(Post(user_id="u-1", text="hi", post_id="é1"))
