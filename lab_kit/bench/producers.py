@@ -136,10 +136,7 @@ def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
         else:
             acks.append(time.perf_counter() - t_sent)
 
-    producer = Producer({"bootstrap.servers": cfg["bootstrap_servers"], "acks": "all",
-                         "enable.idempotence": True, "linger.ms": 5})
-    producer.produce(BENCH_TOPIC, b"warm-up")
-    producer.flush(30)
+    producer = _warm_confluent(Producer, cfg)
     cpu = CpuMeter().start()
     t0 = time.perf_counter()
     for post in posts:
@@ -161,6 +158,15 @@ def run_confluent(cfg: dict, posts: list[Post]) -> dict | None:
             **cpu.fields(len(posts), elapsed)}
 
 
+def _warm_confluent(producer_class: Any, cfg: dict) -> Any:
+    """The plain confluent contenders' producer (the bench's settings), one record delivered."""
+    producer = producer_class({"bootstrap.servers": cfg["bootstrap_servers"], "acks": "all",
+                               "enable.idempotence": True, "linger.ms": 5})
+    producer.produce(BENCH_TOPIC, b"warm-up")
+    producer.flush(30)
+    return producer
+
+
 def run_confluent_poll_thread(cfg: dict, posts: list[Post]) -> dict:
     """The plain confluent loop with its reports served by a poll thread of its own instead of
     ``poll(0)`` after each produce: what the model (callbacks off the caller's thread) costs
@@ -174,10 +180,7 @@ def run_confluent_poll_thread(cfg: dict, posts: list[Post]) -> dict:
         if err is None:
             acked[0] += 1
 
-    producer = Producer({"bootstrap.servers": cfg["bootstrap_servers"], "acks": "all",
-                         "enable.idempotence": True, "linger.ms": 5})
-    producer.produce(BENCH_TOPIC, b"warm-up")
-    producer.flush(30)
+    producer = _warm_confluent(Producer, cfg)
 
     def serve() -> None:
         while not stop.is_set():

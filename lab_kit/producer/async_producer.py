@@ -142,7 +142,6 @@ class AsyncPostProducer:
         bootstrap_servers = self._kafka_config["bootstrap_servers"]
         self.topic = topic
         self.mode = mode
-        self.client_kind = client
         self._librdkafka = client == "confluent"
         self.max_in_flight = max_in_flight
         self.on_full = on_full

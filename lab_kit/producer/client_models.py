@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import logging
 import threading
 import time
 import uuid
@@ -41,23 +40,19 @@ from lab_kit.kafka_settings import librdkafka_config
 from lab_kit.metrics import CpuMeter
 from lab_kit.posts import Post
 from lab_kit.producer.async_producer import AsyncPostProducer
-from lab_kit.producer.librdkafka import _ck
+from lab_kit.producer.librdkafka import RDKAFKA_LOG, confluent_kafka
 
 MODELS = ("kafka-python", "confluent", "asyncio")
 LOOP_THREAD = "lab-asyncio-loop"  # the thread an experiment's event loop runs on
 WAIT_S = 30.0  # the longest any experiment waits for acks or a report
 ReadBack = Callable[[str], Iterable[str]]
 
-# librdkafka's own log lines ("Connect to ... failed") go here, not to a cell's stderr
-_RDKAFKA_LOG = logging.getLogger("lab_kit.librdkafka")
-
-
 def raw_config(bootstrap: str, extra: dict | None = None, **props: Any) -> dict[str, Any]:
     """librdkafka properties for a raw ``confluent_kafka.Producer`` on the lab's broker:
     ``extra`` in kafka-python names (an external cluster's security settings), ``props`` in
     librdkafka's own names (``linger.ms``, ...)."""
     cfg = librdkafka_config({"bootstrap_servers": bootstrap, **(extra or {})})
-    return {**cfg, "logger": _RDKAFKA_LOG, **props}
+    return {**cfg, "logger": RDKAFKA_LOG, **props}
 
 
 def run_in_loop_thread(make: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
@@ -178,7 +173,7 @@ def missing_poll(bootstrap: str, topic: str, n: int, queue_max: int = 100,
     calls made, accepted, ``BufferError`` raised (and the index of the first one), callbacks
     fired (and on which threads), and what waits for ``poll()`` (``len(producer)``: the
     unserved reports, plus a few events of librdkafka's own)."""
-    ck = _ck()
+    ck = confluent_kafka()
     fired: list[str] = []
 
     def on_delivery(err: Any, msg: Any) -> None:
@@ -239,7 +234,7 @@ def _kafka_python_no_metadata(bootstrap: str, topic: str, max_block_ms: int,
 
 def _confluent_no_metadata(bootstrap: str, topic: str, extra: dict | None,
                            propagation_ms: int, timeout_ms: int) -> dict:
-    ck = _ck()
+    ck = confluent_kafka()
     reports: list[tuple[float, str, str]] = []
 
     def on_delivery(err: Any, msg: Any) -> None:
@@ -283,7 +278,7 @@ def _numbered(prefix: str, n: int) -> list[Post]:
 
 def _confluent_drop(bootstrap: str, topic: str, posts: list[Post], flush: bool,
                     linger_ms: int, extra: dict | None) -> int:
-    producer = _ck().Producer(raw_config(bootstrap, extra, **{"linger.ms": linger_ms}))
+    producer = confluent_kafka().Producer(raw_config(bootstrap, extra, **{"linger.ms": linger_ms}))
     for post in posts:
         producer.produce(topic, post.to_json_bytes(), post.key_bytes())
     held = len(producer)

@@ -47,6 +47,9 @@ from kafka import errors as kerrors
 from lab_kit.kafka_settings import LIBRDKAFKA_PRODUCER_KEYS, librdkafka_config
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines ("Connect to ... failed") go here, on the polling thread,
+#: instead of straight to stderr (a notebook cell's output)
+RDKAFKA_LOG = logging.getLogger("lab_kit.librdkafka")
 
 POLL_TIMEOUT_S = 0.05  # the poll thread's longest sleep when no report is waiting
 QUEUE_FULL_WAIT_S = 5.0  # how long a send waits for room in librdkafka's queue, then fails
@@ -54,8 +57,9 @@ DEFAULT_MAX_REQUEST_SIZE = 1_048_576  # kafka-python's max_request_size, for the
 DEFAULT_DELIVERY_TIMEOUT_MS = 120_000  # kafka-python's (librdkafka's own is 300,000)
 
 
-def _ck() -> Any:
-    # imported on first use: the kafka-python path of the lab does not need confluent-kafka
+def confluent_kafka() -> Any:
+    """The ``confluent_kafka`` module, imported on first use (the kafka-python path of the lab
+    does not need it), or an ``ImportError`` that says how to get it."""
     try:
         import confluent_kafka
     except ImportError as exc:
@@ -84,7 +88,7 @@ class LocalClientError(kerrors.KafkaError):
 
 def exception_for(err: Any) -> BaseException:
     """librdkafka's ``KafkaError`` as the exception kafka-python would have given."""
-    ck = _ck()
+    ck = confluent_kafka()
     code = err.code()
     E = ck.KafkaError
     if code == E._MSG_TIMED_OUT:
@@ -96,8 +100,7 @@ def exception_for(err: Any) -> BaseException:
     if code in (E._PURGE_QUEUE, E._PURGE_INFLIGHT):  # like a force-closed kafka-python client
         return kerrors.IllegalStateError(f"client dropped: {err.str()}")
     if code > 0 and not err.fatal():  # a broker error code: the class kafka-python uses
-        exc = kerrors.for_code(code)(err.str())
-        return exc
+        return kerrors.for_code(code)(err.str())
     return LocalClientError(err.name(), err.str(), retriable=bool(err.retriable()),
                             fatal=bool(err.fatal()))
 
@@ -170,9 +173,7 @@ def producer_properties(kafka_config: dict[str, Any], queue_messages: int) -> di
     # murmur2, as kafka-python and Java: a user's posts land on the same partition whichever
     # client wrote them (librdkafka's own default hashes keys with CRC32)
     props["partitioner"] = "murmur2_random"
-    # librdkafka's log lines ("Connect to ... failed") go to Python logging, on the poll
-    # thread, instead of straight to stderr
-    props["logger"] = logging.getLogger("lab_kit.librdkafka")
+    props["logger"] = RDKAFKA_LOG
     # the lab's max_in_flight is the bound; librdkafka's queue (100,000 by default) is larger
     props["queue.buffering.max.messages"] = max(100_000, 2 * queue_messages)
     return props
@@ -185,7 +186,7 @@ class LibrdkafkaClient:
 
     def __init__(self, kafka_config: dict[str, Any], *, topic: str | None = None,
                  queue_messages: int = 10_000):
-        ck = _ck()
+        ck = confluent_kafka()
         props = producer_properties(kafka_config, queue_messages)
         self._producer = ck.Producer(props)
         # after stop: every record still gets its report, at the latest when its delivery
@@ -203,7 +204,7 @@ class LibrdkafkaClient:
         topic has no metadata (``TopicMetadataTimeout``); the client is closed first."""
         # a lazy import: kafka_quirks' force_close/is_sender_thread know this module
         from lab_kit.producer.kafka_quirks import TopicMetadataTimeout
-        ck = _ck()
+        ck = confluent_kafka()
         try:
             md = self._producer.list_topics(topic, timeout=timeout_s)
         except ck.KafkaException as exc:
@@ -271,7 +272,7 @@ class LibrdkafkaClient:
                                    headers=headers)
         except BufferError:
             self._produce_when_room(topic, key, value, future.report, headers)
-        except _ck().KafkaException as exc:
+        except confluent_kafka().KafkaException as exc:
             raise exception_for(exc.args[0]) from exc
         return future
 
