@@ -30,7 +30,8 @@ __all__ = ["dumps", "loads", "loads_lenient"]
 
 
 def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON of ``doc`` (dicts, lists, str, numbers, bools, None)."""
+    """Compact UTF-8 JSON of ``doc`` (dicts, lists, tuples, str, numbers, bools, None, and
+    dataclasses as objects of their fields)."""
     return _encoder.encode(doc)
 
 

@@ -286,7 +286,7 @@ class AsyncPostProducer:
             self._failover.spool_post(pf, key, value)
             return
         pf.generation = generation
-        self._in_flight.add(pf)
+        self._in_flight[pf] = None  # InFlight: a dict, one C call, no lock
         try:
             if self._librdkafka:  # the report comes on the lab's poll thread (librdkafka.py)
                 client.produce_for(self.topic, key, value, pf.delivery_report)
@@ -307,7 +307,7 @@ class AsyncPostProducer:
                         now: float) -> None:
         """:meth:`on_ack` with the record's place given as values (librdkafka's delivery
         report hands them over without building a metadata object per post)."""
-        self._in_flight.discard(pf)
+        self._in_flight.pop(pf, None)
         latency = now - pf.intended_at
         delivery = Delivery(pf.post_id, "acked", topic, partition, offset, latency)
         if not pf.set_result(delivery):

@@ -531,14 +531,14 @@ def test_the_fast_path_of_has_visible_char_agrees_with_the_full_check():
     import sys
     import unicodedata
 
-    from lab_kit.posts import _BLANK_LETTERS, has_visible_char
+    from lab_kit.posts import BLANK_LETTERS, has_visible_char
 
     def full(ch: str) -> bool:
         cat = unicodedata.category(ch)
-        return cat[0] not in "CZ" and cat not in ("Mn", "Me") and ch not in _BLANK_LETTERS
+        return cat[0] not in "CZ" and cat not in ("Mn", "Me") and ch not in BLANK_LETTERS
 
     fast = [chr(c) for c in range(sys.maxunicode + 1)
-            if chr(c).isalnum() and chr(c) not in _BLANK_LETTERS]
+            if chr(c).isalnum() and chr(c) not in BLANK_LETTERS]
     assert len(fast) > 100_000
     assert [hex(ord(ch)) for ch in fast if not full(ch)] == []
     assert all(has_visible_char(ch) for ch in fast)

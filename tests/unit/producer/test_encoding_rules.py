@@ -59,3 +59,38 @@ def test_remembered_users_and_languages_keep_the_rules(monkeypatch):
     # a uuid's hex takes the shortcut past the post-id pattern; odd ids still meet it
     assert looks_plain(Post(user_id="u-1", text="hi", post_id="0f3a" * 8))
     assert not looks_plain(Post(user_id="u-1", text="hi", post_id="é1"))
+
+
+ID_CHARS = st.text(alphabet=st.sampled_from("aZ09-._:/ \u0663\u00e9\u200b"), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(post_id=ID_CHARS)
+def test_the_post_id_shortcut_says_what_the_pattern_says(post_id):
+    """Letters, digits and dashes skip the pattern (``p-7-00000001``, a uuid); every id gets
+    the pattern's verdict either way: a dash first, a non-ASCII digit, an empty id."""
+    from lab_kit.posts import POST_ID_PATTERN
+    from lab_kit.producer.encoding import _plain_id
+
+    assert _plain_id(post_id) == (POST_ID_PATTERN.fullmatch(post_id) is not None)
+
+
+def test_the_shortcut_meets_the_ids_it_was_written_for():
+    from lab_kit.producer.encoding import _plain_id
+
+    assert _plain_id("p-7-00000001") and _plain_id("3f2a9c1e-0b4d-4e6f-9a1b-2c3d4e5f6a7b")
+    assert not _plain_id("-p-1") and not _plain_id("") and not _plain_id("p-\u0663")
+
+
+@settings(max_examples=200, deadline=None)
+@given(post=POSTS)
+def test_the_record_value_is_the_documents_json(post):
+    """``to_json_bytes`` encodes the dataclass itself: the same document as ``to_dict``."""
+    from lab_kit import json_codec
+
+    try:
+        value = post.to_json_bytes()
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return  # a lone surrogate or a float JSON cannot hold: validation refuses those
+    assert json_codec.loads_lenient(value) == json_codec.loads_lenient(
+        json_codec.dumps(post.to_dict()))
