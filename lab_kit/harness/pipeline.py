@@ -11,7 +11,6 @@ is :class:`lab_kit.harness.runner.PipelineRun`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -234,7 +233,9 @@ class StampedSubmit:
         self.rejected = 0
 
     def __call__(self, post: Post, intended_at: float) -> None:
-        post = dataclasses.replace(post, created_at=time.time())
+        # the constructor, not dataclasses.replace: less than half its cost, once per post
+        post = Post(post.user_id, post.text, post.post_id, time.time(), post.media_urls,
+                    post.lang, post.reply_to)
         try:
             self.producer.submit(post, intended_at=intended_at)
         except BackpressureError:  # not accepted: not a submitted post
