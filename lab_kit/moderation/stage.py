@@ -93,6 +93,7 @@ from lab_kit.moderation.settings import (
 )
 from lab_kit.posts import Post, PostValidationError
 from lab_kit.producer.dead_letters import dlq_record
+from lab_kit.producer.encoding import decode
 
 __all__ = ["Stage", "Dead", "header"]
 
@@ -619,7 +620,7 @@ class Stage:
 
     def _parse(self, record: Any) -> Post | Dead:
         try:
-            return Post.from_json_bytes(record.value, check_size=False)
+            return decode(record.value)  # the producer's encode, inverted
         except PostValidationError as exc:
             return Dead(record, f"invalid post: {exc}", exc.field)
         except Exception as exc:  # noqa: BLE001 - anything else odd about the record

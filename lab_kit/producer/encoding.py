@@ -1,9 +1,15 @@
-"""Turning a post into a Kafka record (key = user id, value = JSON), checked on the way.
+"""Turning a post into a Kafka record (key = user id, value = JSON) and back, checked on the
+way.
 
 :func:`encode` is on every ``submit()``, so it has a fast path: :func:`looks_plain` accepts the
 common, obviously valid :class:`~lab_kit.posts.Post` with a few type and length checks (about
 a tenth of :func:`~lab_kit.posts.validate_post`'s cost). Anything it is unsure of gets the full
 check, which raises the precise, field-naming error. Same rules either way.
+
+:func:`decode` is its inverse, on every record the moderation stage reads: a value with the
+seven fields :meth:`~lab_kit.posts.Post.to_json_bytes` writes becomes a :class:`Post` that
+:func:`looks_plain` then accepts; anything else goes through
+:meth:`~lab_kit.posts.Post.from_json_bytes`, which names what is wrong.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lab_kit.json_codec import dumps
+from lab_kit.json_codec import dumps, loads
 from lab_kit.posts import (
     BLANK_LETTERS,
     LANG_PATTERN,
@@ -23,6 +29,7 @@ from lab_kit.posts import (
     MAX_URL_CHARS,
     MAX_USER_ID_CHARS,
     MIN_CREATED_AT,
+    POST_FIELDS,
     POST_ID_PATTERN,
     RECORD_OVERHEAD_BYTES,
     Post,
@@ -48,6 +55,31 @@ def encode(post: Post | dict, max_request_size: int) -> tuple[Post, bytes, bytes
             "size", max_request_size,
             f"encoded post is {size} bytes, over max_request_size {max_request_size}")
     return post, key, value
+
+
+def decode(value: bytes | bytearray | memoryview | None) -> Post:
+    """A record's value as a valid :class:`Post`, or :class:`PostValidationError` naming the
+    field (what :meth:`Post.from_json_bytes` gives with ``check_size=False``, at about a
+    third of its cost for a record :func:`encode` wrote)."""
+    if value is not None:
+        try:
+            doc = loads(value)
+        except ValueError:
+            doc = None  # not strict JSON: the full path says what it is
+        if type(doc) is dict and len(doc) == _N_FIELDS:
+            media = doc.get("media_urls")
+            try:
+                post = Post(doc["user_id"], doc["text"], doc["post_id"], doc["created_at"],
+                            tuple(media) if type(media) is list else media, doc["lang"],
+                            doc["reply_to"])
+            except KeyError:  # seven keys, not these seven: an unknown field
+                post = None
+            if post is not None and looks_plain(post):
+                return post
+    return Post.from_json_bytes(value, check_size=False)
+
+
+_N_FIELDS = len(POST_FIELDS)
 
 
 def _plain_str(v: Any, limit: int) -> bool:

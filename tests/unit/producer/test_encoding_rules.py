@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab_kit.posts import Post, PostValidationError, validate_post
+from lab_kit.posts import Post, PostValidationError, Workload, validate_post
 from lab_kit.producer.encoding import encode, looks_plain
 
 ODD = st.text(max_size=70) | st.sampled_from(["\u200b", "\x00", "\u3164", "p-1", "en", "a/b",
@@ -94,3 +94,56 @@ def test_the_record_value_is_the_documents_json(post):
         return  # a lone surrogate or a float JSON cannot hold: validation refuses those
     assert json_codec.loads_lenient(value) == json_codec.loads_lenient(
         json_codec.dumps(post.to_dict()))
+
+
+FIELD_VALUES = (ODD | st.none() | st.integers() | st.floats() | st.booleans()
+                | st.lists(ODD, max_size=2))
+DOCS = st.fixed_dictionaries(
+    {"user_id": ODD, "text": ODD, "post_id": ODD,
+     "created_at": st.floats() | st.integers() | st.sampled_from([1.7e9, 1_700_000_000]),
+     "media_urls": st.lists(ODD, max_size=2) | FIELD_VALUES,
+     "lang": st.none() | ODD, "reply_to": st.none() | ODD},
+    optional={"extra": FIELD_VALUES})
+
+
+def _outcome(fn, value):
+    try:
+        return fn(value)
+    except PostValidationError as exc:
+        return ("refused", exc.field)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=DOCS | st.dictionaries(st.sampled_from(["user_id", "text", "post_id", "lang", "x"]),
+                                  FIELD_VALUES, max_size=7))
+def test_decode_says_what_from_json_bytes_says(doc):
+    """The stage's decode (fast path for the records encode writes) gives the same post, or
+    refuses with the same field, as the full decoder, for any JSON object."""
+    from lab_kit import json_codec
+    from lab_kit.producer.encoding import decode
+
+    try:
+        value = json_codec.dumps(doc)
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return  # not JSON at all (a lone surrogate)
+    full = _outcome(lambda v: Post.from_json_bytes(v, check_size=False), value)
+    fast = _outcome(decode, value)
+    if isinstance(full, Post) and "post_id" not in doc:
+        assert isinstance(fast, Post)  # a new post id each time: compare the rest
+        full, fast = full.to_dict() | {"post_id": 0}, fast.to_dict() | {"post_id": 0}
+    assert fast == full
+
+
+def test_decode_takes_what_encode_wrote_and_refuses_what_it_must():
+    from lab_kit.producer.encoding import decode
+
+    posts = Workload(seed=5).posts(200)
+    assert [decode(encode(p, 1_048_576)[2]) for p in posts] == posts
+    for bad, field in ((None, "value"), (b"[1]", "value"), (b"\xff", "value"),
+                       (b'{"user_id": "u", "text": "\\u200b"}', "text")):
+        try:
+            decode(bad)
+        except PostValidationError as exc:
+            assert exc.field == field
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
