@@ -1,9 +1,11 @@
 """The moderation service: posts in, verdicts out, through the backend when it can.
 
 :class:`ModerationService` is a :class:`~lab_kit.moderation.stage.Stage` (the stage loop,
-chunks and commits are there) that moderates a chunk's posts with the backend in calls of
+chunks and commits are there) that moderates posts with the backend in calls of up to
 ``batch_size`` posts, ``concurrency`` calls at once (:class:`Backend`: one client per pool
-thread).
+thread). The chunks a dispatch round starts (one per partition at most) share calls: fuller
+requests, less CPU per post in the client and in the backend (:meth:`~ModerationService.
+_end_dispatch`).
 
 **Degrading gracefully.** Backend calls go through a ``pybreaker`` circuit breaker; a failing
 call (unavailable, timeout, 5xx, garbage) or an open breaker makes the posts of that call use
@@ -113,6 +115,27 @@ def _outcome(exc: BaseException | None) -> None:
         raise exc
 
 
+class CallShare:
+    """A chunk's share of a backend call: the call's posts ``lo:hi`` are the chunk's (one
+    call can carry the posts of several partitions' chunks). ``done()`` and ``result()``
+    are the call future's, the results cut to the share."""
+
+    __slots__ = ("future", "lo", "hi")
+
+    def __init__(self, future: Any, lo: int, hi: int) -> None:
+        self.future, self.lo, self.hi = future, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> tuple[str, Any]:
+        status, value = self.future.result()
+        return (status, value[self.lo:self.hi]) if status == "ok" else (status, value)
+
+
 class ModerationService(Stage):
     """Consume ``posts``, moderate many at once (backend behind a circuit breaker, local
     rules when it fails or when the stage is behind), produce results + fan-out, commit only
@@ -165,6 +188,7 @@ class ModerationService(Stage):
         self._assigned_at = time.time()
         self._last_overload = -1e9
         self._last_chunk_at = -1e9
+        self._to_call: list[tuple[Chunk, list[Post]]] = []  # this round's, see _end_dispatch
         self._breaker_window = False
         self._breaker_lock = threading.Lock()
         self.breaker = pybreaker.CircuitBreaker(
@@ -323,9 +347,34 @@ class ModerationService(Stage):
         if self.shedding and (chunk.records[0].timestamp or 0) / 1000.0 >= self._assigned_at:
             chunk.note = "shed"
             return
-        bs = self.batch_size
-        chunk.calls = [self._submit(self._call, posts[i:i + bs])
-                       for i in range(0, len(posts), bs)]
+        self._to_call.append((chunk, posts))  # called at the end of the round
+
+    def _end_dispatch(self) -> None:
+        """The round's new chunks share backend calls: their posts, in order, go in calls
+        of up to ``batch_size``, whichever partition they came from. One chunk per partition
+        is in moderation at a time, so a call per chunk carried ~46 posts at 10,000 posts/s
+        over 6 partitions; every request also costs ~170 µs in this client and ~250 µs in
+        the backend's HTTP server (measured with the backend alone), so fuller calls cost
+        less CPU per post on both sides. Each chunk keeps its own :class:`CallShare` of
+        each call and is finished, and committed, on its own as before."""
+        pending, self._to_call = self._to_call, []
+        batch: list[tuple[Chunk, Post]] = []
+        for chunk, posts in pending:
+            for post in posts:
+                batch.append((chunk, post))
+                if len(batch) == self.batch_size:
+                    self._call_for(batch)
+                    batch = []
+        if batch:
+            self._call_for(batch)
+
+    def _call_for(self, batch: list[tuple[Chunk, Post]]) -> None:
+        fut = self._submit(self._call, [post for _chunk, post in batch])
+        lo = 0
+        for i in range(1, len(batch) + 1):
+            if i == len(batch) or batch[i][0] is not batch[lo][0]:
+                batch[lo][0].calls.append(CallShare(fut, lo, i))
+                lo = i
 
     def _verdicts(self, chunk: Chunk) -> list[tuple[Verdict, str | None]]:
         """Per post of the chunk: (verdict, fallback cause or None)."""
@@ -333,10 +382,11 @@ class ModerationService(Stage):
         if chunk.note == "shed":
             return [(fallback_verdict(p.user_id, p.text), "shed") for p in posts]
         out: list[tuple[Verdict, str | None]] = []
-        bs = self.batch_size
-        for i, fut in enumerate(chunk.calls):
-            part = posts[i * bs:(i + 1) * bs]
-            status, value = fut.result()
+        start = 0
+        for share in chunk.calls:
+            part = posts[start:start + len(share)]
+            start += len(share)
+            status, value = share.result()
             if status == "ok":
                 for p, res in zip(part, value, strict=True):
                     if isinstance(res, BaseException):  # this post was refused

@@ -18,9 +18,11 @@ backend without waiting for the answer:
 
 1. Records are queued per partition. A partition's queued records become a **chunk** (at
    most ``batch_size * concurrency`` records) as soon as the partition has no chunk in
-   moderation. The chunk's posts go to the backend in calls of ``batch_size`` posts
+   moderation. The posts go to the backend in calls of up to ``batch_size`` posts
    (``POST /moderate/batch``; ``batch_size=1`` uses ``POST /moderate``) on a pool of
-   ``concurrency`` threads. Many partitions' chunks are in moderation at once.
+   ``concurrency`` threads; the moderation service fills a call with the posts of every
+   chunk started in the same round, whatever their partition. Many partitions' chunks are
+   in moderation at once.
 2. When every call of a chunk has answered, its results are produced in offset order
    (results + fan-out, recheck, DLQ) and the partition's next chunk may start. One chunk per
    partition at a time keeps every user's results in post order (a user's posts share a
@@ -423,6 +425,7 @@ class Stage:
             chunk.items = [self._parse(r) for r in records]
             decode_ns += time.thread_time_ns() - t
             self._begin(chunk)
+        self._end_dispatch()
         self.profile.add("decode", decode_ns)
         self.profile.add("dispatch", time.thread_time_ns() - t0 - decode_ns)
 
@@ -440,6 +443,9 @@ class Stage:
 
     def _before_dispatch(self) -> None:
         """Once per dispatch round, before chunks are formed."""
+
+    def _end_dispatch(self) -> None:
+        """Once per dispatch round, after every new chunk's :meth:`_begin`."""
 
     def _calls_pending(self) -> bool:
         return any(c.calls and not all(f.done() for f in c.calls)

@@ -293,7 +293,9 @@ def test_backend_outage_breaker_fallback_and_recheck(
     t_kill = time.time()
     backend.kill()
     svc.metrics.mark("backend killed")
-    phase2 = labeled(seed=22, n=20)
+    # the chunks of one poll share backend calls (at most max_poll_records=10 posts a round):
+    # 40 posts make at least four failed calls, one more than the breaker's fail_max
+    phase2 = labeled(seed=22, n=40)
     ids2 = {p.post_id for p in phase2}
     produce(client_config, topics["posts"], phase2)
     res = wait_results(client_config, topics["results"], ids2, 20)
@@ -349,7 +351,9 @@ def test_slow_backend_opens_breaker_then_half_open_and_closed(
     stages.append(svc)
     svc.start()
     sent: list[Post] = []
-    first = labeled(seed=31, n=6)
+    # one call per poll round (at most max_poll_records=5 posts: the round's chunks share
+    # it): 16 posts make at least three timed-out calls, the breaker's fail_max
+    first = labeled(seed=31, n=16)
     produce(client_config, topics["posts"], first)
     sent += first
     wait_until(lambda: svc.breaker_state == "open", 15, "the breaker to open")
