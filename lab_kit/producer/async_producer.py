@@ -286,7 +286,7 @@ class AsyncPostProducer:
             self._failover.spool_post(pf, key, value)
             return
         pf.generation = generation
-        self._in_flight[pf] = None  # InFlight: a dict, one C call, no lock
+        self._in_flight[pf] = None  # InFlight is a dict: one C call, no lock
         try:
             if self._librdkafka:  # the report comes on the lab's poll thread (librdkafka.py)
                 client.produce_for(self.topic, key, value, pf.delivery_report)
@@ -323,7 +323,7 @@ class AsyncPostProducer:
         """A delivery error (sender thread, or the caller for an error raised by ``send``).
         :func:`~lab_kit.producer.failover.decide_on_error` says what happens next; the work
         itself is queued on the worker, never done here."""
-        self._in_flight.discard(pf)
+        self._in_flight.pop(pf, None)
         if pf.done():  # settled already (e.g. spooled by close()): nothing more to do
             return
         self.metrics.record_error(type(exc).__name__)
@@ -612,7 +612,7 @@ class AsyncPostProducer:
         undelivered = self._in_flight.snapshot()
         if failover is not None:  # still not acked after the timeout: keep them on disk
             for pf in undelivered:
-                self._in_flight.discard(pf)
+                self._in_flight.pop(pf, None)
             not_acked = KafkaTimeoutError("not acked before close()")
             self._spool_failed([(pf, not_acked) for pf in undelivered], False)
         self._clients.closed = True

@@ -57,6 +57,12 @@ def encode(post: Post | dict, max_request_size: int) -> tuple[Post, bytes, bytes
     return post, key, value
 
 
+_FIELDS = ("user_id", "text", "post_id", "created_at", "media_urls", "lang", "reply_to")
+if POST_FIELDS != _FIELDS:  # decode builds a Post positionally, in this order
+    raise ImportError(f"Post's fields changed to {POST_FIELDS}: update decode() in {__name__}")
+_N_FIELDS = len(_FIELDS)
+
+
 def decode(value: bytes | bytearray | memoryview | None) -> Post:
     """A record's value as a valid :class:`Post`, or :class:`PostValidationError` naming the
     field (what :meth:`Post.from_json_bytes` gives with ``check_size=False``, at about a
@@ -66,20 +72,17 @@ def decode(value: bytes | bytearray | memoryview | None) -> Post:
             doc = loads(value)
         except ValueError:
             doc = None  # not strict JSON: the full path says what it is
-        if type(doc) is dict and len(doc) == _N_FIELDS:
+        if type(doc) is dict and len(doc) == _N_FIELDS:  # every field: no default fills in
             media = doc.get("media_urls")
-            try:
+            try:  # positional: 0.5 µs less than Post(**doc); _FIELDS guards the order
                 post = Post(doc["user_id"], doc["text"], doc["post_id"], doc["created_at"],
                             tuple(media) if type(media) is list else media, doc["lang"],
                             doc["reply_to"])
-            except KeyError:  # seven keys, not these seven: an unknown field
+            except KeyError:  # as many keys as fields, not these: an unknown field
                 post = None
             if post is not None and looks_plain(post):
                 return post
     return Post.from_json_bytes(value, check_size=False)
-
-
-_N_FIELDS = len(POST_FIELDS)
 
 
 def _plain_str(v: Any, limit: int) -> bool:

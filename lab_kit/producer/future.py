@@ -175,27 +175,17 @@ class InFlight(dict):
     answer), the worker and the health thread (oldest age, snapshot). No lock: with the GIL,
     adding (``in_flight[pf] = None``), discarding (``pop(pf, None)``), ``len`` and ``list``
     are each one C call, so they are atomic (a future hashes by identity: no Python code
-    runs inside them). Hot paths use those calls directly; the readers below work on a
+    runs inside them), and every caller uses them directly; the readers below work on a
     snapshot. A lock here cost two acquisitions per post, on two threads.
     """
 
     __slots__ = ()
 
-    def add(self, pf: PostFuture) -> None:
-        self[pf] = None
-
-    def discard(self, pf: PostFuture) -> None:
-        self.pop(pf, None)
-
     def oldest_age(self) -> float:
-        """Seconds since the oldest post in flight was meant to be sent (0 if none)."""
-        for _ in range(100):  # another thread may change the dict between iter() and next()
-            try:
-                oldest = next(iter(self), None)
-            except RuntimeError:  # "dictionary changed size during iteration": read again
-                continue
-            return 0.0 if oldest is None else time.perf_counter() - oldest.intended_at
-        oldest = next(iter(self.snapshot()), None)  # constantly changing: the slow way
+        """Seconds since the oldest post in flight was meant to be sent (0 if none). Read
+        from a snapshot: another thread may change the dict between ``iter()`` and ``next()``
+        (this runs once per health probe, not per post)."""
+        oldest = next(iter(self.snapshot()), None)
         return 0.0 if oldest is None else time.perf_counter() - oldest.intended_at
 
     def held_by_older_clients(self, generation: int) -> int:

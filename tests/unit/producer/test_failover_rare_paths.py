@@ -438,13 +438,13 @@ def test_replay_waits_while_a_replaced_client_still_holds_posts(tmp_path: Path) 
     in_flight = InFlight()
     old = PostFuture(posts(4)[3], time.perf_counter())
     old.generation = 1  # still inside the replaced client: it will fail over to the spool
-    in_flight.add(old)
+    in_flight[old] = None
     fo = Failover(spool=spool, topic="posts", clients=clients, in_flight=in_flight,
                   metrics=MetricsRecorder(), dead_letter_spooled=lambda rec, exc: None,
                   probe=lambda: True, probe_interval_s=0.05, stall_timeout_s=0.3,
                   state=State.SPOOLING, send=lambda pf, key, value: None)
     fo.step()
     assert clients.current[1].sent == [] and len(spool) == 3  # nothing overtakes it
-    in_flight.discard(old)  # it failed over (or was acked)
+    in_flight.pop(old, None)  # it failed over (or was acked)
     fo.step()
     assert len(clients.current[1].sent) == 3 and spool.is_empty()

@@ -143,7 +143,7 @@ def test_a_client_stuck_past_twice_the_stall_timeout_is_replaced_broker_up_or_no
                   send=lambda pf, key, value: None)
     stuck = futures(1)[0]
     stuck.generation = 1
-    fo._in_flight.add(stuck)
+    fo._in_flight[stuck] = None
     time.sleep(0.15)  # older than the stall timeout: stalled
     fo.step()
     if answers:  # it may still recover: the first stalled round only starts the clock
