@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seconds", type=float, default=None,
                    help="seconds of load (default 30; --quick: 5)")
     g.add_argument("--processes", type=int, default=None,
-                   help="moderation member processes of one consumer group (1-32, default 1)")
+                   help="moderation member processes of one consumer group (1-32, default 2, "
+                        "or 1 on a one-core machine)")
     g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
                    help="the moderation service's Kafka client (default confluent: "
                         "librdkafka)")

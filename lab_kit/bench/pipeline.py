@@ -75,6 +75,12 @@ TARGETS = (("achieved_rate", ">=", 9800.0), ("e2e_p99_ms", "<=", 2000.0),
 #: where every stage shares two cores (notebook 06 shows the trade-off). Reported in the JSON.
 PRODUCER_LINGER_MS = 20
 
+#: Moderation member processes (one consumer group) when ``--processes`` is not given: two,
+#: on a machine with two cores or more. One member is one Python process: its GIL caps it
+#: near 15,000 posts/s here, so at the seed's rate plus margin it has none, and any stall
+#: tips it into load shedding. Two members split the partitions (README, "Headroom").
+DEFAULT_PROCESSES = min(2, cpu_count())
+
 
 # =========================================================================================
 # Settings: every value checked before anything starts
@@ -85,7 +91,7 @@ PRODUCER_LINGER_MS = 20
 class PipelineSettings:
     rate: float = FULL["rate"]
     seconds: float = FULL["seconds"]
-    processes: int = 1
+    processes: int = DEFAULT_PROCESSES
     client: str = DEFAULT_CLIENT
     #: the open loop's load producer (``AsyncPostProducer(client=...)``): librdkafka by
     #: default, so that the load costs the machine little (the notebooks' producer stays
@@ -108,7 +114,7 @@ class PipelineSettings:
         base = QUICK if args.quick else FULL
         return cls(rate=base["rate"] if args.rate is None else args.rate,
                    seconds=base["seconds"] if args.seconds is None else args.seconds,
-                   processes=1 if args.processes is None else args.processes,
+                   processes=DEFAULT_PROCESSES if args.processes is None else args.processes,
                    client=args.client or DEFAULT_CLIENT, backlog=args.backlog,
                    load_client=getattr(args, "load_client", None) or DEFAULT_CLIENT,
                    shed_after_ms=args.shed_after_ms,

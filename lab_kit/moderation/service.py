@@ -50,6 +50,7 @@ from lab_kit.moderation.settings import (
     MAX_EVENTS,
     OUTPUT_TIMEOUT_S,
     OVERLOAD_QUIET_S,
+    RECHECK_MAX_LIVE_AGE_S,
     check_float,
     check_int,
 )
@@ -214,14 +215,18 @@ class ModerationService(Stage):
         return out
 
     def healthy(self) -> bool:
-        """Not shedding, no overload answer lately, and the breaker closed: the recheck
-        worker may use the backend without taking capacity from new posts.
+        """Caught up (not shedding, polling, the oldest waiting post younger than
+        ``RECHECK_MAX_LIVE_AGE_S``), no overload answer lately, and the breaker closed: the
+        recheck worker may use the backend without taking capacity from new posts. "Not
+        shedding" alone is not enough: right after shedding stops the service is still
+        behind, and rechecking the shed posts then slows it into shedding again.
 
         An open breaker only moves on when a post tries it; with no posts coming it would
         keep the recheck worker waiting forever, so after ``reset_timeout`` without a chunk
         the worker's own calls probe the backend (they back off when it still fails)."""
         now = time.monotonic()
-        if self.shedding or now - self._last_overload <= OVERLOAD_QUIET_S:
+        if self.shedding or self._full or self.oldest_age_s > RECHECK_MAX_LIVE_AGE_S \
+                or now - self._last_overload <= OVERLOAD_QUIET_S:
             return False
         if self.breaker.current_state == pybreaker.STATE_CLOSED:
             return True
@@ -255,12 +260,11 @@ class ModerationService(Stage):
     def _before_dispatch(self) -> None:
         """One shedding decision per round, on the oldest post waiting in any partition (a
         per-chunk decision would flap between partitions of different ages)."""
-        if self.shed_after_s is None:
-            return
         heads = [q[0].timestamp for q in self._queues.values() if q]
         heads = [ts / 1000.0 for ts in heads if ts and ts / 1000.0 >= self._assigned_at]
-        if heads:
-            self._shed(max(0.0, time.time() - min(heads)))
+        self.oldest_age_s = max(0.0, time.time() - min(heads)) if heads else 0.0
+        if heads and self.shed_after_s is not None:
+            self._shed(self.oldest_age_s)
 
     def _shed(self, age_s: float) -> bool:
         """Load shedding with hysteresis on the age of the oldest waiting post."""

@@ -29,6 +29,7 @@ __all__ = [
     "BUSY_POLL_S",
     "DRAIN_TIMEOUT_S",
     "OVERLOAD_QUIET_S",
+    "RECHECK_MAX_LIVE_AGE_S",
     "PRODUCER_DEFAULTS",
     "GUARANTEES",
     "TRANSACTION_INTERVAL_S",
@@ -64,6 +65,10 @@ IDLE_POLL_S = 0.2  # nothing in flight: poll this long (stop() stays prompt)
 BUSY_POLL_S = 0.005  # calls in flight: come back soon to emit their results
 DRAIN_TIMEOUT_S = 5.0  # on rebalance/stop: wait this long for calls in flight
 OVERLOAD_QUIET_S = 2.0  # the recheck worker waits this long after an overload answer
+#: the recheck worker also waits while the oldest post waiting for the service is older than
+#: this, or the service has stopped fetching (backpressure): the live path has no spare
+#: capacity then, and a recheck would take some (same process, same backend)
+RECHECK_MAX_LIVE_AGE_S = 0.25
 
 #: What a member promises about its outputs (``guarantee=``). ``"at-least-once"``: outputs
 #: are produced, then the offsets committed once they are acked; a killed member's successor

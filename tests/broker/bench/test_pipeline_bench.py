@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from lab_kit.bench.pipeline import PipelineSettings
+from lab_kit.bench.pipeline import DEFAULT_PROCESSES, PipelineSettings
 from lab_kit.drills.report import OverloadReport
 from lab_kit.harness.results import build_timeline, steady_rate
 from tests.conftest import delete_topics_with_prefix
@@ -51,7 +51,7 @@ def test_bench_pipeline_reports_every_field_and_loses_nothing(bench):
     rep, stdout = bench
     missing = [k for k in TOP_LEVEL if k not in rep]
     assert not missing, missing
-    assert rep["offered_rate"] == 500 and rep["processes"] == 1
+    assert rep["offered_rate"] == 500 and rep["processes"] == DEFAULT_PROCESSES
     assert rep["client"] == "confluent"  # the service process's default: librdkafka
     assert rep["submitted"] == 1500 and rep["skipped"] == 0
     assert rep["lost"] == 0 and rep["results_missing"] == 0 and rep["posts_lost"] == 0
@@ -169,7 +169,8 @@ def test_settings_quick_defaults_and_helpers():
     ns = argparse.Namespace(quick=True, rate=None, seconds=None, processes=None, client=None,
                             backlog=None, shed_after_ms=None, json_path=None)
     s = PipelineSettings.from_args(ns)
-    assert (s.rate, s.seconds, s.processes, s.client) == (2000, 5, 1, "confluent")
+    assert (s.rate, s.seconds, s.processes, s.client) == (2000, 5, DEFAULT_PROCESSES, "confluent")
+    assert DEFAULT_PROCESSES == min(2, len(os.sched_getaffinity(0)))
     ns.seconds = 3
     assert PipelineSettings.from_args(ns).seconds == 3
     # 1,000 events evenly over 10 s: 100/s between the 10 % and 90 % marks

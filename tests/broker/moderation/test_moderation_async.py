@@ -105,6 +105,45 @@ def test_a_chunk_with_poison_records_and_good_posts_loses_none(
     assert svc.stats()["dlq"] == 4
 
 
+class _WatchedPolls(ModerationService):
+    """Counts the polls the stage makes while it is full (its backpressure)."""
+
+    polls = polls_while_full = 0
+
+    def _new_clients(self):
+        clients = super()._new_clients()
+        poll = clients.poll
+
+        def watched(timeout_s):
+            self.polls += 1
+            self.polls_while_full += self._full
+            return poll(timeout_s)
+
+        clients.poll = watched
+        return clients
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_backlog_bigger_than_the_buffer_is_drained_without_polling_while_full(
+        client, client_config, topics, backend, group, stages) -> None:
+    """Backpressure stops polling, not fetching: both clients drop what they have fetched
+    ahead for a paused partition and fetch it again after resume. The buffer stays bounded
+    (max_buffered + one poll), every post gets its result, and no poll happens while full."""
+    posts = Workload(seed=65).posts(3000)
+    produce(client_config, topics["posts"], posts)
+    svc = _WatchedPolls(None, backend.url, group_id=group, topics=topics,
+                        client_config=client_config, client=client, batch_size=20,
+                        concurrency=2, max_poll_records=100, max_buffered=200)
+    stages.append(svc)
+    svc.start()
+    results = wait_results(client_config, topics["results"], {p.post_id for p in posts}, 90)
+    assert svc.stop(timeout=20)
+    st = svc.stats()
+    assert len(results) == len(posts)
+    assert svc.max_buffered < st["buffered_peak"] <= svc.max_buffered + 100  # it filled up
+    assert svc.polls > 0 and svc.polls_while_full == 0
+
+
 def test_load_shedding_switches_on_when_behind_and_off_when_caught_up(
         client_config, topics, backend, group, stages) -> None:
     svc = ModerationService(None, backend.url, group_id=group, topics=topics,
