@@ -1,6 +1,6 @@
 """The Kafka clients of the moderation stage, behind one small interface, in two flavours.
 
-The moderation stage (:mod:`lab_kit.moderation`) needs a consumer (poll, seek,
+The moderation stage (:mod:`lab_kit.moderation`) needs a consumer (poll, pause/resume, seek,
 commit, rebalance callbacks) and a producer (send with a delivery callback, flush, close).
 Two implementations:
 
@@ -150,6 +150,8 @@ class StageClients:
 
     # consumer
     def poll(self, timeout_s: float) -> list[Any]: raise NotImplementedError
+    def pause(self, tps: Iterable[TP]) -> None: raise NotImplementedError
+    def resume(self, tps: Iterable[TP]) -> None: raise NotImplementedError
     def seek(self, tp: TP, offset: int) -> None: raise NotImplementedError
     def commit(self, offsets: Mapping[TP, int]) -> None: raise NotImplementedError
     def close_consumer(self) -> None: raise NotImplementedError
@@ -247,6 +249,12 @@ class KafkaPythonClients(StageClients):
                                   if not self._start_from_commit(tp)]
             polled = {tp: recs for tp, recs in polled.items() if tp not in moving}
         return [r for recs in polled.values() for r in recs]
+
+    def pause(self, tps: Iterable[TP]) -> None:
+        self.consumer.pause(*[self._tp(tp) for tp in tps])
+
+    def resume(self, tps: Iterable[TP]) -> None:
+        self.consumer.resume(*[self._tp(tp) for tp in tps])
 
     def seek(self, tp: TP, offset: int) -> None:
         self.consumer.seek(self._tp(tp), offset)
@@ -385,8 +393,11 @@ class ConfluentClients(StageClients):
         self.last_error: str | None = None
 
     def _assigned(self, _consumer: Any, parts: list[Any]) -> None:
-        # assign now (not after the callback): positions come from the committed offsets
+        # assign now (not after the callback) so a paused flag left from before can be
+        # cleared; positions come from the committed offsets
         self.consumer.assign(parts)
+        with contextlib.suppress(Exception):
+            self.consumer.resume(parts)
         self._assigning = {(p.topic, p.partition) for p in parts}
         try:
             self.on_assign(sorted(self._assigning))
@@ -412,6 +423,14 @@ class ConfluentClients(StageClients):
             out.append(Rec(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(),
                            m.value(), m.headers() or []))
         return out
+
+    def pause(self, tps: Iterable[TP]) -> None:
+        self.consumer.pause(self._tps(tps))
+
+    def resume(self, tps: Iterable[TP]) -> None:
+        tps = [tp for tp in tps if tp not in self._assigning]  # resumed on assignment
+        if tps:
+            self.consumer.resume(self._tps(tps))
 
     def seek(self, tp: TP, offset: int) -> None:
         if tp in self._assigning:

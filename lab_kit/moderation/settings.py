@@ -30,6 +30,7 @@ __all__ = [
     "DRAIN_TIMEOUT_S",
     "OVERLOAD_QUIET_S",
     "RECHECK_MAX_LIVE_AGE_S",
+    "PAUSE_AFTER_FULL_S",
     "PRODUCER_DEFAULTS",
     "GUARANTEES",
     "TRANSACTION_INTERVAL_S",
@@ -69,6 +70,10 @@ OVERLOAD_QUIET_S = 2.0  # the recheck worker waits this long after an overload a
 #: this, or the service has stopped fetching (backpressure): the live path has no spare
 #: capacity then, and a recheck would take some (same process, same backend)
 RECHECK_MAX_LIVE_AGE_S = 0.25
+#: a stage full this long (e.g. a recheck worker gated through a long overload) pauses its
+#: partitions and polls again: a consumer that does not poll for ``max.poll.interval.ms``
+#: (300 s by default) is dropped from its group
+PAUSE_AFTER_FULL_S = 30.0
 
 #: What a member promises about its outputs (``guarantee=``). ``"at-least-once"``: outputs
 #: are produced, then the offsets committed once they are acked; a killed member's successor

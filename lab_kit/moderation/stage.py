@@ -81,6 +81,7 @@ from lab_kit.moderation.settings import (
     DRAIN_TIMEOUT_S,
     HEARTBEAT_INTERVAL_MS,
     IDLE_POLL_S,
+    PAUSE_AFTER_FULL_S,
     PRODUCER_DEFAULTS,
     SESSION_TIMEOUT_MS,
     TRANSACTION_INTERVAL_S,
@@ -200,6 +201,8 @@ class Stage:
         self._retry_at: dict[TP, float] = {}
         self._buffered = 0
         self._full = False
+        self._full_since = 0.0
+        self._paused = False  # full for PAUSE_AFTER_FULL_S: partitions paused, polling again
         self.buffered_peak = 0  # most records ever waiting here (max_buffered + one poll)
         self._tracker = OffsetTracker()
         self._watched: list[Chunk] = []  # sealed chunks whose outputs are not settled yet
@@ -280,7 +283,12 @@ class Stage:
         parts = sorted(p for _t, p in assigned)
         with self._lock:
             self.assignment = parts
-        self._full = False
+        clients = self._clients
+        if clients is not None and assigned:
+            # kafka-python keeps the paused flag of a partition that stays assigned; its
+            # position the clients reset to the group's committed offset (see clients.py)
+            clients.resume(assigned)
+        self._full = self._paused = False
         log.info("%s: group %s assigned %s partitions %s", self.kind, self.group_id,
                  self.source_topic, parts)
 
@@ -358,7 +366,7 @@ class Stage:
         busy = bool(self._current) or bool(self._watched)
         prof, clock = self.profile, time.thread_time_ns
         t0 = clock()
-        if self._full:  # see _backpressure: take nothing more, wait for a call
+        if self._full and not self._paused:  # see _backpressure: wait for a call instead
             self._wake.wait(BUSY_POLL_S)
             self._wake.clear()
             records = []
@@ -397,9 +405,21 @@ class Stage:
         and resumed every few hundred records that way, and moderated 3,298 posts/s where
         not polling gives 18,060 (``bench pipeline --backlog 50000``, one process; README,
         "Headroom"). Not polling leaves the records in the client's own bounded prefetch
-        queue, ready for the next poll."""
-        self._full = self._buffered > self.max_buffered or (
+        queue, ready for the next poll. Only a stage full for ``PAUSE_AFTER_FULL_S`` pauses
+        its partitions and polls again, so that its group keeps it."""
+        full = self._buffered > self.max_buffered or (
             self._full and self._buffered > self.max_buffered // 2)
+        if full and not self._full:
+            self._full_since = time.monotonic()
+        self._full = full
+        clients = self._clients
+        if clients is None or not self.assignment:
+            return
+        pause = full and time.monotonic() - self._full_since >= PAUSE_AFTER_FULL_S
+        if pause != self._paused:
+            tps = [(self.source_topic, p) for p in self.assignment]
+            (clients.pause if pause else clients.resume)(tps)
+            self._paused = pause
 
     def _dispatch(self) -> None:
         """Start a chunk on every partition that has records and none in moderation."""

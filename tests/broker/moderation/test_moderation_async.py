@@ -144,6 +144,33 @@ def test_a_backlog_bigger_than_the_buffer_is_drained_without_polling_while_full(
     assert svc.polls > 0 and svc.polls_while_full == 0
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_stage_full_for_long_pauses_its_partitions_and_polls_again(
+        client, client_config, topics, backend, group, stages, monkeypatch) -> None:
+    """A stage that stops polling for max.poll.interval.ms is dropped from its group; one
+    full for PAUSE_AFTER_FULL_S (0.3 s here) pauses its partitions and polls again, and the
+    buffer stays bounded while it does."""
+    monkeypatch.setattr("lab_kit.moderation.stage.PAUSE_AFTER_FULL_S", 0.3)
+    posts = Workload(seed=66).posts(1000)
+    produce(client_config, topics["posts"], posts)
+    backend.set_faults(latency_ms=800)  # every call waits 0.8 s: the buffer stays full
+    svc = _WatchedPolls(None, backend.url, group_id=group, topics=topics,
+                        client_config=client_config, client=client, batch_size=20,
+                        concurrency=2, max_poll_records=100, max_buffered=200,
+                        backend_timeout_s=5.0, shed_after_ms=None)
+    stages.append(svc)
+    svc.start()
+    wait_until(lambda: svc.polls_while_full > 0, 30, "a poll while full, partitions paused",
+               details=lambda: str(svc.stats()))
+    backend.reset_faults()
+    results = wait_results(client_config, topics["results"], {p.post_id for p in posts}, 90)
+    assert svc.stop(timeout=20)
+    st = svc.stats()
+    assert len(results) == len(posts)
+    assert all(not r["degraded"] for rs in results.values() for r in rs)
+    assert st["buffered_peak"] <= svc.max_buffered + 100
+
+
 def test_load_shedding_switches_on_when_behind_and_off_when_caught_up(
         client_config, topics, backend, group, stages) -> None:
     svc = ModerationService(None, backend.url, group_id=group, topics=topics,
