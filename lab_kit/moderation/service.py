@@ -267,11 +267,9 @@ class ModerationService(Stage):
             self._shed(self.oldest_age_s)
 
     def _shed(self, age_s: float) -> bool:
-        """Load shedding with hysteresis on the age of the oldest waiting post."""
-        self.oldest_age_s = age_s
+        """Load shedding with hysteresis on the age of the oldest waiting post (called with
+        ``shed_after_s`` set: :meth:`_before_dispatch`)."""
         limit = self.shed_after_s
-        if limit is None:
-            return False
         stay = age_s > limit / 2 if self.shedding else age_s <= limit
         if stay:
             return self.shedding

@@ -67,7 +67,7 @@ BUSY_POLL_S = 0.005  # calls in flight: come back soon to emit their results
 DRAIN_TIMEOUT_S = 5.0  # on rebalance/stop: wait this long for calls in flight
 OVERLOAD_QUIET_S = 2.0  # the recheck worker waits this long after an overload answer
 #: the recheck worker also waits while the oldest post waiting for the service is older than
-#: this, or the service has stopped fetching (backpressure): the live path has no spare
+#: this, or the service has stopped polling (backpressure): the live path has no spare
 #: capacity then, and a recheck would take some (same process, same backend)
 RECHECK_MAX_LIVE_AGE_S = 0.25
 #: a stage full this long (e.g. a recheck worker gated through a long overload) pauses its

@@ -402,11 +402,12 @@ class Stage:
 
         Not the clients' ``pause()``: both drop what they have fetched ahead for a paused
         partition and fetch it again after ``resume()``. A stage draining a backlog paused
-        and resumed every few hundred records that way, and moderated 3,298 posts/s where
-        not polling gives 18,060 (``bench pipeline --backlog 50000``, one process; README,
-        "Headroom"). Not polling leaves the records in the client's own bounded prefetch
-        queue, ready for the next poll. Only a stage full for ``PAUSE_AFTER_FULL_S`` pauses
-        its partitions and polls again, so that its group keeps it."""
+        and resumed every few hundred records that way, and moderated 3,310 posts/s where
+        not polling gives 15,012 (medians of 3, ``bench pipeline --backlog 50000
+        --processes 1``; README, "Headroom"). Not polling leaves the records in the client's
+        own bounded prefetch queue, ready for the next poll. Only a stage full for
+        ``PAUSE_AFTER_FULL_S`` pauses its partitions and polls again, so that its group
+        keeps it."""
         full = self._buffered > self.max_buffered or (
             self._full and self._buffered > self.max_buffered // 2)
         if full and not self._full:
