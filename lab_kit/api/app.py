@@ -64,7 +64,6 @@ import asyncio
 import contextlib
 import fcntl
 import gc
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -82,8 +81,10 @@ from starlette.routing import Route
 from lab_kit import broker
 from lab_kit.api.body import parse_post, read_body
 from lab_kit.api.errors import (
+    API_CLIENTS,
     BLOCKING_TIMEOUT_S,
     BODY_TIMEOUT_S,
+    DEFAULT_API_CLIENT,
     MAX_BODY_BYTES,
     MAX_TRACKED,
     RETRY_AFTER_BUSY_S,
@@ -94,6 +95,7 @@ from lab_kit.api.errors import (
 )
 from lab_kit.api.metrics import ApiMetrics, Timing, field_label
 from lab_kit.api.status import StatusTable, VerdictReader
+from lab_kit.json_codec import dumps
 from lab_kit.producer import BackpressureError, ProducerClosedError
 from lab_kit.producer.asyncio_bridge import AioPostProducer, wrap_future
 from lab_kit.producer.spool import SpoolError, SpoolFullError
@@ -274,7 +276,7 @@ class PostApi:
             log.exception("POST /posts failed")
             status, payload = 500, {"error": "server: internal error (logged)",
                                     "field": "server", "limit": None}
-        data = json.dumps(payload).encode()
+        data = dumps(payload)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(data)).encode()), *extra]})
@@ -375,6 +377,7 @@ class PostApi:
         p = self.aio.producer if self.aio else None
         return JSONResponse({
             "status": "ok", "variant": self.variant, "topic": self.topic, "pid": os.getpid(),
+            "client": p.kafka_client if p else None,
             "broker_healthy": bool(p and p.healthy), "in_flight": p.in_flight if p else 0,
             "spool_depth": p.spool.rows if p and p.spool is not None else 0,  # a counter
             "tracked": len(self.table)})
@@ -401,7 +404,8 @@ def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | N
                producer_config: dict | None = None, freeze_gc: bool = False,
                spool_max_rows: int | None = None, spool_max_bytes: int | None = None,
                body_timeout_s: float = BODY_TIMEOUT_S,
-               wait_ack_timeout_s: float = WAIT_ACK_TIMEOUT_S) -> Any:
+               wait_ack_timeout_s: float = WAIT_ACK_TIMEOUT_S,
+               client: str = DEFAULT_API_CLIENT) -> Any:
     """The ASGI app. The producer is made at startup (lifespan) and closed at shutdown.
 
     ``freeze_gc`` (the served process, ``python -m lab_kit api``): once started, move every
@@ -416,18 +420,23 @@ def create_app(*, variant: str = "async", topic: str = POSTS, bootstrap: str | N
     ``spool_max_rows`` / ``spool_max_bytes``: the spool's caps (None: the producer's defaults,
     1,000,000 posts and 256 MiB); past them a post is refused with 503 + ``Retry-After``.
     ``wait_ack_timeout_s``: how long ``?wait=ack`` waits for Kafka before ``504`` (the post
-    stays accepted)."""
+    stays accepted). ``client``: the producer's Kafka client (``kafka-python`` or
+    ``confluent``, :data:`~lab_kit.api.errors.API_CLIENTS`)."""
+    if client not in API_CLIENTS:
+        raise ValueError(f"client: {client!r} is not one of {API_CLIENTS}")
     caps = {k: v for k, v in (("spool_max_rows", spool_max_rows),
                               ("spool_max_bytes", spool_max_bytes)) if v is not None}
     return PostApi(variant=variant, topic=topic, bootstrap=bootstrap, spool_dir=spool_dir,
                    max_body_bytes=max_body_bytes, max_tracked=max_tracked, verdicts=verdicts,
-                   producer_config={**caps, **(producer_config or {})}, freeze_gc=freeze_gc,
+                   producer_config={"client": client, **caps, **(producer_config or {})},
+                   freeze_gc=freeze_gc,
                    body_timeout_s=body_timeout_s, wait_ack_timeout_s=wait_ack_timeout_s).asgi
 
 
 def create_app_from_env() -> Any:
     """uvicorn's factory (one call per worker process): settings from ``LAB_API_*``
-    (``LAB_API_SPOOL_MAX_ROWS`` and ``LAB_API_SPOOL_MAX_BYTES``: the spool's caps)."""
+    (``LAB_API_CLIENT``: the producer's Kafka client; ``LAB_API_SPOOL_MAX_ROWS`` and
+    ``LAB_API_SPOOL_MAX_BYTES``: the spool's caps)."""
     env = os.environ
     rows, size = env.get("LAB_API_SPOOL_MAX_ROWS"), env.get("LAB_API_SPOOL_MAX_BYTES")
     return create_app(variant=env.get("LAB_API_VARIANT", "async"),
@@ -437,4 +446,5 @@ def create_app_from_env() -> Any:
                       max_body_bytes=int(env.get("LAB_API_MAX_BODY_BYTES", MAX_BODY_BYTES)),
                       verdicts={"1": True, "0": False}.get(env.get("LAB_API_VERDICTS", "")),
                       spool_max_rows=int(rows) if rows else None,
-                      spool_max_bytes=int(size) if size else None, freeze_gc=True)
+                      spool_max_bytes=int(size) if size else None, freeze_gc=True,
+                      client=env.get("LAB_API_CLIENT") or DEFAULT_API_CLIENT)

@@ -5,11 +5,11 @@ has not arrived whole within ``timeout_s``) and turn it into a validated post, o
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 from lab_kit.api.errors import BODY_TIMEOUT_S, ApiError
+from lab_kit.json_codec import loads_lenient
 from lab_kit.posts import PostValidationError, validate_post
 
 
@@ -54,8 +54,8 @@ def parse_post(body: bytes, content_type: str) -> Any:
     if not content_type.split(";")[0].strip().lower() == "application/json":
         raise ApiError(415, "content-type", "application/json",
                        f"content-type: {content_type or 'none'} is not application/json")
-    try:
-        data = json.loads(body)
+    try:  # msgspec; what it refuses is retried by the standard library, which says why
+        data = loads_lenient(body)
     except UnicodeDecodeError:
         raise ApiError(400, "body", "UTF-8 JSON object", "body: not valid UTF-8") from None
     except RecursionError:  # [[[[... deeper than the parser's stack: refused, not a 500

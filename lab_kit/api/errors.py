@@ -9,6 +9,10 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 VARIANTS = ("async", "blocking")
+#: the Kafka client under the served API's producer (``--client``): ``AsyncPostProducer``'s
+#: ``client`` (kafka-python's sender thread, or librdkafka with the lab's poll thread)
+API_CLIENTS = ("kafka-python", "confluent")
+DEFAULT_API_CLIENT = "kafka-python"
 #: a valid post is at most ~45 kB of JSON (5,000 characters of text, 10 URLs of 2,048)
 MAX_BODY_BYTES = 64 * 1024
 MAX_TRACKED = 100_000

@@ -65,6 +65,23 @@ class Timing:
     def __init__(self, app: Any, metrics: ApiMetrics):
         self.app, self.metrics = app, metrics
         self.starlette: Starlette | None = None
+        # the labelled children, looked up once per route (and status): ``labels()`` takes
+        # the metric's lock and builds its key on every call
+        self._latency: dict[str, Any] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
+
+    def _latency_of(self, route: str) -> Any:
+        child = self._latency.get(route)
+        if child is None:
+            child = self._latency[route] = self.metrics.latency.labels(route)
+        return child
+
+    def _requests_of(self, route: str, status: int) -> Any:
+        child = self._requests.get((route, status))
+        if child is None:  # routes are a fixed set and statuses few: a bounded dict
+            child = self._requests[(route, status)] = self.metrics.requests.labels(
+                route, str(status))
+        return child
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -79,10 +96,10 @@ class Timing:
         async def timed_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+                self._latency_of(route).observe(time.perf_counter() - t0)
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            self.metrics.requests.labels(route, str(status[0])).inc()
+            self._requests_of(route, status[0]).inc()

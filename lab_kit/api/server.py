@@ -22,7 +22,13 @@ from pathlib import Path
 
 import psutil
 
-from lab_kit.api.errors import LIMIT_CONCURRENCY, MAX_BODY_BYTES, VARIANTS
+from lab_kit.api.errors import (
+    API_CLIENTS,
+    DEFAULT_API_CLIENT,
+    LIMIT_CONCURRENCY,
+    MAX_BODY_BYTES,
+    VARIANTS,
+)
 from lab_kit.machine import free_port
 from lab_kit.topics import POSTS
 
@@ -70,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (1-8)")
     p.add_argument("--variant", choices=VARIANTS, default="async",
                    help="blocking = send().get() inside async def (the lesson's mistake)")
+    p.add_argument("--client", choices=API_CLIENTS, default=DEFAULT_API_CLIENT,
+                   help="the producer's Kafka client (default %(default)s)")
     p.add_argument("--topic", default=POSTS)
     p.add_argument("--bootstrap", default=None, help="default: the lab's broker")
     p.add_argument("--spool-dir", default=None,
@@ -100,13 +108,17 @@ def main(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr, flush=True)
     os.environ.update({
         "LAB_API_VARIANT": args.variant, "LAB_API_TOPIC": args.topic,
+        "LAB_API_CLIENT": getattr(args, "client", DEFAULT_API_CLIENT),
         "LAB_API_BOOTSTRAP": args.bootstrap or "", "LAB_API_SPOOL_DIR": args.spool_dir or "",
         "LAB_API_MAX_BODY_BYTES": str(args.max_body_bytes),
         "LAB_API_VERDICTS": {"on": "1", "off": "0"}.get(args.verdicts, "")})
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run("lab_kit.api:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5, limit_concurrency=LIMIT_CONCURRENCY)
+                timeout_graceful_shutdown=5, limit_concurrency=LIMIT_CONCURRENCY,
+                # no proxy in front: X-Forwarded-* is not rewritten into the request (uvicorn
+                # trusts it from 127.0.0.1 by default), and its middleware is a step less
+                proxy_headers=False)
     return 0
 
 
@@ -149,8 +161,9 @@ class ApiServer:
     def __init__(self, *, variant: str = "async", topic: str = POSTS, workers: int = 1,
                  port: int | None = None, spool_dir: str | Path | None = None,
                  verdicts: str = "auto", bootstrap: str | None = None,
-                 log_path: str | Path | None = None):
+                 log_path: str | Path | None = None, client: str = DEFAULT_API_CLIENT):
         self.variant, self.topic, self.workers = variant, topic, workers
+        self.client = client
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.spool_dir, self.verdicts, self.bootstrap = spool_dir, verdicts, bootstrap
@@ -161,7 +174,8 @@ class ApiServer:
     def start(self, timeout_s: float = 30.0) -> ApiServer:
         cmd = [sys.executable, "-m", "lab_kit.api", "--port", str(self.port),
                "--variant", self.variant, "--topic", self.topic,
-               "--workers", str(self.workers), "--verdicts", self.verdicts]
+               "--workers", str(self.workers), "--verdicts", self.verdicts,
+               "--client", self.client]
         if self.spool_dir:
             cmd += ["--spool-dir", str(self.spool_dir)]
         if self.bootstrap:

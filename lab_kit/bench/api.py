@@ -10,10 +10,11 @@ from each request's intended send time, no coordinated omission) is
 
 ``--cross-check`` runs only :func:`cross_check`: the async API at 5,000 requests/s on one
 worker and 10,000 on two (the issue's targets: p99 <= 100 ms), driven by the lab's driver and
-by Debian's ``hey`` (:mod:`lab_kit.harness.hey_load`) on the same server, side by side.
+by Debian's ``hey`` (:mod:`lab_kit.harness.hey_load`) on the same server, side by side, with
+the API's producer on each Kafka client (``--client`` picks one), the rounds interleaved.
 
 ``python -m lab_kit.bench.api [--rate R] [--seconds S] [--rounds N] [--json PATH] [--quick]
-[--cross-check]``
+[--cross-check [--client kafka-python|confluent]]``
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from lab_kit import broker as lab_broker
 from lab_kit import lab_env
 from lab_kit.api import ApiServer
+from lab_kit.api.errors import API_CLIENTS
 from lab_kit.cli_support import run_cli
 from lab_kit.harness.api_condition import CONDITIONS, delete_topic, own_broker, run_condition
 from lab_kit.harness.hey_load import HEY_USER, INSTALL_HINT, hey_path, run_hey
@@ -163,10 +165,11 @@ def hey_workers(rate: float) -> int:
     return min(256, max(4, int(rate // 20)))
 
 
-def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: bool
-                 ) -> dict[str, Any]:
-    """One API server on a fresh topic: a warm-up, then the lab's driver and hey, one after
-    the other (``hey_first`` swaps them), then the topic read back for both."""
+def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: bool,
+                 client: str) -> dict[str, Any]:
+    """One API server (its producer on ``client``) on a fresh topic: a warm-up, then the lab's
+    driver and hey, one after the other (``hey_first`` swaps them), then the topic read back
+    for both."""
     cfg = broker.client_config()
     topic = f"lab.api.cross.{time.strftime('%H%M%S')}.{time.time_ns() % 997}"
     ensure_topics(cfg, names=(topic,), partitions={topic: 6})
@@ -176,7 +179,8 @@ def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: b
         with tempfile.TemporaryDirectory(prefix="lab-api-cross-") as tmp:
             server = ApiServer(variant="async", topic=topic, workers=workers,
                                spool_dir=Path(tmp), bootstrap=broker.bootstrap_servers,
-                               verdicts="off", log_path=Path(tmp) / "api.log").start()
+                               verdicts="off", log_path=Path(tmp) / "api.log",
+                               client=client).start()
             try:
                 ids = list(run_load(server.url, warm, rate, 2.0).accepted_ids)
                 out: dict[str, Any] = {}
@@ -203,12 +207,16 @@ def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: b
 
 
 def cross_check(points: tuple[tuple[float, int], ...] = CROSS_CHECK_POINTS,
-                seconds: float = 10.0, rounds: int = 3, broker=None, progress: bool = True
-                ) -> dict[str, Any]:
-    """Per ``(rate, workers)``: ``rounds`` servers, each driven by the lab's driver and by hey
-    at the same rate (the order alternates), medians per driver, and whether each driver saw
-    p99 <= 100 ms with no errors at >= 98 % of the rate. On a broker of its own unless
-    ``broker`` is given."""
+                seconds: float = 10.0, rounds: int = 3, broker=None, progress: bool = True,
+                clients: tuple[str, ...] = API_CLIENTS) -> dict[str, Any]:
+    """Per ``(rate, workers)`` and API client: ``rounds`` servers, each driven by the lab's
+    driver and by hey at the same rate (the order alternates), medians per driver, and whether
+    each driver saw p99 <= 100 ms with no errors at >= 98 % of the rate. The clients' rounds
+    are interleaved (a noisy minute hits both). One point per (rate, workers, client). On a
+    broker of its own unless ``broker`` is given."""
+    unknown = [c for c in clients if c not in API_CLIENTS]
+    if unknown or not clients:
+        raise ValueError(f"clients: each must be one of {API_CLIENTS}, got {clients!r}")
     if hey_path() is None:
         raise RuntimeError(f"--cross-check needs hey: {INSTALL_HINT}")
     own = broker is None
@@ -216,28 +224,37 @@ def cross_check(points: tuple[tuple[float, int], ...] = CROSS_CHECK_POINTS,
     try:
         out: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "points": []}
         for rate, workers in points:
-            rs = [_cross_round(broker, rate, seconds, workers, hey_first=bool(i % 2))
-                  for i in range(rounds)]
-            point: dict[str, Any] = {"rate": rate, "workers": workers, "rounds": rs}
-            for driver in ("lab", "hey"):
-                med = {k: statistics.median(r[driver][k] for r in rs
-                                            if r[driver].get(k) is not None)
-                       for k in CROSS_KEYS}
-                med["p99_le_100ms"] = (med["p99_ms"] <= 100 and med["errors"] == 0
-                                       and med["achieved_rate"] >= 0.98 * rate)
-                point[driver] = med
-            point["lost_max"] = max(r["lab"]["lost"] for r in rs)
-            point["hey_missing_max"] = max(r["hey"]["missing_from_topic"] for r in rs)
-            out["points"].append(point)
-            if progress:
-                print(f"{rate:,.0f}/s on {workers} worker(s): " + " | ".join(
-                    f"{d} achieved {point[d]['achieved_rate']:,.0f}/s p50 {point[d]['p50_ms']} "
-                    f"p99 {point[d]['p99_ms']} ms errors {point[d]['errors']}"
-                    for d in ("lab", "hey")), flush=True)
+            runs: dict[str, list[dict]] = {c: [] for c in clients}
+            for i in range(rounds):
+                for client in (clients if i % 2 == 0 else clients[::-1]):
+                    runs[client].append(_cross_round(broker, rate, seconds, workers,
+                                                     hey_first=bool(i % 2), client=client))
+            for client in clients:
+                point = _cross_point(rate, workers, client, runs[client])
+                out["points"].append(point)
+                if progress:
+                    print(f"{rate:,.0f}/s on {workers} worker(s), {client}: " + " | ".join(
+                        f"{d} achieved {point[d]['achieved_rate']:,.0f}/s p50 "
+                        f"{point[d]['p50_ms']} p99 {point[d]['p99_ms']} ms errors "
+                        f"{point[d]['errors']}" for d in ("lab", "hey")), flush=True)
         return out
     finally:
         if own:
             broker.down(purge=True)
+
+
+def _cross_point(rate: float, workers: int, client: str, rs: list[dict]) -> dict[str, Any]:
+    """One point's rounds, their medians per driver and the verdicts."""
+    point: dict[str, Any] = {"rate": rate, "workers": workers, "client": client, "rounds": rs}
+    for driver in ("lab", "hey"):
+        med = {k: statistics.median(r[driver][k] for r in rs if r[driver].get(k) is not None)
+               for k in CROSS_KEYS}
+        med["p99_le_100ms"] = (med["p99_ms"] <= 100 and med["errors"] == 0
+                               and med["achieved_rate"] >= 0.98 * rate)
+        point[driver] = med
+    point["lost_max"] = max(r["lab"]["lost"] for r in rs)
+    point["hey_missing_max"] = max(r["hey"]["missing_from_topic"] for r in rs)
+    return point
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -252,6 +269,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated, of async, durable (?wait=ack), blocking")
     p.add_argument("--cross-check", action="store_true",
                    help="only the lab driver against hey: 5,000/s on 1 worker, 10,000/s on 2")
+    p.add_argument("--client", choices=API_CLIENTS, default=None,
+                   help="--cross-check: only this client under the API's producer (default: "
+                        "each, side by side)")
     p.add_argument("--json", dest="json_path", default=None)
 
 
@@ -266,8 +286,10 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--variants: each must be async, durable or blocking, got "
                          f"{args.variants!r}")
     if getattr(args, "cross_check", False):
+        client = getattr(args, "client", None)
         res = cross_check(seconds=10 if args.quick else min(args.seconds, 30),
-                          rounds=1 if args.quick else args.rounds)
+                          rounds=1 if args.quick else args.rounds,
+                          clients=(client,) if client else API_CLIENTS)
         print(json.dumps({k: v for k, v in res.items() if k != "points"}, indent=2))
         if args.json_path:
             Path(args.json_path).write_text(json.dumps(res, indent=2))
@@ -308,7 +330,7 @@ def main_from_bench(args: argparse.Namespace) -> int:
         outage=getattr(args, "outage", None) or 10,
         quick=args.quick, no_max_rate=getattr(args, "no_max_rate", False),
         variants=getattr(args, "variants", None), json_path=args.json_path,
-        cross_check=getattr(args, "cross_check", False))
+        cross_check=getattr(args, "cross_check", False), client=getattr(args, "client", None))
     return main(ns)
 
 

@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="moderation member processes of one consumer group (1-32, default 2, "
                         "or 1 on a one-core machine)")
     g.add_argument("--client", choices=("kafka-python", "confluent"), default=None,
-                   help="the moderation service's Kafka client (default confluent: "
-                        "librdkafka)")
+                   help="pipeline: the moderation service's Kafka client (default confluent: "
+                        "librdkafka); api --cross-check: the API producer's (default: each, "
+                        "side by side)")
     g.add_argument("--load-client", dest="load_client", choices=("kafka-python", "confluent"),
                    default=None, help="pipeline: the open loop's load producer "
                    "(AsyncPostProducer(client=...)); default confluent")

@@ -541,6 +541,11 @@ class AsyncPostProducer:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def kafka_client(self) -> str:
+        """Which Kafka client carries the posts: ``"kafka-python"`` or ``"confluent"``."""
+        return "confluent" if self._librdkafka else "kafka-python"
+
     def client_metrics(self) -> dict:
         """kafka-python's own metrics (no percentiles there: see ``self.metrics``)."""
         client = self.client

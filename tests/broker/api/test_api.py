@@ -135,6 +135,33 @@ def test_metrics_counters_move(client, api):
 def test_healthz(client):
     h = client.get("/healthz").json()
     assert h["status"] == "ok" and h["variant"] == "async" and h["broker_healthy"] is True
+    assert h["client"] == "kafka-python"  # the default
+
+
+@pytest.mark.parametrize("variant", ["async", "blocking"])
+def test_the_api_on_librdkafka_accepts_posts_that_reach_the_topic(
+        bootstrap, api_topic, client_config, tmp_path, variant):
+    """``--client confluent``: the same routes and answers, the producer on librdkafka."""
+    server = ApiServer(variant=variant, topic=api_topic, bootstrap=bootstrap, verdicts="off",
+                       spool_dir=tmp_path, log_path=tmp_path / "api.log", client="confluent")
+    server.start()
+    try:
+        ids = []
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            assert c.get("/healthz").json()["client"] == "confluent"
+            for i in range(20):
+                r = c.post("/posts", json={"user_id": f"user-{i}", "text": "on librdkafka"})
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["post_id"])
+            if variant == "async":
+                r = c.post("/posts?wait=ack", json={"user_id": "user-w", "text": "wait"})
+                assert r.status_code == 201 and r.json()["durable"] is True, r.text
+                ids.append(r.json()["post_id"])
+    finally:
+        code = server.stop()
+    assert code in (0, -15)
+    assert "lost 0" in (tmp_path / "api.log").read_text()
+    assert set(ids) <= set(post_ids_in(client_config, api_topic))
 
 
 def test_sigterm_flushes_and_the_blocking_variant_answers_acked(bootstrap, api_topic,

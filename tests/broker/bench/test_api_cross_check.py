@@ -14,11 +14,13 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(300),
                                         "installs it)")]
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_both_drivers_load_the_same_server_and_every_accepted_post_is_on_the_topic(
-        kafka_broker):
+        kafka_broker, client):
     res = cross_check(points=((200, 1),), seconds=3, rounds=1, broker=kafka_broker,
-                      progress=False)
+                      progress=False, clients=(client,))
     (point,) = res["points"]
+    assert point["client"] == client
     (rnd,) = point["rounds"]
     lab, hey = rnd["lab"], rnd["hey"]
     assert lab["accepted"] >= 0.9 * 200 * 3 and lab["errors"] == 0 and lab["lost"] == 0
@@ -30,3 +32,8 @@ def test_both_drivers_load_the_same_server_and_every_accepted_post_is_on_the_top
         assert 0 < point[driver]["p50_ms"] <= point[driver]["p99_ms"]
         assert isinstance(point[driver]["p99_le_100ms"], bool)
     assert point["lost_max"] == 0 and point["hey_missing_max"] == 0
+
+
+def test_an_unknown_client_is_refused_before_any_server_starts():
+    with pytest.raises(ValueError, match="clients"):
+        cross_check(points=((200, 1),), clients=("aiokafka",), progress=False)

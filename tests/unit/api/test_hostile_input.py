@@ -30,6 +30,7 @@ class FakeProducer:
     spool = None
     healthy = True
     in_flight = 0
+    kafka_client = "kafka-python"
 
 
 class FakeAio:
