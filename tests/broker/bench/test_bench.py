@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from lab_kit.bench.producers import N_CONFLUENT
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -83,6 +85,7 @@ def test_the_confluent_contenders_ran_and_lab_kit_delivered_all(report):
     res, ratios = rep["results"], rep["ratios"]
     lab, raw, polled = (res["lab_kit_confluent"], res["confluent_kafka"],
                         res["confluent_poll_thread"])
+    assert lab["posts"] == raw["posts"] == polled["posts"] == N_CONFLUENT  # not the 10k quick
     assert lab["acked"] == lab["posts"] and lab["lost"] == 0
     assert polled["acked"] == polled["posts"]
     assert ratios["lab_kit_confluent_over_raw_confluent"] == pytest.approx(
