@@ -170,6 +170,7 @@ def _member_summary(text: str) -> dict[str, Any]:
             "breaker_opens": svc.get("breaker_opens"), "shedding": svc.get("shedding"),
             "shed": svc.get("shed"), "overloaded": svc.get("overloaded"),
             "recheck_results": rc.get("results"), "recheck_gated": rc.get("gated"),
+            "recheck_gated_by_group": rc.get("gated_by_group"),
             "guarantee": svc.get("guarantee"), "transactions": svc.get("transactions"),
             "aborts": svc.get("aborts"), "rebalances": svc.get("rebalances"),
             "commit_failures": svc.get("commit_failures"),

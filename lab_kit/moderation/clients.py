@@ -155,6 +155,11 @@ class StageClients:
     def seek(self, tp: TP, offset: int) -> None: raise NotImplementedError
     def commit(self, offsets: Mapping[TP, int]) -> None: raise NotImplementedError
     def close_consumer(self) -> None: raise NotImplementedError
+    def fetched_end(self) -> int | None:
+        """The sum of the high watermarks of the partitions this consumer owns, as its own
+        fetches last saw them (no request: each fetch response carries them). Records any
+        producer wrote count, a peer member's too. None before any fetch."""
+        raise NotImplementedError
     # producer
     def send(self, topic: str, key: bytes | None, value: bytes,
              headers: list[tuple[str, bytes]] | None, chunk: Any) -> None:
@@ -268,6 +273,11 @@ class KafkaPythonClients(StageClients):
     def close_consumer(self) -> None:
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
+
+    def fetched_end(self) -> int | None:
+        ends = [self.consumer.highwater(tp) for tp in self.consumer.assignment()]
+        known = [e for e in ends if e is not None]
+        return sum(known) if known else None
 
     def _producer_client(self) -> Any:
         if self._producer is None:
@@ -445,6 +455,12 @@ class ConfluentClients(StageClients):
     def close_consumer(self) -> None:
         with contextlib.suppress(Exception):
             self.consumer.close()
+
+    def fetched_end(self) -> int | None:
+        ends = [self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                for tp in self.consumer.assignment()]
+        known = [e for e in ends if e >= 0]  # OFFSET_INVALID (-1001) before the first fetch
+        return sum(known) if known else None
 
     def _producer_client(self) -> Any:
         if self._producer is None:

@@ -3,8 +3,10 @@
 :class:`RecheckWorker` consumes ``moderation.recheck`` and re-moderates each degraded post
 with the backend, one batch call at a time, and only while its service is healthy (breaker
 closed, not shedding, no overload answer in the last 2 s; see
-:meth:`lab_kit.moderation.service.ModerationService.healthy`): it catches up after an overload
-without taking capacity from new posts.
+:meth:`lab_kit.moderation.service.ModerationService.healthy`) and no member of the group has
+degraded a post lately (``moderation.recheck``'s end offsets, as its fetches see them, still
+for ``GROUP_QUIET_S``): it catches up after an overload without taking capacity from new
+posts, its own member's or a peer's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from lab_kit.metrics import MetricsRecorder
 from lab_kit.moderation.backend import BackendBadRequest
 from lab_kit.moderation.offsets import Chunk
 from lab_kit.moderation.service import Backend
-from lab_kit.moderation.settings import MAX_BACKOFF_S, OUTPUT_TIMEOUT_S, check_float
+from lab_kit.moderation.settings import (
+    GROUP_QUIET_S,
+    MAX_BACKOFF_S,
+    OUTPUT_TIMEOUT_S,
+    RECHECK_END_CHECK_S,
+    check_float,
+)
 from lab_kit.moderation.stage import Dead, Stage, header
 from lab_kit.posts import Post
 
@@ -31,11 +39,13 @@ class RecheckWorker(Stage):
     = the fallback's label) with the same fan-out. One batch call at a time. When the
     backend fails, the chunk waits (0.5 s doubling to ``max_backoff_s``) and is tried again:
     nothing past it is committed. ``gate`` (e.g. ``service.healthy``) says when the worker
-    may call the backend at all, so catching up never starves new posts.
+    may call the backend at all, so catching up never starves new posts; on top of it the
+    worker waits while ``moderation.recheck`` grows (some member, maybe another process,
+    degrades posts: it has no capacity to spare either).
     """
 
     kind = "recheck"
-    _COUNTERS = ("backend_retries", "bad_requests", "gated")
+    _COUNTERS = ("backend_retries", "bad_requests", "gated", "gated_by_group")
 
     def __init__(
         self,
@@ -67,15 +77,42 @@ class RecheckWorker(Stage):
         self.gate = gate
         self._retry_backoff = 0.0
         self._gated_since: float | None = None
+        self._recheck_end: int | None = None  # moderation.recheck's end, last read
+        self._end_read_at = -float("inf")
+        self._end_moved_at = -float("inf")
 
     def _may_start(self) -> bool:
-        if self.gate is None or self.gate():
+        if (self.gate is None or self.gate()) and self._group_quiet():
             self._gated_since = None
             return True
         if self._gated_since is None:
             self._gated_since = time.monotonic()
             self._incr("gated", metric=False)
         return False
+
+    def _group_quiet(self) -> bool:
+        """No member degraded a post for ``GROUP_QUIET_S``: the end offsets of the recheck
+        partitions this worker owns (whoever wrote there: posts are keyed by user, so a
+        shedding peer writes to every partition) have not moved, as the worker's own fetches
+        saw them. Read at most every ``RECHECK_END_CHECK_S``; no request, so it never
+        blocks the worker; nothing known yet leaves the last answer."""
+        now = time.monotonic()
+        clients = self._clients
+        if clients is not None and now - self._end_read_at >= RECHECK_END_CHECK_S:
+            self._end_read_at = now
+            try:
+                end = clients.fetched_end()
+            except Exception:  # noqa: BLE001 - e.g. mid-rebalance: the service's gate holds
+                end = None
+            if end is not None:
+                if self._recheck_end is not None and end > self._recheck_end:
+                    self._end_moved_at = now
+                self._recheck_end = end
+        if now - self._end_moved_at < GROUP_QUIET_S:
+            if self._gated_since is None:
+                self._incr("gated_by_group", metric=False)
+            return False
+        return True
 
     def _needs_calls(self, chunk: Chunk) -> bool:
         return any(isinstance(it, Post) for it in chunk.items)

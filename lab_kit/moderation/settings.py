@@ -30,6 +30,8 @@ __all__ = [
     "DRAIN_TIMEOUT_S",
     "OVERLOAD_QUIET_S",
     "RECHECK_MAX_LIVE_AGE_S",
+    "GROUP_QUIET_S",
+    "RECHECK_END_CHECK_S",
     "PAUSE_AFTER_FULL_S",
     "PRODUCER_DEFAULTS",
     "GUARANTEES",
@@ -70,6 +72,12 @@ OVERLOAD_QUIET_S = 2.0  # the recheck worker waits this long after an overload a
 #: this, or the service has stopped polling (backpressure): the live path has no spare
 #: capacity then, and a recheck would take some (same process, same backend)
 RECHECK_MAX_LIVE_AGE_S = 0.25
+#: ... and while any member of the group degraded a post lately: ``moderation.recheck``'s end
+#: (read at most every ``RECHECK_END_CHECK_S``) moved within ``GROUP_QUIET_S``. A member's own
+#: service only knows its own load; a peer that sheds has no spare capacity either, and on
+#: shared cores a recheck anywhere takes some from it.
+GROUP_QUIET_S = 2.0
+RECHECK_END_CHECK_S = 1.0
 #: a stage full this long (e.g. a recheck worker gated through a long overload) pauses its
 #: partitions and polls again: a consumer that does not poll for ``max.poll.interval.ms``
 #: (300 s by default) is dropped from its group

@@ -9,9 +9,15 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from lab_kit.moderation import recheck as recheck_module
 from lab_kit.moderation.clients import Rec
+from lab_kit.moderation.recheck import RecheckWorker
 from lab_kit.moderation.service import ModerationService
-from lab_kit.moderation.settings import RECHECK_MAX_LIVE_AGE_S
+from lab_kit.moderation.settings import (
+    GROUP_QUIET_S,
+    RECHECK_END_CHECK_S,
+    RECHECK_MAX_LIVE_AGE_S,
+)
 
 
 def _service() -> ModerationService:
@@ -58,3 +64,60 @@ def test_gate_stays_shut_while_shedding_or_full():
     assert not svc.shedding and svc.healthy()
     svc._full = True  # the stage stopped polling: records wait in the client
     assert not svc.healthy()
+
+
+# -- the group's part of the gate: moderation.recheck's end offsets ------------------------
+
+class _Ends:
+    """Stand-in for the stage's clients: ``fetched_end`` answers from a script."""
+
+    def __init__(self, *ends):
+        self.ends, self.reads = list(ends), 0
+
+    def fetched_end(self):
+        self.reads += 1
+        end = self.ends.pop(0)
+        if isinstance(end, Exception):
+            raise end
+        return end
+
+
+def _worker(monkeypatch, clients, clock):
+    worker = RecheckWorker("127.0.0.1:1", "http://127.0.0.1:1", gate=lambda: True)
+    worker._clients = clients
+    monkeypatch.setattr(recheck_module.time, "monotonic", lambda: clock[0])
+    return worker
+
+
+def test_the_worker_waits_while_any_member_degrades_posts(monkeypatch):
+    """The end moving means some member (this one or a peer) wrote a degraded post: the
+    worker waits GROUP_QUIET_S after the last move, even with its own service healthy."""
+    clock = [1000.0]
+    ends = _Ends(50, 50, 80, 80, 80)
+    worker = _worker(monkeypatch, ends, clock)
+    assert worker._may_start()  # first read: the baseline, nothing moved
+    clock[0] += RECHECK_END_CHECK_S
+    assert worker._may_start()  # 50 -> 50
+    clock[0] += RECHECK_END_CHECK_S
+    assert not worker._may_start()  # 50 -> 80: a peer shed 30 posts
+    assert worker.stats()["gated_by_group"] == 1
+    clock[0] += RECHECK_END_CHECK_S / 2
+    assert not worker._may_start() and ends.reads == 3  # read at most once per interval
+    clock[0] += GROUP_QUIET_S
+    assert worker._may_start()  # 80 -> 80 for GROUP_QUIET_S
+    assert worker.stats()["gated_by_group"] == 1
+
+
+def test_an_unknown_end_leaves_the_service_gate_in_charge(monkeypatch):
+    clock = [1000.0]
+    worker = _worker(monkeypatch, _Ends(50, RuntimeError("mid-rebalance"), None, 50), clock)
+    assert worker._may_start()
+    clock[0] += RECHECK_END_CHECK_S
+    assert worker._may_start()  # the read failed: nothing known to have moved
+    clock[0] += RECHECK_END_CHECK_S
+    assert worker._may_start()  # nothing fetched yet (just reassigned): the same
+    clock[0] += RECHECK_END_CHECK_S
+    assert worker._may_start()
+    worker.gate = lambda: False  # its own service busy: shut, whatever the group does
+    clock[0] += RECHECK_END_CHECK_S
+    assert not worker._may_start()
