@@ -48,7 +48,9 @@ from lab_kit.producer.callbacks import LoggingHandler
 from lab_kit.topics import POSTS_DLQ, ensure_topics
 
 BENCH_TOPIC = "bench.posts"
-#: Posts per round for the librdkafka contenders (quick or not): about a second of sending.
+#: Posts per round for the librdkafka contenders, quick or not: about a second of sending.
+#: librdkafka sends 10,000 in well under 0.1 s, and a run that short measures the final flush
+#: (linger, one round trip) more than the rate.
 N_CONFLUENT = 100_000
 COMMON = {"acks": "all", "enable_idempotence": True, "linger_ms": 5}
 
@@ -254,14 +256,11 @@ def run_bench(quick: bool = False, rounds: int | None = None, rate: float = 10_0
     ensure_topics(cfg, names=(BENCH_TOPIC,), partitions={BENCH_TOPIC: 6})
     rounds = rounds or (3 if quick else 5)
     n_async = 10_000 if quick else 30_000
-    # librdkafka sends 10,000 posts in well under 0.1 s, so a run that short measures the
-    # final flush (linger, one round trip) more than the rate: its contenders get 100,000.
-    n_c = N_CONFLUENT
     n_sync = 500 if quick else 2_000
     duration_s = duration_s or (5.0 if quick else 20.0)
     workload = Workload(seed=7)
-    posts = workload.posts(max(n_async, n_c))
-    posts_c, posts = posts[:n_c], posts[:n_async]
+    posts = workload.posts(max(n_async, N_CONFLUENT))
+    posts_c, posts = posts[:N_CONFLUENT], posts[:n_async]
     payload = statistics.fmean(len(p.to_json_bytes()) for p in posts)
     # The pre-built workload is a benchmark artefact (a server does not hold 30k posts):
     # freeze it out of the garbage collector's sight, for every contender alike.
