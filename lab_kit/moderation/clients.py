@@ -155,10 +155,10 @@ class StageClients:
     def seek(self, tp: TP, offset: int) -> None: raise NotImplementedError
     def commit(self, offsets: Mapping[TP, int]) -> None: raise NotImplementedError
     def close_consumer(self) -> None: raise NotImplementedError
-    def fetched_end(self) -> int | None:
-        """The sum of the high watermarks of the partitions this consumer owns, as its own
-        fetches last saw them (no request: each fetch response carries them). Records any
-        producer wrote count, a peer member's too. None before any fetch."""
+    def fetched_end(self) -> dict[TP, int]:
+        """The high watermark of each partition this consumer owns, as its own fetches last
+        saw it (no request: each fetch response carries them); a partition not fetched yet
+        is left out. Records any producer wrote count, a peer member's too."""
         raise NotImplementedError
     # producer
     def send(self, topic: str, key: bytes | None, value: bytes,
@@ -274,10 +274,10 @@ class KafkaPythonClients(StageClients):
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
 
-    def fetched_end(self) -> int | None:
-        ends = [self.consumer.highwater(tp) for tp in self.consumer.assignment()]
-        known = [e for e in ends if e is not None]
-        return sum(known) if known else None
+    def fetched_end(self) -> dict[TP, int]:
+        ends = {(tp.topic, tp.partition): self.consumer.highwater(tp)
+                for tp in self.consumer.assignment()}
+        return {tp: e for tp, e in ends.items() if e is not None}
 
     def _producer_client(self) -> Any:
         if self._producer is None:
@@ -456,11 +456,11 @@ class ConfluentClients(StageClients):
         with contextlib.suppress(Exception):
             self.consumer.close()
 
-    def fetched_end(self) -> int | None:
-        ends = [self.consumer.get_watermark_offsets(tp, cached=True)[1]
-                for tp in self.consumer.assignment()]
-        known = [e for e in ends if e >= 0]  # OFFSET_INVALID (-1001) before the first fetch
-        return sum(known) if known else None
+    def fetched_end(self) -> dict[TP, int]:
+        ends = {(tp.topic, tp.partition): self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                for tp in self.consumer.assignment()}
+        # OFFSET_INVALID (-1001) before the partition's first fetch
+        return {tp: e for tp, e in ends.items() if e >= 0}
 
     def _producer_client(self) -> Any:
         if self._producer is None:

@@ -77,7 +77,7 @@ class RecheckWorker(Stage):
         self.gate = gate
         self._retry_backoff = 0.0
         self._gated_since: float | None = None
-        self._recheck_end: int | None = None  # moderation.recheck's end, last read
+        self._recheck_end: dict = {}  # moderation.recheck's end per owned partition, last read
         self._end_read_at = -float("inf")
         self._end_moved_at = -float("inf")
 
@@ -91,23 +91,26 @@ class RecheckWorker(Stage):
         return False
 
     def _group_quiet(self) -> bool:
-        """No member degraded a post for ``GROUP_QUIET_S``: the end offsets of the recheck
-        partitions this worker owns (whoever wrote there: posts are keyed by user, so a
-        shedding peer writes to every partition) have not moved, as the worker's own fetches
-        saw them. Read at most every ``RECHECK_END_CHECK_S``; no request, so it never
-        blocks the worker; nothing known yet leaves the last answer."""
+        """No member degraded a post for ``GROUP_QUIET_S``: the end offset of no recheck
+        partition this worker owns (whoever wrote there: posts are keyed by user, so a
+        shedding peer writes to every partition) has grown, as the worker's own fetches saw
+        them. Partition by partition, between two reads: a partition gained at a rebalance (or
+        fetched for the first time) is a baseline, not a move.
+        Read at most every ``RECHECK_END_CHECK_S``; no request, so it never blocks the
+        worker; a failed read leaves the last answer."""
         now = time.monotonic()
         clients = self._clients
         if clients is not None and now - self._end_read_at >= RECHECK_END_CHECK_S:
             self._end_read_at = now
             try:
-                end = clients.fetched_end()
+                ends = clients.fetched_end()
             except Exception:  # noqa: BLE001 - e.g. mid-rebalance: the service's gate holds
-                end = None
-            if end is not None:
-                if self._recheck_end is not None and end > self._recheck_end:
+                ends = None
+            if ends is not None:
+                last = self._recheck_end
+                if any(end > last[tp] for tp, end in ends.items() if tp in last):
                     self._end_moved_at = now
-                self._recheck_end = end
+                self._recheck_end = ends
         if now - self._end_moved_at < GROUP_QUIET_S:
             if self._gated_since is None:
                 self._incr("gated_by_group", metric=False)

@@ -17,13 +17,20 @@ from tests.broker.moderation.test_moderation import produce
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 
-def _poll_until(worker, done, timeout_s=30.0):
+def _poll_until(worker, done, what, timeout_s=30.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         worker._clients.poll(0.2)
         if done():
             return
-    raise AssertionError("timed out polling")
+    raise AssertionError(f"timed out polling for {what}: owned "
+                         f"{worker._clients.consumer.assignment()}, fetched ends "
+                         f"{worker._clients.fetched_end()}")
+
+
+def _every_owned_partition_fetched(worker) -> bool:
+    owned = worker._clients.consumer.assignment()
+    return bool(owned) and len(worker._clients.fetched_end()) == len(owned)
 
 
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
@@ -33,12 +40,14 @@ def test_a_peer_shedding_shuts_the_gate_until_the_topic_is_still(
                            client_config=client_config, client=client, gate=lambda: True)
     worker._clients = worker._new_clients()  # the clients run() would make; no loop here
     try:
-        _poll_until(worker, lambda: worker._clients.fetched_end() is not None)
-        start = worker._clients.fetched_end()
+        _poll_until(worker, lambda: _every_owned_partition_fetched(worker),
+                    "every owned partition fetched")
+        start = sum(worker._clients.fetched_end().values())
         assert worker._group_quiet()  # the first read: nothing has moved yet
         produce(client_config, topics["recheck"], Workload(seed=5).posts(7))  # "a peer"
         # every partition the worker owns (all of them: it is alone), whoever wrote there
-        _poll_until(worker, lambda: worker._clients.fetched_end() == start + 7)
+        _poll_until(worker, lambda: sum(worker._clients.fetched_end().values()) == start + 7,
+                    "the 7 records")
         time.sleep(RECHECK_END_CHECK_S)
         assert not worker._group_quiet()
         assert worker.stats()["gated_by_group"] == 1

@@ -69,7 +69,8 @@ def test_gate_stays_shut_while_shedding_or_full():
 # -- the group's part of the gate: moderation.recheck's end offsets ------------------------
 
 class _Ends:
-    """Stand-in for the stage's clients: ``fetched_end`` answers from a script."""
+    """Stand-in for the stage's clients: ``fetched_end`` answers from a script (an int is
+    partition 0's end alone; a dict gives each owned partition's)."""
 
     def __init__(self, *ends):
         self.ends, self.reads = list(ends), 0
@@ -79,7 +80,7 @@ class _Ends:
         end = self.ends.pop(0)
         if isinstance(end, Exception):
             raise end
-        return end
+        return {("moderation.recheck", 0): end} if isinstance(end, int) else end
 
 
 def _worker(monkeypatch, clients, clock):
@@ -110,7 +111,7 @@ def test_the_worker_waits_while_any_member_degrades_posts(monkeypatch):
 
 def test_an_unknown_end_leaves_the_service_gate_in_charge(monkeypatch):
     clock = [1000.0]
-    worker = _worker(monkeypatch, _Ends(50, RuntimeError("mid-rebalance"), None, 50), clock)
+    worker = _worker(monkeypatch, _Ends(50, RuntimeError("mid-rebalance"), {}, 50), clock)
     assert worker._may_start()
     clock[0] += RECHECK_END_CHECK_S
     assert worker._may_start()  # the read failed: nothing known to have moved
@@ -121,3 +122,19 @@ def test_an_unknown_end_leaves_the_service_gate_in_charge(monkeypatch):
     worker.gate = lambda: False  # its own service busy: shut, whatever the group does
     clock[0] += RECHECK_END_CHECK_S
     assert not worker._may_start()
+
+
+def test_a_partition_gained_at_a_rebalance_is_no_move(monkeypatch):
+    """Ends are compared partition by partition: a partition the worker gains (with its
+    whole history behind its end) is a baseline; a partition it keeps and that grew is a
+    move; one it lost is forgotten (taken back later, it is a baseline again)."""
+    clock = [1000.0]
+    p0, p1 = ("moderation.recheck", 0), ("moderation.recheck", 1)
+    ends = _Ends({p0: 50}, {p0: 50, p1: 9000}, {p1: 9000}, {p0: 70, p1: 9000},
+                 {p0: 70, p1: 9001})
+    worker = _worker(monkeypatch, ends, clock)
+    for _ in range(4):  # baseline; p1 gained; p0 lost; p0 taken back (grown meanwhile)
+        assert worker._may_start()
+        clock[0] += RECHECK_END_CHECK_S
+    assert not worker._may_start()  # p1 kept and grew by one: a member degraded a post
+    assert worker.stats()["gated_by_group"] == 1
