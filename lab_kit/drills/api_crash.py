@@ -12,9 +12,11 @@ The drill:
 * **workload**: two open loops at ``rate`` each, one of plain ``POST /posts``, one of
   ``POST /posts?wait=ack``, through ``python -m lab_kit.api --workers W``;
 * **nemesis**: ``kill -9`` of the broker ``lead_s`` into the load; ``crash_after_s`` later,
-  once a worker's spool holds posts (waited for at most ``SPOOL_WAIT_S``), ``kill -9`` of
-  every API process at once (mid-load, during the outage). The load goes on ``tail_s`` more:
-  those requests fail (transport errors) and count as not accepted;
+  once the worker asked (``/healthz`` reaches one) reports posts in its spool, ``kill -9`` of
+  every API process at once (mid-load, during the outage). That wait lasts at most
+  ``SPOOL_WAIT_S``, then the crash comes anyway; a wait longer than ``tail_s`` would put the
+  crash after the load. The load goes on ``tail_s`` more: those requests fail (transport
+  errors) and count as not accepted;
 * **recovery**: the posts left in every spool slot are counted from the files; a new API on
   the same spool folder (its workers take the crashed workers' slots), then the broker
   restarts; the new API replays what the spool kept;
@@ -120,7 +122,8 @@ class CrashReport:
     @property
     def ok(self) -> bool:
         """The promise held: every durable answer delivered, each once, after a crash that
-        left posts in the spool (without them the drill tested no spooled answer)."""
+        left posts in the spool (plain or durable ones: a necessary condition, since without
+        them no answer can have come from the spool)."""
         d = self.durable
         return (d.accepted > 0 and d.lost == 0 and d.duplicates == 0
                 and self.crashed_at_s is not None and bool(self.spool_rows_at_restart)
@@ -140,8 +143,8 @@ class CrashReport:
         lines = [f"drill {self.drill}: {'OK' if self.ok else 'FAILED'}",
                  f"  {s.rate:g} requests/s of each kind, {s.workers} workers; broker killed "
                  f"{s.lead_s:g} s in, every API process killed (-9) at "
-                 f"{self.crashed_at_s} s; a new API on the same spool found "
-                 f"{self.spool_rows_at_restart} posts in it"]
+                 f"{self.crashed_at_s} s; the spool files held "
+                 f"{self.spool_rows_at_restart} posts for the new API"]
         for label, side in (("202 (accepted, in memory)", self.plain),
                             ("201 ?wait=ack (durable)", self.durable)):
             lines.append(

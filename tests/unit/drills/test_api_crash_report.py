@@ -37,4 +37,4 @@ def test_ok_needs_a_spool_with_posts_and_no_durable_loss():
     assert not _report(0).ok  # the outage never reached the spool: nothing spooled was tested
     assert not _report(None).ok
     assert not _report(12, durable_lost=1).ok
-    assert "found 12 posts" in _report(12).summary()
+    assert "spool files held 12 posts" in _report(12).summary()
