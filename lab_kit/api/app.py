@@ -105,6 +105,10 @@ from lab_kit.topics import MODERATION_RESULTS, POSTS
 log = logging.getLogger("lab_kit.api")
 
 
+#: a worker's spool file, by slot number (``SPOOL_SLOT.format("*")`` globs them all)
+SPOOL_SLOT = "api-{}.spool.db"
+
+
 def _spool_slot(spool_dir: Path) -> tuple[Path, Any]:
     """The first free ``api-<n>.spool.db`` in ``spool_dir`` (held by a lock on its .lock)."""
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +119,7 @@ def _spool_slot(spool_dir: Path) -> tuple[Path, Any]:
         except OSError:
             handle.close()
             continue
-        return spool_dir / f"api-{n}.spool.db", handle
+        return spool_dir / SPOOL_SLOT.format(n), handle
     raise RuntimeError(f"no free spool slot in {spool_dir}")
 
 

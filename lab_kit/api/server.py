@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -226,8 +227,10 @@ class ApiServer:
                 out[name] = float(value)
         return out
 
-    def wait_drained(self, timeout_s: float = 120.0) -> dict:
-        """Wait until nothing is in flight and the spool is empty (the broker must be up)."""
+    def wait_health(self, done: Callable[[dict], bool], timeout_s: float,
+                    every_s: float = 0.2) -> dict:
+        """Ask ``/healthz`` until ``done(answer)``, at most ``timeout_s``; the last answer
+        (``in_flight`` and ``spool_depth`` None if none came). A worker answers for itself."""
         import httpx  # why here: the served workers import this module (see the docstring)
 
         deadline = time.monotonic() + timeout_s
@@ -237,10 +240,14 @@ class ApiServer:
                 h = self.health()
             except httpx.HTTPError:  # a stalled (blocking) server: ask again
                 continue
-            if not (h["in_flight"] or h["spool_depth"]):
+            if done(h):
                 break
-            time.sleep(0.2)
+            time.sleep(every_s)
         return h
+
+    def wait_drained(self, timeout_s: float = 120.0) -> dict:
+        """Wait until nothing is in flight and the spool is empty (the broker must be up)."""
+        return self.wait_health(lambda h: not (h["in_flight"] or h["spool_depth"]), timeout_s)
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL to the whole process group (also

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_kit.api import ApiServer
+from lab_kit.api.app import SPOOL_SLOT
 from lab_kit.cli_support import run_cli
 from lab_kit.drills.report import print_and_save
 from lab_kit.harness.api_condition import heal, on_own_broker
@@ -222,7 +223,8 @@ def _run(settings: CrashSettings, broker, wd: Path) -> CrashReport:
         time.sleep(max(0.0, t0 + settings.lead_s - time.monotonic()))
         broker.kill(node)
         time.sleep(max(0.0, t0 + settings.lead_s + settings.crash_after_s - time.monotonic()))
-        _wait_spooling(first, SPOOL_WAIT_S)
+        # a crash before the outage reached the spool would test no spooled answer
+        first.wait_health(lambda h: bool(h.get("spool_depth")), SPOOL_WAIT_S, every_s=0.05)
         first.crash()
         crashed_at = round(time.monotonic() - t0, 2)
         for t in threads:
@@ -248,27 +250,11 @@ def _run(settings: CrashSettings, broker, wd: Path) -> CrashReport:
         crashed_at_s=crashed_at, spool_rows_at_restart=at_restart, drained=drained)
 
 
-def _wait_spooling(api: ApiServer, timeout_s: float) -> bool:
-    """Until a worker of ``api`` says its spool holds posts (the outage reached the API), at
-    most ``timeout_s``: a crash before that would test no spooled answer at all."""
-    import httpx  # why here: as in ApiServer (its workers import lab_kit.api)
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if api.health().get("spool_depth"):
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
 def spooled_rows(spool_dir: Path) -> int:
     """Posts in every API spool slot of ``spool_dir`` (``api-<n>.spool.db``), counted from the
     files while no API runs: a worker's ``/healthz`` shows only its own slot."""
     total = 0
-    for path in sorted(spool_dir.glob("api-*.spool.db")):
+    for path in sorted(spool_dir.glob(SPOOL_SLOT.format("*"))):
         with Spool(path) as spool:
             total += spool.count()
     return total

@@ -105,8 +105,8 @@ class RecheckWorker(Stage):
             try:
                 ends = clients.fetched_end()
             except Exception:  # noqa: BLE001 - e.g. mid-rebalance: the service's gate holds
-                ends = None
-            if ends is not None:
+                pass
+            else:
                 last = self._recheck_end
                 if any(end > last[tp] for tp, end in ends.items() if tp in last):
                     self._end_moved_at = now
