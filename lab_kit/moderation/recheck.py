@@ -17,7 +17,7 @@ from typing import Any
 
 from lab_kit.metrics import MetricsRecorder
 from lab_kit.moderation.backend import BackendBadRequest
-from lab_kit.moderation.offsets import Chunk
+from lab_kit.moderation.offsets import TP, Chunk
 from lab_kit.moderation.service import Backend
 from lab_kit.moderation.settings import (
     GROUP_QUIET_S,
@@ -77,7 +77,8 @@ class RecheckWorker(Stage):
         self.gate = gate
         self._retry_backoff = 0.0
         self._gated_since: float | None = None
-        self._recheck_end: dict = {}  # moderation.recheck's end per owned partition, last read
+        # moderation.recheck's end per owned partition, as last read
+        self._recheck_end: dict[TP, int] = {}
         self._end_read_at = -float("inf")
         self._end_moved_at = -float("inf")
 
