@@ -174,14 +174,20 @@ def compare_sync_async(lab: Lab, n_sync: int, n_async: int, seed: int = 1) -> di
 
 # --- 02: futures and callbacks ------------------------------------------------------------
 def callback_threads(lab: Lab, n: int, seed: int = 2) -> pd.DataFrame:
-    """Which thread runs the callbacks, and in which order posts of one user arrive."""
+    """Which thread runs the callbacks, and in which order posts of one user arrive: one row
+    per delivery, in callback order, with ``submitted`` (the post's place in submit order).
+    Five users and no spam bots (``spam_ratio=0``), so the users are the five keys."""
     collect = CollectingHandler()
     topic = scratch_topic(lab, "lab.callbacks")
+    posts = Workload(seed=seed, users=5, spam_ratio=0.0).posts(n)
     with lab.producer(topic, handlers=[collect]) as producer:
-        for post in Workload(seed=seed, users=5).posts(n):
+        for post in posts:
             producer.submit(post)
         producer.flush(60)
-    return collect.frame()
+    frame = collect.frame()
+    order = {post.post_id: i for i, post in enumerate(posts)}
+    frame["submitted"] = frame["post_id"].map(order)
+    return frame
 
 
 def validation_errors() -> pd.DataFrame:

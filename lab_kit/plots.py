@@ -472,8 +472,7 @@ def callback_timeline(timeline: pd.DataFrame, *,
     ax.set_xlabel("ms since the model's first submit")
     ax.set_title(title)
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    return fig
+    return fig  # the constrained layout makes room for the legend (no tight_layout)
 
 
 def tuning_sweep(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *,

@@ -230,6 +230,8 @@ _RETRY_CASES = [
     ((413, 2, None), ("give up", 0.0)),
     ((400, 1, None), ("give up", 0.0)),
     ((422, 1, 3.0), ("give up", 0.0)),  # Retry-After does not make a bad post good
+    ((409, 2, None), ("done", 0.0)),  # a retry's post_id is taken: accepted already
+    ((409, 1, None), ("give up", 0.0)),  # a first try's id is taken: someone else's post
     ((503, 1, None), ("retry", 0.1)),
     ((503, 3, None), ("retry", 0.4)),
     ((503, 7, None), ("retry", 5.0)),  # 0.1 * 2**6 = 6.4 s, capped
@@ -254,8 +256,8 @@ def _check_retry(next_step: Any) -> int:
 
 
 def _solution_q2(status, attempt, retry_after=None):
-    if 200 <= status < 300:
-        return "done", 0.0
+    if 200 <= status < 300 or (status == 409 and attempt > 1):
+        return "done", 0.0  # a 409 on a retry: the first try was accepted after all
     if 400 <= status < 500 and status not in (408, 429):
         return "give up", 0.0  # the request itself is wrong: the same answer every time
     if attempt >= 8:
@@ -274,10 +276,21 @@ def _wrong_q2_retries_everything(status, attempt, retry_after=None):
 
 
 def _wrong_q2_ignores_retry_after(status, attempt, retry_after=None):
+    if 200 <= status < 300 or (status == 409 and attempt > 1):
+        return "done", 0.0
+    if 400 <= status < 500 and status not in (408, 429) or attempt >= 8:
+        return "give up", 0.0
+    return "retry", min(5.0, 0.1 * 2 ** (attempt - 1))
+
+
+def _wrong_q2_409_gives_up(status, attempt, retry_after=None):
+    """The rules without the 409 one: a retry whose first try was accepted is given up."""
     if 200 <= status < 300:
         return "done", 0.0
     if 400 <= status < 500 and status not in (408, 429) or attempt >= 8:
         return "give up", 0.0
+    if retry_after is not None:
+        return "retry", float(retry_after)
     return "retry", min(5.0, 0.1 * 2 ** (attempt - 1))
 
 
@@ -286,11 +299,12 @@ q2 = Exercise(
     task="next_step(status, attempt, retry_after) returns ('done' | 'retry' | 'give up', "
          "delay_s) for the API's client",
     checker=_check_retry,
-    hint_text="2xx: done. 4xx other than 408/429: give up (the post is wrong). From attempt "
-              "8: give up. Else retry after Retry-After if given, else 0.1 * 2**(attempt-1) "
-              "s, at most 5 s",
+    hint_text="2xx, or 409 on a retry: done. Other 4xx but 408/429: give up (the post is "
+              "wrong). From attempt 8: give up. Else retry after Retry-After if given, "
+              "else 0.1 * 2**(attempt-1) s, at most 5 s",
     solution_obj=_solution_q2,
-    wrong=(_wrong_q2_retries_everything, _wrong_q2_ignores_retry_after))
+    wrong=(_wrong_q2_retries_everything, _wrong_q2_ignores_retry_after,
+           _wrong_q2_409_gives_up))
 
 
 recap = Quiz("09 recap", [

@@ -4,7 +4,9 @@
   marked as a setting, a target, a default or a cited outside fact: the marker word sits in the
   same sentence ("(setting)", "target", "default", "cited"), or the figure is code in
   backticks (`linger_ms=50` is a setting by definition). Measured figures live in outputs.
-* Stored outputs hold no traceback and no Kafka client log spam.
+* Stored outputs hold no traceback, no Python warning and no Kafka client log spam.
+* A cell that draws with ``lab_kit.plots`` stores its figure (a trailing ``;`` hides a
+  ``Figure`` the function returns: nothing would be shown).
 * Each notebook records the ``lab_kit`` commit its outputs came from (``make notebooks``).
 """
 
@@ -20,6 +22,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-
 UNIT = r"(?:ms|µs|us|s|sec|seconds?|minutes?|min|/s|posts/s|%|×|x|MB|MiB|kB|KiB|GB|k/s)"
 FIGURE = re.compile(rf"(?<![\w.`-])~?\d[\d,.]*\s?(?:k\s?)?{UNIT}(?![\w])")
 MARKERS = ("setting", "target", "default", "cited", "limit", "for example", "e.g.")
+WARNING = re.compile(r"\b\w+Warning: ")  # what warnings.warn prints: "UserWarning: ..."
 SPAM = ("Traceback (most recent call last)", "ECONNREFUSED", "kafka.conn", "kafka.client",
         "WARNING kafka", "ERROR kafka")
 
@@ -68,7 +71,25 @@ def test_stored_outputs_hold_no_traceback_or_client_log_spam(path):
             text = "".join(out.get("text", "")) if isinstance(out.get("text"), (list, str)) \
                 else ""
             bad += [f"cell {i}: {s!r}" for s in SPAM if s in text]
+            bad += [f"cell {i}: {m.group()!r}" for m in WARNING.finditer(text)]
     assert bad == []
+
+
+def test_the_warning_pattern_sees_what_warnings_prints():
+    assert WARNING.search("plots.py:475: UserWarning: The figure layout has changed")
+    assert not WARNING.search("WARNING kafka.conn: broker down")  # SPAM's job, not this one
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_that_plots_stores_its_figure(path):
+    nb = json.loads(path.read_text())
+    missing = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or "plots." not in "".join(cell["source"]):
+            continue
+        if not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+            missing.append(f"cell {i}")
+    assert missing == [], "no figure stored (a trailing ';'?): " + ", ".join(missing)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
