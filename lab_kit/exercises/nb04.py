@@ -127,6 +127,8 @@ def _q2_cases() -> list[tuple[str, pd.DataFrame, dict, list[float]]]:
         ("the broker is down: posts submitted, nothing acked",
          _frame([_OK, _DOWN, _DOWN, _OK]), {}, [1.0, 2.0]),
         ("idle: nobody posted", _frame([_OK, _IDLE, _IDLE, _OK]), {}, []),
+        ("slow, slow, idle, slow: an idle second breaks the streak",
+         _frame([_SLOW, _SLOW, _IDLE, _SLOW]), {}, []),
         ("for_windows=1", _frame([_OK, _SLOW, _OK]), {"for_windows": 1}, [1.0]),
         ("target_ms=10", _frame([_OK] * 3), {"target_ms": 10.0}, [2.0]),
     ]
@@ -165,6 +167,21 @@ def _wrong_q2_latency_only(frame, target_ms=100.0, for_windows=3):
     return fired
 
 
+def _wrong_q2_skips_idle(frame, target_ms=100.0, for_windows=3):
+    """Skips the seconds without a p99 instead of letting them break the streak."""
+    fired, streak = [], 0
+    for t_s, row in frame.iterrows():
+        if row["submitted"] > 0 and row["acked"] == 0:
+            fired.append(t_s)
+            continue
+        if row["ack_p99_ms"] != row["ack_p99_ms"]:  # NaN: skipped, the streak carries on
+            continue
+        streak = streak + 1 if row["ack_p99_ms"] > target_ms else 0
+        if streak >= for_windows:
+            fired.append(t_s)
+    return fired
+
+
 def _wrong_q2_every_spike(frame, target_ms=100.0, for_windows=3):
     silent = (frame["submitted"] > 0) & (frame["acked"] == 0)
     return list(frame.index[(frame["ack_p99_ms"] > target_ms) | silent])
@@ -179,7 +196,8 @@ q2 = Exercise(
     hint_text="walk the rows in order with a counter of consecutive slow seconds (reset it on "
               "a second that is not slow; NaN > x is False); a second with submitted > 0 and "
               "acked == 0 fires on its own: its p99 is NaN, so a latency rule stays silent",
-    solution_obj=_solution_q2, wrong=(_wrong_q2_latency_only, _wrong_q2_every_spike))
+    solution_obj=_solution_q2,
+    wrong=(_wrong_q2_latency_only, _wrong_q2_every_spike, _wrong_q2_skips_idle))
 
 
 # --- q3: Little's law -------------------------------------------------------------------------
