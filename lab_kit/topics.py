@@ -26,6 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -336,6 +337,24 @@ def _describe(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> di
         if name in out and "min.insync.replicas" in entries:
             out[name]["min_insync_replicas"] = int(entries["min.insync.replicas"]["value"])
     return out
+
+
+def ack_is_durable(acks: Any, replication_factor: int, min_insync_replicas: int) -> bool:
+    """Whether Kafka's ack of a record is **durable** in the lab's vocabulary: with
+    ``acks=all`` the leader acks once every in-sync replica has the record, and with
+    ``min.insync.replicas`` >= 2 on a topic of at least two replicas that is two brokers or
+    more, so the record survives the loss of any one. On the lab's one broker an ack is one
+    copy in one page cache: **acknowledged**, not durable."""
+    return (str(acks).lower() in ("all", "-1") and replication_factor >= 2
+            and min_insync_replicas >= 2)
+
+
+def acks_durable_on(client_config: dict | str, topic: str, acks: Any,
+                    timeout_s: float = 5.0) -> bool:
+    """:func:`ack_is_durable` for ``topic`` as the broker describes it now (raises what the
+    admin client raises, e.g. when no broker answers within ``timeout_s``)."""
+    d = describe(client_config, (topic,), timeout_s)[topic]
+    return ack_is_durable(acks, d["replication_factor"], d.get("min_insync_replicas", 1))
 
 
 def describe(client_config: dict | str, names: tuple[str, ...] = TOPIC_NAMES,

@@ -27,10 +27,15 @@ An ASGI app (Starlette) served by uvicorn on 127.0.0.1. Routes:
   with ``synchronous=NORMAL``: it survives a kill of this process, not a power cut). A post
   in the client's buffer dies with the process (kill -9, the OOM killer) before Kafka or the
   spool has it: a 202 survives ``SIGTERM`` (shutdown spools what is left), not ``kill -9``.
-  ``?wait=ack`` (201, ``"durable": true``) is the durable answer: Kafka acknowledged the post
-  (``acks=all``) or the spool has it committed *and fsynced* (a group commit: the requests
-  waiting share one fsync of the WAL, :meth:`lab_kit.producer.spool.Spool.sync`); it
-  survives ``kill -9`` of every worker (``python -m lab_kit drill api-crash`` shows both
+  ``?wait=ack`` (201) answers once Kafka acknowledged the post (``acks=all``;
+  ``"acknowledged": true``) or the spool has it committed *and fsynced* (a group commit: the
+  requests waiting share one fsync of the WAL, :meth:`lab_kit.producer.spool.Spool.sync`).
+  ``"durable"`` means what the lab's vocabulary says: true for the fsynced spool row, and for
+  an ack only on a topic whose every ack is on two brokers or more (``acks=all``, replication
+  factor and ``min.insync.replicas`` at least 2: :func:`lab_kit.topics.ack_is_durable`, read
+  from the broker at startup); on the lab's one broker an ack is one copy, so ``false``.
+  Either way a 201's post no longer depends on this process: it survives ``kill -9`` of
+  every worker (``python -m lab_kit drill api-crash`` shows both
   answers side by side). uvicorn adds its own plain ``503`` past
   ``limit_concurrency`` (:data:`~lab_kit.api.errors.LIMIT_CONCURRENCY`) connections.
 * **A client-chosen** ``post_id`` (1-64 of ``A-Z a-z 0-9 . _ : -``) is unique among the posts
@@ -66,6 +71,7 @@ import fcntl
 import gc
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -99,7 +105,7 @@ from lab_kit.json_codec import dumps
 from lab_kit.producer import BackpressureError, ProducerClosedError
 from lab_kit.producer.asyncio_bridge import AioPostProducer, wrap_future
 from lab_kit.producer.spool import SpoolError, SpoolFullError
-from lab_kit.topics import MODERATION_RESULTS, POSTS
+from lab_kit.topics import MODERATION_RESULTS, POSTS, acks_durable_on
 
 # the name it logged under as lab_kit/api.py ("lab_kit.api: lab_kit.api closed: ...")
 log = logging.getLogger("lab_kit.api")
@@ -186,6 +192,9 @@ class PostApi:
         self.reader: VerdictReader | None = None
         self.closing = False
         self._spool_lock: Any = None
+        # Kafka's ack is durable only on a replicated topic (topics.ack_is_durable): False
+        # until the broker has described the topic, and on the lab's one broker
+        self.ack_durable = False
 
         self.starlette = Starlette(routes=[
             Route("/posts/{post_id}", self.get_post, methods=["GET"]),
@@ -232,11 +241,29 @@ class PostApi:
                                         MODERATION_RESULTS, self.table)
             self.reader.start()
         self.aio, self.spool_path, self.closing = aio, spool_path, False
+        threading.Thread(target=self._learn_ack_durability,
+                         args=({"bootstrap_servers": servers, **cfg},
+                               p.acks),
+                         name="lab-api-durability", daemon=True).start()
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
         log.info("lab_kit.api %s: producer on %s, spool %s", self.variant, self.topic,
                  spool_path)
+
+    def _learn_ack_durability(self, client_config: dict, acks: Any) -> None:
+        """Ask the broker how ``topic`` is replicated (off the loop, retried while the broker
+        is away); until it answers, a 201 for an acked post says ``"durable": false``."""
+        while not self.closing:
+            try:
+                self.ack_durable = acks_durable_on(client_config, self.topic, acks)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. no broker yet: ask again later
+                log.debug("topic %s not described yet: %r", self.topic, exc)
+            for _ in range(10):  # 5 s, waking for a shutdown
+                if self.closing:
+                    return
+                threading.Event().wait(0.5)
 
     async def close(self) -> None:
         """Refuse new posts, stop the verdict reader, close the producer (flush, or spool)."""
@@ -331,8 +358,10 @@ class PostApi:
                                  "delivery": "spooled", "durable": False,
                                  "error": f"spool: fsync failed ({exc}); the post stays in "
                                           f"the spool, committed but not on the disk yet"}
+            acked = d.outcome == "acked"  # else spooled, and the fsync above made it durable
             return 201, {"post_id": post.post_id, "status": "accepted", "delivery": d.outcome,
-                         "durable": True, "partition": d.partition, "offset": d.offset}
+                         "acknowledged": acked, "durable": self.ack_durable if acked else True,
+                         "partition": d.partition, "offset": d.offset}
         row, _ = self.table.get(post.post_id)
         return 202, {"post_id": post.post_id, "status": "accepted",
                      "delivery": row[0] if row else "pending"}

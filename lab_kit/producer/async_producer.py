@@ -525,6 +525,11 @@ class AsyncPostProducer:
         return len(self._in_flight)
 
     @property
+    def acks(self) -> Any:
+        """The client's ``acks`` setting (``"all"`` unless given): what an ack promises."""
+        return self._kafka_config.get("acks", "all")
+
+    @property
     def state(self) -> State:
         """``SENDING`` without a spool; with one, the failover state."""
         return State.SENDING if self._failover is None else self._failover.state

@@ -18,6 +18,7 @@ from lab_kit.topics import (
     Mismatch,
     TopicMismatchError,
     TopicMismatchWarning,
+    ack_is_durable,
     compare,
     configured_size,
     declared_size,
@@ -146,3 +147,15 @@ def test_no_compose_broker_creates_topics_on_first_use() -> None:
     assert set(brokers) == {"kafka", "kafka-1", "kafka-2", "kafka-3"}
     for name, svc in brokers.items():
         assert svc["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", name
+
+
+@pytest.mark.parametrize(("acks", "rf", "isr", "durable"), [
+    ("all", 1, 1, False),  # the lab's one broker: one copy, acknowledged only
+    ("all", 3, 1, False),  # replicated, but an ack may rest on the leader alone
+    ("all", 3, 2, True),  # every ack is on two brokers at least
+    (-1, 2, 2, True),  # -1 is acks=all
+    ("1", 3, 2, False),  # the leader alone acks
+    (0, 3, 2, False),  # nobody acks
+])
+def test_an_ack_is_durable_only_with_acks_all_on_two_insync_replicas(acks, rf, isr, durable):
+    assert ack_is_durable(acks, rf, isr) is durable
