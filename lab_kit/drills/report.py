@@ -164,6 +164,10 @@ class DrillReport(_Json):
     timeline: list[dict[str, float]] = field(default_factory=list)
     producer: ProducerChecks | None = None
     moderation: ModerationChecks | None = None
+    #: The ids ``submit()`` accepted, in the order it accepted them: what the checker audited
+    #: (for a student's own checker, notebook 05). In memory only, not in the JSON report
+    #: (tens of thousands of ids): a report read back from JSON has none.
+    accepted_ids: list[str] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -197,7 +201,7 @@ class DrillReport(_Json):
                                         p["max_ms"]),
             memory=Memory(round(rss.peak / 2**20, 1), round(rss.baseline / 2**20, 1)),
             topic=topic, caller=CallerCheck.of(submit), timeline=timeline,
-            producer=producer, moderation=moderation)
+            producer=producer, moderation=moderation, accepted_ids=list(submit.submitted))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
