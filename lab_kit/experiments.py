@@ -260,6 +260,20 @@ def load_at_rates(lab: Lab, rates: list[float], duration_s: float, seed: int = 4
 
 
 # --- 06: tuning -------------------------------------------------------------------------------
+def repeated_sweep(lab: Lab, n: int, grid: list[dict], *, repeats: int = 3,
+                   latency_s: float = 2.0, progress: bool = True) -> pd.DataFrame:
+    """:func:`tuning_sweep` of the whole ``grid``, ``repeats`` times over, so that a slow
+    moment of a shared machine hits every setting alike: one row per setting and run (column
+    ``run``); take medians per setting, and plot the single runs as the scatter."""
+    rounds: Any = range(repeats)
+    if progress:
+        from tqdm.auto import trange
+
+        rounds = trange(repeats, desc="rounds")
+    return pd.concat([tuning_sweep(lab, n, grid, latency_s=latency_s, progress=False)
+                      .assign(run=r) for r in rounds], ignore_index=True)
+
+
 def tuning_sweep(lab: Lab, n: int, grid: list[dict], seed: int = 6, latency_rate: float = 2_000,
                  latency_s: float = 2.0, progress: bool = True) -> pd.DataFrame:
     """For each setting in ``grid``: throughput (closed loop, ``n`` posts as fast as possible)
@@ -562,6 +576,16 @@ def _group_size(admin: Any, group: str) -> int:
     except Exception:  # noqa: BLE001
         return 0
     return len(desc.get("members") or []) if desc.get("group_state") == "Stable" else 0
+
+
+def moderation_processes_left() -> list:
+    """Moderation service or backend processes this process started that are still alive
+    (``psutil.Process`` objects; zombies not counted): after :func:`scale_out`, none."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE
+            and "lab_kit.moderation" in " ".join(p.cmdline())]
 
 
 def scale_out(lab: Lab, n_posts: int, processes: tuple[int, ...] = (1, 2),

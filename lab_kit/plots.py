@@ -505,6 +505,18 @@ def tuning_sweep(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *,
     return fig
 
 
+def with_runs(fig: Figure, runs: pd.DataFrame, x: str, y: str,
+              hue: str | None = None) -> Figure:
+    """Each single run of ``runs`` as a faint dot behind the lines of medians that
+    :func:`tuning_sweep` drew on ``fig``, in the same colours (the ``hue`` groups, sorted as
+    the lines are): the scatter a difference must clear to be a finding."""
+    ax = fig.axes[0]
+    groups = runs.groupby(hue, sort=True) if hue else [(None, runs)]
+    for i, (_, part) in enumerate(groups):
+        ax.scatter(part[x], part[y], color=f"C{i}", s=14, alpha=0.35)
+    return fig
+
+
 _UNIT_SUFFIXES = {
     "_ms": "ms",
     "_s": "s",

@@ -42,8 +42,8 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
     if ``condition == "broker_killed"``, wait for the spool to drain, stop the server
     (SIGTERM) and read the topic back. Returns the summary plus ``load`` (the LoadRun).
 
-    ``wait_ack``: every request is ``POST /posts?wait=ack`` (the durable answer, 201 once Kafka
-    acknowledged or the spool fsynced the post) instead of the plain 202.
+    ``wait_ack``: every request is ``POST /posts?wait=ack`` (201 once Kafka acknowledged or
+    the spool fsynced the post) instead of the plain 202.
 
     ``warmup_s`` of load at the same rate first (connections, the client's first batches,
     the allocator): not measured, but its posts are audited too."""
@@ -106,6 +106,38 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
             delete_topic(cfg, topic)
         if tmp is not None:
             tmp.cleanup()
+
+
+#: The columns of :func:`plan_table`: what each run of a plan sent, how fast it was
+#: answered, and what the checker read back.
+PLAN_COLUMNS = ("sent", "achieved_rate", "p50_ms", "p99_ms", "errors", "accepted",
+                "delivered_unique", "lost", "duplicates", "spool_left")
+
+
+def run_plan(plan: list[tuple[str, str]], rate: float, seconds: float, *,
+             blocking_seconds: float | None = None, **condition: Any) -> dict[str, dict]:
+    """:func:`run_condition` for each ``(variant, condition)`` of ``plan`` in turn, on a broker
+    of its own (:func:`own_broker`: a kill -9 hits no broker anybody else uses; purged
+    after). ``blocking_seconds``: the load of the blocking variant, whose queue grows all run
+    long. Returns ``{"variant, condition": result}``."""
+    runs: dict[str, dict] = {}
+    broker = own_broker()
+    try:
+        for variant, cond in plan:
+            secs = blocking_seconds if variant == "blocking" and blocking_seconds else seconds
+            runs[f"{variant}, {cond}"] = run_condition(variant, cond, rate, secs, broker=broker,
+                                                       **condition)
+    finally:
+        broker.down(purge=True)
+    return runs
+
+
+def plan_table(runs: dict[str, dict]):
+    """One row per run of :func:`run_plan`, the :data:`PLAN_COLUMNS` (a DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame.from_dict({k: {c: v.get(c) for c in PLAN_COLUMNS}
+                                   for k, v in runs.items()}, orient="index")
 
 
 def heal(broker, node: int | None, timeout_s: float = 120) -> None:

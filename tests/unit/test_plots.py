@@ -197,6 +197,23 @@ def test_tuning_sweep_hue_lines_sorted_by_x():
     assert len(fig2.axes[0].lines) == 1
 
 
+def test_with_runs_puts_each_run_behind_its_own_line_in_its_colour():
+    runs = pd.DataFrame({"linger_ms": [0, 0, 5, 5, 0, 0, 5, 5],
+                         "msgs_per_s": [1, 2, 3, 4, 5, 6, 7, 8],
+                         "acks": ["all"] * 4 + ["1"] * 4})
+    medians = runs.groupby(["acks", "linger_ms"], as_index=False)["msgs_per_s"].median()
+    fig = plots.with_runs(plots.tuning_sweep(medians, x="linger_ms", y="msgs_per_s",
+                                             hue="acks"), runs, "linger_ms", "msgs_per_s", "acks")
+    (ax,) = fig.axes
+    dots = ax.collections
+    assert [len(d.get_offsets()) for d in dots] == [4, 4]  # one scatter per hue, every run
+    for line, d in zip(ax.lines, dots, strict=True):  # the same colour as the medians' line
+        assert np.allclose(matplotlib.colors.to_rgba(line.get_color())[:3],
+                           d.get_facecolor()[0][:3])
+    assert sorted(d.get_offsets()[:, 1].tolist()[0] for d in dots) == [1.0, 5.0]
+    _render(fig)
+
+
 def test_plots_accept_empty_frames():
     ts = MetricsRecorder(clock=FakeClock()).timeseries_frame()
     for fig in (plots.throughput_over_time(ts), plots.error_rate_over_time(ts),
