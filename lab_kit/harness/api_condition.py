@@ -109,9 +109,10 @@ def run_condition(variant: str, condition: str, rate: float, seconds: float, *,
 
 
 #: The columns of :func:`plan_table`: what each run of a plan sent, how fast it was
-#: answered, and what the checker read back.
-PLAN_COLUMNS = ("sent", "achieved_rate", "p50_ms", "p99_ms", "errors", "accepted",
-                "delivered_unique", "lost", "duplicates", "spool_left")
+#: answered, what the checker read back, and what the spool still held. (Not
+#: ``delivered_unique``: it counts the warm-up's posts too, which ``accepted`` does not.)
+PLAN_COLUMNS = ("sent", "achieved_rate", "p50_ms", "p99_ms", "errors", "accepted", "lost",
+                "duplicates", "spool_left")
 
 
 def run_plan(plan: list[tuple[str, str]], rate: float, seconds: float, *,
