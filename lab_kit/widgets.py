@@ -170,6 +170,9 @@ class Dashboard:
             cfg["bootstrap_servers"] = bootstrap_servers
         bootstrap = cfg.pop("bootstrap_servers")
         self.refresh_s = float(refresh_s)
+        #: how long each redraw took, ms: it runs in this process, and while matplotlib draws,
+        #: the load generator and the Kafka client's threads mostly wait for the GIL
+        self.refresh_ms: list[float] = []
         self.max_seconds = float(max_seconds)
         self.history_s = float(history_s)
         self.generator = LoadGenerator(bootstrap, topic, spool_path=spool_path,
@@ -537,11 +540,13 @@ class Dashboard:
 
     def refresh(self) -> None:
         """Redraw the figure and the status line once (the refresh thread calls this)."""
+        t0 = time.perf_counter()
         self.update_status()
         fig = self.render_figure()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         self.image.value = buf.getvalue()
+        self.refresh_ms.append((time.perf_counter() - t0) * 1000)
         if not self.generator.running and self.start_toggle.value:
             if self._control.acquire(blocking=False):  # not while a handler is at work
                 try:

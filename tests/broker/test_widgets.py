@@ -143,6 +143,7 @@ def test_start_run_render_stop(dashboard):
     assert snap["running"] and snap["error"] is None
     assert snap["nodes"] == {n.id: "running" for n in d.broker.nodes()}
     _wait_until(lambda: len(d.image.value) > 0, 30, "the refresh thread's first drawing")
+    assert d.refresh_ms and all(ms > 0 for ms in d.refresh_ms)  # each redraw is timed
 
     _wait_until(lambda: len(d.metrics.timeseries_frame()) >= 2, 10, "one whole bucket")
     fig = d.render_figure()
