@@ -274,6 +274,27 @@ def repeated_sweep(lab: Lab, n: int, grid: list[dict], *, repeats: int = 3,
                       .assign(run=r) for r in rounds], ignore_index=True)
 
 
+def runs_of(runs: pd.DataFrame, col: str = "msgs_per_s", **setting: Any) -> pd.Series:
+    """The single runs of one setting of a :func:`repeated_sweep` (the dots behind the
+    medians): ``runs_of(runs, acks="all", linger_ms=20)``; values compared as text, so
+    ``acks=0`` and ``acks="0"`` are the same setting."""
+    mask = pd.Series(True, index=runs.index)
+    for name, value in setting.items():
+        mask &= runs[name].astype(str) == str(value)
+    return runs.loc[mask, col]
+
+
+def relation(what: str, value: str, expected: str, ok: bool,
+             clear: bool | None = None) -> None:
+    """Print one expectation checked on a sweep's medians: ✓ or ✗, and with ``clear``
+    whether the single runs of the two settings clear each other or overlap."""
+    verdict = "✓" if ok else "✗ not on this run (see the dots)"
+    if ok and clear is not None:
+        verdict += (" beyond the scatter" if clear
+                    else " on the medians only: the single runs overlap")
+    print(f"{what} = {value}, expected {expected} {verdict}")
+
+
 def tuning_sweep(lab: Lab, n: int, grid: list[dict], seed: int = 6, latency_rate: float = 2_000,
                  latency_s: float = 2.0, progress: bool = True) -> pd.DataFrame:
     """For each setting in ``grid``: throughput (closed loop, ``n`` posts as fast as possible)

@@ -777,13 +777,13 @@ def plot_cdfs(runs: dict[str, dict], slo_ms: float = 100.0):
                  label=label)
         if r.get("outage"):
             lead, out = r["outage"]["lead_s"], r["outage"]["outage_s"]
-            ax2.axvspan(lead, lead + out, color="red", alpha=0.06)
+            ax2.axvspan(lead, lead + out, color="0.5", alpha=0.15)
     ax1.axvline(slo_ms, color="grey", ls="--", lw=1)
     ax1.set(xscale="log", xlabel="HTTP response time, ms (from the intended send time)",
             ylabel="fraction of requests", title="response-time CDF")
     ax2.axhline(slo_ms, color="grey", ls="--", lw=1)
     ax2.set(yscale="log", xlabel="intended send time, s", ylabel="response time, ms",
-            title="every request over the run (red: broker killed)")
+            title="every request over the run (grey band: broker killed)")
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8, markerscale=6)
     fig.tight_layout()

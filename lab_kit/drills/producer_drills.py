@@ -115,10 +115,14 @@ def producer_drill(name: str, broker, settings: DrillSettings, *, workdir: Path,
         teardown(producer, nemesis if launched else None, settings, failed=not ok)
     counters = metrics.counters()
     landed = audit(cfg, topic, submit.submitted, dlq_topic=dlq, counters=counters)
+    # recovery: from the heal to the backlog's end (the replay done, or, if the last replay
+    # ended before the heal, when drain_spool returned after the load)
+    done = producer.replay_done_at
+    if done is None or nemesis.healed_at is None or done < nemesis.healed_at:
+        done = drained_at
     checks = ProducerChecks(
         spool_left=left, close_report_lost=closed.lost,
-        recovery_s=None if nemesis.healed_at is None else round(
-            drained_at - nemesis.healed_at, 2),
+        recovery_s=None if nemesis.healed_at is None else round(done - nemesis.healed_at, 2),
         client_rebuilds=counters.get("client_rebuilds", 0))
     return DrillReport.build(name, broker, settings, run, landed, metrics, nemesis, submit, rss,
                              topic=topic, producer=checks)

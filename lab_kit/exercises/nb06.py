@@ -1,8 +1,9 @@
 """Exercises of notebook 06 (tuning: acks, linger, batch size, compression).
 
 * q1: ``settings_for(goal)`` returns producer settings for "lowest latency" or "highest
-  throughput"; checked against rules that follow from the sweep and from kafka-python 3.0's
-  own rules for idempotence (offline).
+  throughput"; checked against the mechanisms the notebook shows (a batch fills only while it
+  lingers at a steady rate; section 2's sweep: the 16 kB default caps a batch) and against
+  kafka-python 3.0's own rules for idempotence (offline).
 * q2: ``pick(sweep, p99_target_ms)`` chooses, from a sweep's table, the fastest setting that
   keeps ``acks='all'`` and meets a p99 target (offline, pure logic on DataFrames).
 * q3: the q1 answer runs on the broker: at a steady rate the throughput settings must put at

@@ -525,6 +525,12 @@ class AsyncPostProducer:
         return len(self._in_flight)
 
     @property
+    def replay_done_at(self) -> float | None:
+        """When the spool and the tail last ran empty after a replay (the metrics' clock), or
+        None: no replay yet, or no spool."""
+        return None if self._failover is None else self._failover.replay_done_at
+
+    @property
     def acks(self) -> Any:
         """The client's ``acks`` setting (``"all"`` unless given): what an ack promises."""
         return self._kafka_config.get("acks", "all")

@@ -304,7 +304,8 @@ def close_without_flush(bootstrap: str, topic: str, n: int, read_back: ReadBack,
     """``n`` posts per variant, held in the client by ``linger_ms``, then the producer ends:
     confluent dropped without / after ``flush()``; kafka-python ``close()`` (it flushes: in
     3.0 every ``close`` does, and raises ``KafkaTimeoutError`` if its timeout passes first).
-    ``delivered`` / ``lost`` come from reading ``topic`` back."""
+    ``held_before_end``: records still in the client just before it ended (so each variant
+    ended with posts to lose); ``delivered`` / ``lost`` come from reading ``topic`` back."""
     variants = {
         "confluent: del, no flush()": lambda ps: _confluent_drop(
             bootstrap, topic, ps, False, linger_ms, extra),
@@ -323,7 +324,7 @@ def close_without_flush(bootstrap: str, topic: str, n: int, read_back: ReadBack,
     rows = []
     for name, (posts, held, took) in sent.items():
         delivered = sum(p.post_id in landed for p in posts)
-        rows.append({"variant": name, "accepted": len(posts), "held_at_end": held,
+        rows.append({"variant": name, "accepted": len(posts), "held_before_end": held,
                      "end_took_s": took, "delivered": delivered,
                      "lost": len(posts) - delivered})
     return pd.DataFrame(rows)

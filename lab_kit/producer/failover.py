@@ -269,6 +269,8 @@ class Failover:
         # either is non-zero, the backlog waits, or a newer post would overtake an older one.
         self._direct = 0
         self._reroutes = 0
+        #: when the backlog last ran out (REPLAYING -> SENDING), on the metrics' clock
+        self.replay_done_at: float | None = None
         self._state = State.SENDING
         self._enter(state, "start")
         # owned by the health thread
@@ -308,6 +310,8 @@ class Failover:
             self._metrics.incr("outages")
         elif old is State.SPOOLING:
             self._metrics.close_window(OUTAGE_WINDOW)
+        if old is State.REPLAYING and new is State.SENDING:
+            self.replay_done_at = self._metrics.clock()
 
     # --- spooling (caller and worker threads) --------------------------------------------------
     def spool_post(self, pf: PostFuture, key: bytes, value: bytes) -> None:

@@ -50,7 +50,7 @@ def test_a_send_to_a_missing_topic_blocks_kafka_python_and_not_librdkafka(bootst
 
 def test_a_dropped_librdkafka_producer_loses_what_it_held(bootstrap, topic, read_back):
     df = cm.close_without_flush(bootstrap, topic, 100, read_back).set_index("variant")
-    assert df.loc["confluent: del, no flush()", "held_at_end"] == 100
+    assert df.loc["confluent: del, no flush()", "held_before_end"] == 100
     assert df.loc["confluent: del, no flush()", "lost"] == 100
     assert df.loc["confluent: flush(), then del", "lost"] == 0
     assert df.loc["kafka-python: close()", "lost"] == 0

@@ -108,12 +108,16 @@ def test_the_replay_pauses_between_batches(tmp_path: Path, share: float) -> None
     pfs = futures(300)
     fo.spool.append_many(("posts", pf.post.key_bytes(), pf.post.to_json_bytes(), pf.post_id)
                          for pf in pfs)
+    assert fo.replay_done_at is None  # no replay has ended yet
     step = threading.Thread(target=fo.step)
     step.start()
     step.join(30)
     assert not step.is_alive()
     assert len(client.sent) == 300 and len(fo.spool) == 0
     assert fo.state is State.SENDING
+    # the replay's end is stamped when the state went back to SENDING, after the last send
+    assert fo.replay_done_at is not None
+    assert fo.replay_done_at >= client.sent[-1][0]  # both on perf_counter (the default)
     assert [v for _t, v in client.sent] == [pf.post.to_json_bytes() for pf in pfs]  # in order
     times = [t for t, _v in client.sent]
     for first, nxt in ((0, 100), (100, 200)):
