@@ -195,6 +195,7 @@ class PostApi:
         # Kafka's ack is durable only on a replicated topic (topics.ack_is_durable): False
         # until the broker has described the topic, and on the lab's one broker
         self.ack_durable = False
+        self._stopped = threading.Event()  # set by close(): the durability thread stops
 
         self.starlette = Starlette(routes=[
             Route("/posts/{post_id}", self.get_post, methods=["GET"]),
@@ -235,15 +236,14 @@ class PostApi:
             lambda: p.spool.payload_bytes if p.spool is not None else 0)
         metrics.broker_healthy.set_function(lambda: 1.0 if p.healthy else 0.0)
         metrics.replayed.set_function(lambda: p.metrics.counters_fast("replayed"))
+        client_config = {"bootstrap_servers": servers, **cfg}
         self.reader = None
         if self.verdicts:
-            self.reader = VerdictReader({"bootstrap_servers": servers, **cfg},
-                                        MODERATION_RESULTS, self.table)
+            self.reader = VerdictReader(client_config, MODERATION_RESULTS, self.table)
             self.reader.start()
         self.aio, self.spool_path, self.closing = aio, spool_path, False
-        threading.Thread(target=self._learn_ack_durability,
-                         args=({"bootstrap_servers": servers, **cfg},
-                               p.acks),
+        self._stopped.clear()
+        threading.Thread(target=self._learn_ack_durability, args=(client_config, p.acks),
                          name="lab-api-durability", daemon=True).start()
         if self.freeze_gc:
             gc.collect()
@@ -254,20 +254,19 @@ class PostApi:
     def _learn_ack_durability(self, client_config: dict, acks: Any) -> None:
         """Ask the broker how ``topic`` is replicated (off the loop, retried while the broker
         is away); until it answers, a 201 for an acked post says ``"durable": false``."""
-        while not self.closing:
+        while True:
             try:
                 self.ack_durable = acks_durable_on(client_config, self.topic, acks)
                 return
             except Exception as exc:  # noqa: BLE001 - e.g. no broker yet: ask again later
                 log.debug("topic %s not described yet: %r", self.topic, exc)
-            for _ in range(10):  # 5 s, waking for a shutdown
-                if self.closing:
-                    return
-                threading.Event().wait(0.5)
+            if self._stopped.wait(5.0):  # shutting down: stop asking
+                return
 
     async def close(self) -> None:
         """Refuse new posts, stop the verdict reader, close the producer (flush, or spool)."""
         self.closing = True
+        self._stopped.set()
         if self.reader is not None:
             self.reader.stop()
         report = await self.aio.close(timeout=30)
