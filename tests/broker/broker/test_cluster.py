@@ -71,6 +71,39 @@ def test_killing_the_leader_under_acks_all_loses_no_acked_message(cluster):
     assert cluster.nodes()[leader - 1].state == "running"
 
 
+def test_the_api_calls_an_ack_durable_on_a_replicated_topic(cluster, tmp_path):
+    """On rf 3 with min.insync.replicas 2, an ``acks=all`` ack is two copies or more: the
+    API's 201 says ``durable: true`` once it has read the topic's replication (on one broker
+    it says false: test_api). ``acks=1`` on the same topic is never durable."""
+    import httpx
+
+    from lab_kit.api import ApiServer
+    from lab_kit.topics import acks_durable_on
+
+    cfg = cluster.client_config()
+    ensure_topics(cfg, names=(POSTS,))
+    assert acks_durable_on(cfg, POSTS, "all") is True
+    assert acks_durable_on(cfg, POSTS, 1) is False
+    server = ApiServer(topic=POSTS, bootstrap=cfg["bootstrap_servers"], verdicts="off",
+                       spool_dir=tmp_path, log_path=tmp_path / "api.log")
+    server.start()
+    bodies = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            deadline = time.monotonic() + 30  # the API learns the topic's replication in the
+            while time.monotonic() < deadline:  # background, soon after it starts
+                r = c.post("/posts?wait=ack", json={"user_id": "user-rf3", "text": "copies"})
+                assert r.status_code == 201, r.text
+                bodies.append(r.json())
+                if bodies[-1]["durable"]:
+                    break
+                time.sleep(0.2)
+    finally:
+        server.stop()
+    assert all(b["acknowledged"] is True and b["delivery"] == "acked" for b in bodies)
+    assert bodies[-1]["durable"] is True, bodies[-1]
+
+
 def test_cli_status_and_kill_9_by_pid(cluster):
     import json
     import os
