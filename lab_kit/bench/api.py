@@ -1,7 +1,8 @@
 """``bench api``: what a user's HTTP request sees, healthy and with the broker killed.
 
-Every variant of the post API (``async``; ``durable``: the async app asked ``?wait=ack``, 201
-once Kafka acknowledged or the spool fsynced the post; ``blocking``) under every condition
+Every variant of the post API (``async``; ``wait-ack``: the async app asked ``?wait=ack``, 201
+once Kafka acknowledged or the spool fsynced the post, called ``durable`` until the API's
+answer learned the guide's meaning of that word; ``blocking``) under every condition
 (``healthy``, ``broker_killed``) ``rounds`` times, medians reported; then the highest rate the
 async API holds with p99 <= 100 ms (:func:`max_rate`), and the driver's own ceiling. One run of one
 condition is :func:`lab_kit.harness.api_condition.run_condition`; the open-loop driver (latency
@@ -77,8 +78,27 @@ def max_rate(rates: tuple[float, ...], seconds: float, workers: int, broker=None
     return {"workers": workers, "max_rate_p99_le_100ms": best, "steps": steps}
 
 
+#: the post API's variants the bench drives (``wait-ack``: the async app, ``?wait=ack``)
+VARIANTS = ("async", "wait-ack", "blocking")
+#: older names still accepted: ``durable`` was ``wait-ack`` until a 201 for a one-broker ack
+#: said ``"durable": false`` (the guide's vocabulary: one copy is acknowledged, not durable)
+VARIANT_ALIASES = {"durable": "wait-ack"}
+
+
+def parse_variants(text: str | None) -> tuple[str, ...]:
+    """``--variants``: comma-separated names of :data:`VARIANTS` (or an alias), in the order
+    given, each once; ``ValueError`` naming the flag and the choices otherwise."""
+    names = [VARIANT_ALIASES.get(v.strip(), v.strip())
+             for v in (text or ",".join(VARIANTS)).split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or not names:
+        raise ValueError(f"--variants: each must be one of {', '.join(VARIANTS)}, got "
+                         f"{text!r}")
+    return tuple(dict.fromkeys(names))
+
+
 def run_bench(rate: float = 2000, seconds: float = 30, rounds: int = 3, outage_s: float = 10,
-              variants: tuple[str, ...] = ("async", "durable", "blocking"),
+              variants: tuple[str, ...] = VARIANTS,
               conditions: tuple[str, ...] = CONDITIONS,
               max_rates: tuple[float, ...] = (1000, 2000, 3000, 4000, 5000),
               max_rate_seconds: float = 10, ceiling: bool = True,
@@ -120,9 +140,9 @@ def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, ma
         for condition in conditions:
             rs = []
             for i in range(rounds):
-                r = run_condition("async" if variant == "durable" else variant, condition,
+                r = run_condition("async" if variant == "wait-ack" else variant, condition,
                                   rate, seconds, outage_s=outage_s, broker=broker,
-                                  wait_ack=variant == "durable")
+                                  wait_ack=variant == "wait-ack")
                 r.pop("load")
                 rs.append(r)
                 if progress:
@@ -141,9 +161,9 @@ def _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions, ma
                       f"{m['max_rate_p99_le_100ms']}", flush=True)
     a = result["runs"].get("async", {})
     h, k = a.get("healthy", {}).get("median", {}), a.get("broker_killed", {}).get("median", {})
-    dh = result["runs"].get("durable", {}).get("healthy", {}).get("median")
+    dh = result["runs"].get("wait-ack", {}).get("healthy", {}).get("median")
     result["targets"] = {
-        **({"durable_healthy_p99_le_100ms": dh.get("p99_ms") is not None
+        **({"wait_ack_healthy_p99_le_100ms": dh.get("p99_ms") is not None
             and dh["p99_ms"] <= 100} if dh is not None else {}),
         "healthy_p99_le_20ms": h.get("p99_ms") is not None and h["p99_ms"] <= 20,
         "healthy_p999_le_100ms": h.get("p999_ms") is not None and h["p999_ms"] <= 100,
@@ -265,8 +285,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="10 s runs, 1 round, 5 s outage, short max-rate search")
     p.add_argument("--no-max-rate", action="store_true", help="skip the max-rate search")
-    p.add_argument("--variants", default="async,durable,blocking",
-                   help="comma-separated, of async, durable (?wait=ack), blocking")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated, of async, wait-ack (?wait=ack), blocking")
     p.add_argument("--cross-check", action="store_true",
                    help="only the lab driver against hey: 5,000/s on 1 worker, 10,000/s on 2")
     p.add_argument("--client", choices=API_CLIENTS, default=None,
@@ -279,12 +299,7 @@ def main(args: argparse.Namespace) -> int:
     check_output_path(args.json_path, "--json")
     if not 1 <= args.rounds <= 10:
         raise ValueError(f"--rounds must be between 1 and 10, got {args.rounds}")
-    variants = tuple(v.strip() for v in (args.variants or "async,durable,blocking").split(",")
-                     if v.strip())
-    unknown = sorted(set(variants) - {"async", "durable", "blocking"})
-    if unknown or not variants:
-        raise ValueError(f"--variants: each must be async, durable or blocking, got "
-                         f"{args.variants!r}")
+    variants = parse_variants(args.variants)
     if getattr(args, "cross_check", False):
         client = getattr(args, "client", None)
         res = cross_check(seconds=10 if args.quick else min(args.seconds, 30),

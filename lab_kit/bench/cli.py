@@ -65,8 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="only the lab's driver against Debian's hey, side by side: 5,000/s "
                         "on 1 worker and 10,000/s on 2 (p99 <= 100 ms)")
     a.add_argument("--variants", default=None,
-                   help="comma-separated of async, durable (?wait=ack: 201 once Kafka acked or "
-                        "the spool fsynced), blocking; default all three")
+                   help="comma-separated of async, wait-ack (?wait=ack: 201 once Kafka acked or "
+                        "the spool fsynced; 'durable' is its older name), blocking; default all "
+                        "three")
     p.set_defaults(func=main)
 
 
