@@ -22,10 +22,11 @@ Open next, in this order:
   broker is down; 202 or 503 + Retry-After, never a 500, every 202 delivered; its
   :class:`~lab_kit.drills.full_spool.FullSpoolReport`), :mod:`lab_kit.drills.api_crash`
   (api-crash: kill -9 of every API worker during a broker outage; a 202 held in memory
-  against a durable ``?wait=ack`` answer, read back), :mod:`lab_kit.drills.member_crash`
-  (member-crash: kill -9 of one of two moderation members mid-batch, then of a partition
-  leader of a 3-node cluster; the results read back ``read_committed``: lost, duplicates,
-  order per user, under ``--guarantee exactly-once`` or ``at-least-once``);
+  against a ``?wait=ack`` answer (acknowledged, or fsynced in the spool), read back),
+  :mod:`lab_kit.drills.member_crash` (member-crash: kill -9 of one of two moderation
+  members mid-batch, then of a partition leader of a 3-node cluster; the results read back
+  ``read_committed``: lost, duplicates, order per user, under ``--guarantee exactly-once``
+  or ``at-least-once``);
 * :mod:`lab_kit.drills.runner` — ``run_drill(name)`` and ``python -m lab_kit drill NAME``
   (imported from there, not from this package: the runner loads the HTTP drill, and
   ``python -m lab_kit.drills.api`` must not find its own module imported by this package first).

@@ -6,9 +6,10 @@ Two answers of ``POST /posts`` side by side (issue 20, "a 202 that survives a cr
   memory: a crash of the process loses it.
 * ``201`` from ``?wait=ack``: the post no longer depends on the API process: Kafka
   acknowledged it (``acks=all``), or the spool committed it and the WAL was fsynced (one fsync
-  shared by every waiting request). The side is called ``durable`` in the report for that
-  reason; the answer's own ``"durable"`` field keeps the guide's meaning (on this drill's one
-  broker an ack is one copy: ``false``, see :mod:`lab_kit.api.app`).
+  shared by every waiting request). The side is called ``wait_ack`` in the report (it was
+  ``durable`` until the answer's own ``"durable"`` field took the guide's meaning: on this
+  drill's one broker an ack is one copy, acknowledged and not durable, see
+  :mod:`lab_kit.api.app`).
 
 The drill:
 
@@ -23,7 +24,7 @@ The drill:
 * **recovery**: the posts left in every spool slot are counted from the files; a new API on
   the same spool folder (its workers take the crashed workers' slots), then the broker
   restarts; the new API replays what the spool kept;
-* **checker**: the topic read back. Every ``201`` must be delivered (``lost_durable`` 0);
+* **checker**: the topic read back. Every ``201`` must be delivered (``wait_ack.lost`` 0);
   the ``202``\\ s lost show what an in-memory acceptance costs (counted, reported, allowed);
   duplicates are counted for both. Per-user order is not checked here: the requests run
   concurrently over many connections and workers, so they have no order to keep (the
@@ -117,7 +118,7 @@ class CrashReport:
     settings: CrashSettings
     topic: str
     plain: Side  # 202: accepted, maybe only in memory
-    durable: Side  # 201 from ?wait=ack: acknowledged or fsynced in the spool
+    wait_ack: Side  # 201 from ?wait=ack: acknowledged by Kafka, or fsynced in the spool
     crashed_at_s: float | None
     spool_rows_at_restart: int | None
     drained: bool
@@ -125,17 +126,17 @@ class CrashReport:
 
     @property
     def ok(self) -> bool:
-        """The promise held: every durable answer delivered, each once, after a crash that
-        left posts in the spool (plain or durable ones: a necessary condition, since without
-        them no answer can have come from the spool)."""
-        d = self.durable
+        """The promise held: every ``201`` delivered, each once, after a crash that left posts
+        in the spool (from either side: a necessary condition, since without them no answer
+        can have come from the spool)."""
+        d = self.wait_ack
         return (d.accepted > 0 and d.lost == 0 and d.duplicates == 0
                 and self.crashed_at_s is not None and bool(self.spool_rows_at_restart)
                 and self.drained)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for side in ("plain", "durable"):
+        for side in ("plain", "wait_ack"):
             out[side]["lost_ids"] = out[side]["lost_ids"][:20]
         return {**out, "ok": self.ok}
 
@@ -150,7 +151,7 @@ class CrashReport:
                  f"{self.crashed_at_s} s; the spool files held "
                  f"{self.spool_rows_at_restart} posts for the new API"]
         for label, side in (("202 (accepted, in memory)", self.plain),
-                            ("201 ?wait=ack", self.durable)):
+                            ("201 ?wait=ack", self.wait_ack)):
             lines.append(
                 f"  {label}: {side.accepted} of {side.requests} requests; delivered "
                 f"{side.delivered_unique}, lost {side.lost}, duplicates {side.duplicates}; "
@@ -189,7 +190,7 @@ def _loads(url: str, settings: CrashSettings) -> tuple[dict[str, LoadRun], list[
     n = int(settings.rate * settings.seconds)
     runs: dict[str, LoadRun] = {}
     threads = []
-    for label, path, seed in (("plain", "/posts", 31), ("durable", WAIT_PATH, 37)):
+    for label, path, seed in (("plain", "/posts", 31), ("wait_ack", WAIT_PATH, 37)):
         bodies = make_bodies(n, seed=seed)
 
         def target(label=label, path=path, bodies=bodies) -> None:
@@ -249,7 +250,7 @@ def _run(settings: CrashSettings, broker, wd: Path) -> CrashReport:
     return CrashReport(
         settings=settings, topic=topic,
         plain=_side(runs["plain"], cfg, topic, settings.lead_s, crashed_at),
-        durable=_side(runs["durable"], cfg, topic, settings.lead_s, crashed_at),
+        wait_ack=_side(runs["wait_ack"], cfg, topic, settings.lead_s, crashed_at),
         crashed_at_s=crashed_at, spool_rows_at_restart=at_restart, drained=drained)
 
 

@@ -26,15 +26,15 @@ def _side(lost: int = 0) -> Side:
                 lost=lost, p50_ms=1.0, p99_ms=2.0, p99_healthy_ms=2.0, p99_outage_ms=2.0)
 
 
-def _report(rows: int | None, durable_lost: int = 0) -> CrashReport:
+def _report(rows: int | None, wait_ack_lost: int = 0) -> CrashReport:
     return CrashReport(settings=CrashSettings(), topic="t", plain=_side(3),
-                       durable=_side(durable_lost), crashed_at_s=6.1,
+                       wait_ack=_side(wait_ack_lost), crashed_at_s=6.1,
                        spool_rows_at_restart=rows, drained=True)
 
 
-def test_ok_needs_a_spool_with_posts_and_no_durable_loss():
+def test_ok_needs_a_spool_with_posts_and_no_201_lost():
     assert _report(12).ok
     assert not _report(0).ok  # the outage never reached the spool: nothing spooled was tested
     assert not _report(None).ok
-    assert not _report(12, durable_lost=1).ok
+    assert not _report(12, wait_ack_lost=1).ok
     assert "spool files held 12 posts" in _report(12).summary()
