@@ -475,6 +475,76 @@ def callback_timeline(timeline: pd.DataFrame, *,
     return fig  # the constrained layout makes room for the legend (no tight_layout)
 
 
+def offsets_per_user(deliveries: pd.DataFrame, *,
+                     title: str = "Per-user order: a user's posts on one partition, at "
+                                  "increasing offsets") -> Figure:
+    """One line per user: the offset each of the user's posts got, in the order they were
+    submitted (columns ``user_id``, ``submitted``, ``offset``). A line that only rises is a
+    user whose posts are in order."""
+    fig, (ax,) = _figure(1, figsize=(8.0, 3.5))
+    for user, part in deliveries.sort_values("submitted").groupby("user_id"):
+        ax.plot(range(len(part)), part["offset"].to_numpy(), marker=".", label=str(user))
+    if len(deliveries) == 0:
+        _no_data(ax)
+    else:
+        ax.legend(fontsize="small")
+    ax.set_xlabel("n-th post of the user (in submit order)")
+    ax.set_ylabel("offset in its partition")
+    ax.set_title(title)
+    return fig
+
+
+def batch_outcomes(posts: pd.DataFrame, limit_bytes: int, *,
+                   title: str = "Posts of one batch, split by the client: green acked, "
+                                "red refused") -> Figure:
+    """One bar per post of a batch (columns ``bytes``, ``outcome``), green if ``acked``, red
+    otherwise, against the topic's ``max.message.bytes`` (a dashed line; log scale)."""
+    fig, (ax,) = _figure(1, figsize=(8.0, 3.0))
+    acked = [o == "acked" for o in posts["outcome"]]
+    ax.bar(range(len(posts)), posts["bytes"],
+           color=["tab:green" if ok else "tab:red" for ok in acked])
+    ax.axhline(limit_bytes, ls="--", color="0.3", label="the topic's max.message.bytes")
+    ax.set_xticks(range(len(posts)), [f"#{i}\n{'acked' if ok else 'refused'}"
+                                      for i, ok in enumerate(acked)], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("record value (bytes)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def expiry_lanes(events: pd.DataFrame, delivery_timeout_s: float, *,
+                 title: str = "Posts wait behind a held sender thread, and expire") -> Figure:
+    """Three lanes over time (columns ``event``, ``at_s``): the sends, the errbacks
+    (``KafkaTimeoutError``) and the callbacks (``acked``), with a ``×n`` count at each lane's
+    last mark; grey while the sender thread was held (events ``sender thread held`` and
+    ``sender thread free``), and a dashed line at the first send + ``delivery_timeout_s``."""
+    fig, (ax,) = _figure(1, figsize=(8.0, 2.6))
+    lanes = {"sent": ("send()", "tab:blue"),
+             "KafkaTimeoutError": ("errback: KafkaTimeoutError", "tab:red"),
+             "acked": ("callback: acked", "tab:green")}
+    for lane, (event, (_, color)) in enumerate(lanes.items()):
+        at = events.loc[events["event"] == event, "at_s"]
+        ax.scatter(at, [lane] * len(at), color=color, s=40)
+        if len(at):
+            ax.annotate(f"×{len(at)}", (at.max(), lane), xytext=(6, 6),
+                        textcoords="offset points")
+    held = events.set_index("event")["at_s"]
+    if "sender thread held" in held and "sender thread free" in held:
+        ax.axvspan(held["sender thread held"], held["sender thread free"], color="0.9",
+                   label="sender thread busy in a callback")
+    sent = events.loc[events["event"] == "sent", "at_s"]
+    if len(sent):
+        ax.axvline(sent.min() + delivery_timeout_s, ls="--", color="0.3",
+                   label="sent + delivery_timeout_ms")
+    ax.set_yticks(range(len(lanes)), [name for name, _ in lanes.values()])
+    ax.set_ylim(-0.5, len(lanes) - 0.5)
+    ax.set_xlabel("seconds since the first send")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
 def tuning_sweep(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *,
                  title: str | None = None, logx: bool = False, logy: bool = False) -> Figure:
     """Parameter sweep: ``y`` vs ``x`` as lines with markers, one line per ``hue`` value.
