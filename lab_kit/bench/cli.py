@@ -54,6 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--profile", action="store_true",
                    help="print the CPU µs per post of each part of each stage (always in "
                         "the JSON)")
+    g.add_argument("--broker-warmup", dest="broker_warmup", type=float, default=None,
+                   help="pipeline: seconds of unmeasured load at --rate first, so that the "
+                        "broker's JVM has compiled its hot paths (default 10; --quick and "
+                        "--backlog: 0); its figures are in the report")
     g.add_argument("--shed-after-ms", type=float, default=None,
                    help="passed to the service (0: never shed; default: the service's)")
     a = p.add_argument_group("api suite")

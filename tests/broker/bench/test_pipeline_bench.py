@@ -40,7 +40,7 @@ def _run(args: list[str], timeout: float, env: dict | None = None
 def bench(kafka_broker, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "pipeline.json"
     proc = _run(["bench", "pipeline", "--quick", "--seconds", "3", "--rate", "500",
-                 "--profile", "--json", str(out)], timeout=240)
+                 "--broker-warmup", "1", "--profile", "--json", str(out)], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     yield report, proc.stdout
@@ -62,6 +62,14 @@ def test_bench_pipeline_reports_every_field_and_loses_nothing(bench):
     assert 0 <= rep["degraded_fraction"] <= 1
     assert rep["service_stop"]["exit_code"] == 0 and not rep["service_stop"]["killed"]
     assert "e2e p50/p99/p99.9" in stdout
+
+
+def test_the_broker_warm_up_ran_first_and_its_figures_are_reported_not_hidden(bench):
+    rep, stdout = bench
+    warm = rep["broker_warm_up"]
+    assert warm["seconds"] == 1 and warm["offered_rate"] == 500
+    assert warm["lost"] == 0 and warm["results_missing"] == 0 and warm["achieved_rate"] > 0
+    assert "broker warm-up before it (not measured): 1 s" in stdout
 
 
 def test_bench_pipeline_timeline_and_cpu_add_up(bench):
