@@ -332,6 +332,9 @@ def cli(argv: list[str] | None = None) -> int:
 
 def main_from_bench(args: argparse.Namespace) -> int:
     """``python -m lab_kit bench api ...`` (the shared ``bench`` parser: unset flags are None)."""
+    if getattr(args, "broker_warmup", None) is not None:
+        raise ValueError("--broker-warmup belongs to `bench pipeline`; `bench api` warms its "
+                         "own broker (one unmeasured 15 s run; 5 s with --quick)")
     for flag, value, low, high in (("--rate", args.rate, 1, 50_000),
                                    ("--seconds", getattr(args, "seconds", None), 1, 3600),
                                    ("--rounds", args.rounds, 1, 20),

@@ -164,6 +164,10 @@ class PipelineSettings:
         if bad(self.broker_warmup_s) or not 0 <= self.broker_warmup_s <= 120:
             raise ValueError(f"--broker-warmup must be in [0, 120] s, got "
                              f"{self.broker_warmup_s:g}")
+        if self.rate * self.broker_warmup_s > MAX_POSTS:
+            raise ValueError(f"--rate x --broker-warmup must be at most {MAX_POSTS} posts (the "
+                             f"warm-up's workload is built in memory too), got "
+                             f"{self.rate * self.broker_warmup_s:.0f}")
         check_output_path(self.json_path, "--json")
 
 
@@ -448,6 +452,20 @@ def _f(v: Any, spec: str = ",.0f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _warm_up_line(w: dict | None) -> list[str]:
+    """The warm-up's summary (none without one); a loss, a missing result or a duplicate in
+    it is flagged: it counts as much as one in the measured run."""
+    if not w:
+        return []
+    line = (f"  broker warm-up before it (not measured, no target applies): {w['seconds']:g} s, "
+            f"achieved {_f(w['achieved_rate'])} results/s, e2e p99 {_f(w['e2e_p99_ms'])} ms, "
+            f"degraded {_f(w['degraded_fraction'], '.2%')}, lost {w['lost']}, no result in the "
+            f"window {w['results_missing']}, duplicates {w['duplicates']}")
+    if w["lost"] or w["results_missing"] or w["duplicates"]:
+        line += "  WARNING: the warm-up lost, missed or duplicated posts"
+    return [line]
+
+
 def format_report(r: dict) -> str:
     if r.get("mode") == "guarantees":
         parts = [format_report(run) for run in r["runs"].values()]
@@ -455,6 +473,7 @@ def format_report(r: dict) -> str:
                      f"{_f(r['exactly_once_over_at_least_once'], '.3f')}")
         return "\n".join(parts)
     cpu = r["cpu_us_per_post"]
+    warm_line = _warm_up_line(r.get("broker_warm_up"))
     known = [v for v in cpu.values() if v is not None]
     cpu_line = ("CPU µs per post: " + ", ".join(f"{k} {_f(v, '.1f')}" for k, v in cpu.items())
                 + f" = {sum(known):.1f} total")
@@ -466,7 +485,7 @@ def format_report(r: dict) -> str:
                  f"degraded {r['degraded_fraction']:.1%}, lost {r['lost']}, no result in "
                  f"the window {r['results_missing']}, duplicates {r['duplicates']}",
                  "  " + cpu_line]
-        return "\n".join(lines)
+        return "\n".join(lines[:1] + warm_line + lines[1:])
     lines = [f"pipeline: {r['offered_rate']:,.0f} posts/s offered for {r['seconds']:g} s "
              f"(load producer: {r.get('load_client', 'kafka-python')}), "
              f"{r['processes']} moderation process(es) ({r['client']}, "
@@ -479,11 +498,7 @@ def format_report(r: dict) -> str:
              f"{r['drained']} ({r['drain_s']} s after the load)",
              "  " + cpu_line,
              f"  {'t_s':>4} {'offered':>8} {'moderated':>10} {'lag':>8} {'degraded':>9}"]
-    w = r.get("broker_warm_up")
-    if w:
-        lines.insert(1, f"  broker warm-up before it (not measured): {w['seconds']:g} s, achieved "
-                        f"{_f(w['achieved_rate'])} results/s, e2e p99 {_f(w['e2e_p99_ms'])} ms, "
-                        f"degraded {_f(w['degraded_fraction'], '.2%')}, lost {w['lost']}")
+    lines[1:1] = warm_line
     rows = r["timeline"]
     shown = rows if len(rows) <= 24 else rows[:12] + [None] + rows[-11:]
     for row in shown:

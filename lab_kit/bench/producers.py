@@ -437,7 +437,7 @@ def _version(dist: str) -> str | None:
 def main(args: argparse.Namespace) -> int:
     """``python -m lab_kit bench [producer]``: the parsed ``bench`` arguments (the shared
     parser of :mod:`lab_kit.bench.cli`, which has checked ``--json`` already)."""
-    for flag in ("seconds", "processes", "client", "backlog", "shed_after_ms"):
+    for flag in ("seconds", "processes", "client", "backlog", "shed_after_ms", "broker_warmup"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise ValueError(f"{name} belongs to `bench pipeline`; the producer suite takes "

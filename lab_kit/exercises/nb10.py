@@ -222,8 +222,7 @@ recap = Quiz("10 recap", [
               "b": "the post was accepted: it may still be in the API's memory, and a kill -9 "
                    "can lose it",
               "c": "the post is fsynced to disk"}, "b",
-             "Only the durable answer (?wait=ack, 201) waits for Kafka's ack or an fsynced "
-             "spool row."),
+             "Only the 201 of ?wait=ack waits: for Kafka's ack or an fsynced spool row."),
 ])
 
 EXERCISES = [q1, q2]

@@ -385,19 +385,23 @@ def test_cpu_profile_without_rows_says_so():
 
 # --- notebook 02's figures ----------------------------------------------------------------
 def test_offsets_per_user_draws_one_line_per_user_in_submit_order():
-    deliveries = pd.DataFrame({"user_id": ["a", "b", "a", "a"], "submitted": [3.0, 1.0, 1.0, 2.0],
-                               "offset": [12, 5, 10, 11]})
+    # user c's second post got the lower offset: the figure must show it, not sort it away
+    deliveries = pd.DataFrame({"user_id": ["a", "b", "a", "a", "c", "c"],
+                               "submitted": [3.0, 1.0, 1.0, 2.0, 1.5, 2.5],
+                               "offset": [12, 5, 10, 11, 7, 3]})
     fig = plots.offsets_per_user(deliveries)
     lines = {ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].get_lines()}
-    assert lines == {"a": [10, 11, 12], "b": [5]}
+    assert lines == {"a": [10, 11, 12], "b": [5], "c": [7, 3]}
 
 
 def test_batch_outcomes_colours_each_post_by_its_outcome_against_the_limit():
     posts = pd.DataFrame({"bytes": [100, 5000, 120], "outcome": ["acked", "error", "acked"]})
     fig = plots.batch_outcomes(posts, limit_bytes=2048)
     ax = fig.axes[0]
+    from matplotlib.colors import to_rgba
+
     colours = [p.get_facecolor() for p in ax.patches]
-    assert colours[0] == colours[2] != colours[1]
+    assert colours == [to_rgba("tab:green"), to_rgba("tab:red"), to_rgba("tab:green")]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["#0\nacked", "#1\nrefused",
                                                            "#2\nacked"]
     assert [ln.get_ydata()[0] for ln in ax.get_lines()] == [2048]
@@ -408,6 +412,7 @@ def test_expiry_lanes_counts_each_lane_and_marks_the_held_thread_and_the_timeout
                                      "KafkaTimeoutError", "KafkaTimeoutError"],
                            "at_s": [0.1, 0.1, 0.2, 3.1, 3.1, 3.2]})
     ax = plots.expiry_lanes(events, delivery_timeout_s=2.0).axes[0]
-    assert sorted(t.get_text() for t in ax.texts) == ["×2", "×2"]  # no acked lane mark
+    # lane 0 the sends, lane 1 the errbacks, lane 2 the acks (none here: no mark)
+    assert sorted((t.xy[1], t.get_text()) for t in ax.texts) == [(0, "×2"), (1, "×2")]
     assert ax.get_lines()[0].get_xdata()[0] == pytest.approx(2.1)  # first send + timeout
     assert len(ax.patches) == 1  # the grey span while the sender thread was held

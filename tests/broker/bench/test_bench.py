@@ -95,7 +95,11 @@ def test_the_confluent_contenders_ran_and_lab_kit_delivered_all(report):
 
 
 @pytest.mark.parametrize("args, needle", [(["--rate", "0"], "--rate"),
-                                          (["--duration", "601"], "--duration")])
+                                          (["--duration", "601"], "--duration"),
+                                          (["--broker-warmup", "5"], "--broker-warmup"),
+                                          (["api", "--broker-warmup", "5"], "--broker-warmup"),
+                                          (["pipeline", "--broker-warmup", "121"],
+                                           "--broker-warmup")])
 def test_bad_arguments_name_the_option(args, needle):
     proc = subprocess.run([sys.executable, "-m", "lab_kit", "bench", *args],
                           capture_output=True, text=True, timeout=60)
