@@ -111,6 +111,7 @@ def run_bench(rate: float = 2000, seconds: float = 30, rounds: int = 3, outage_s
     recovery; else on the lab's broker. ``broker_warmup_s``: one unmeasured async run first
     (a fresh broker JVM compiles its hot paths under its first load; measured here, the first
     two healthy rounds on a cold broker had twice the p99 of the third)."""
+    variants = parse_variants(",".join(variants))  # an older name works from Python too
     broker = own_broker("api-bench") if isolated else lab_broker.ensure()
     try:
         return _run_bench(broker, rate, seconds, rounds, outage_s, variants, conditions,
