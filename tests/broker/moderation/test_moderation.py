@@ -300,11 +300,16 @@ def test_backend_outage_breaker_fallback_and_recheck(
     t_kill = time.time()
     backend.kill()
     svc.metrics.mark("backend killed")
-    # the chunks of one poll share backend calls (at most max_poll_records=10 posts a round):
-    # 40 posts make at least four failed calls, one more than the breaker's fail_max
+    # the chunks a dispatch round starts share backend calls, so 40 posts written at once may
+    # take as few as two calls on a busy machine (one clean-clone CI run: the breaker never
+    # opened). Five batches, each answered before the next is written: five rounds, so at
+    # least three failed calls (the breaker's fail_max), the rest refused by the open breaker
     phase2 = labeled(seed=22, n=40)
     ids2 = {p.post_id for p in phase2}
-    produce(client_config, topics["posts"], phase2)
+    for i in range(0, len(phase2), 8):
+        batch = phase2[i:i + 8]
+        produce(client_config, topics["posts"], batch)
+        wait_results(client_config, topics["results"], {p.post_id for p in batch}, 20)
     res = wait_results(client_config, topics["results"], ids2, 20)
     assert all(r["degraded"] and r["source"] == "fallback" and "degraded" in r["reasons"]
                for pid in ids2 for r in res[pid])
