@@ -303,16 +303,7 @@ def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool =
         return {"suite": "pipeline", "mode": "guarantees", "measure": key, "runs": runs,
                 "exactly_once_over_at_least_once":
                     round(eos / base, 3) if base and eos is not None else None}
-    warm = None
-    if settings.broker_warmup_s:
-        warm_settings = dataclasses.replace(settings, seconds=settings.broker_warmup_s,
-                                            broker_warmup_s=0.0, json_path=None)
-        if progress:
-            print(f"broker warm-up (not measured): {warm_settings.rate:,.0f} posts/s for "
-                  f"{warm_settings.seconds:g} s ...", file=sys.stderr, flush=True)
-        w = _open_loop_report(warm_settings, OpenLoopRun(warm_settings, broker,
-                                                         progress).execute())
-        warm = {k: w.get(k) for k in WARM_UP_FIELDS}
+    warm = _warm_up(settings, broker, progress) if settings.broker_warmup_s else None
     if settings.backlog is not None:
         report = run_backlog(settings, broker, progress=progress)
     else:
@@ -326,6 +317,18 @@ def run_pipeline_bench(settings: PipelineSettings, broker=None, progress: bool =
 #: in the report, and in the printed summary)
 WARM_UP_FIELDS = ("seconds", "offered_rate", "achieved_rate", "e2e_p99_ms",
                   "degraded_fraction", "lost", "results_missing", "duplicates")
+
+
+def _warm_up(settings: PipelineSettings, broker, progress: bool) -> dict[str, Any]:
+    """The open loop at ``settings.rate`` for ``broker_warmup_s``, unmeasured; what the
+    report keeps of it (:data:`WARM_UP_FIELDS`)."""
+    warm = dataclasses.replace(settings, seconds=settings.broker_warmup_s,
+                               broker_warmup_s=0.0, json_path=None)
+    if progress:
+        print(f"broker warm-up (not measured): {warm.rate:,.0f} posts/s for "
+              f"{warm.seconds:g} s ...", file=sys.stderr, flush=True)
+    report = _open_loop_report(warm, OpenLoopRun(warm, broker, progress).execute())
+    return {k: report.get(k) for k in WARM_UP_FIELDS}
 
 
 def run_backlog(settings: PipelineSettings, broker, progress: bool = True) -> dict[str, Any]:
@@ -485,7 +488,8 @@ def format_report(r: dict) -> str:
                  f"degraded {r['degraded_fraction']:.1%}, lost {r['lost']}, no result in "
                  f"the window {r['results_missing']}, duplicates {r['duplicates']}",
                  "  " + cpu_line]
-        return "\n".join(lines[:1] + warm_line + lines[1:])
+        lines[1:1] = warm_line
+        return "\n".join(lines)
     lines = [f"pipeline: {r['offered_rate']:,.0f} posts/s offered for {r['seconds']:g} s "
              f"(load producer: {r.get('load_client', 'kafka-python')}), "
              f"{r['processes']} moderation process(es) ({r['client']}, "
