@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -33,11 +34,14 @@ from lab_kit import broker as lab_broker
 from lab_kit import lab_env
 from lab_kit.api import ApiServer
 from lab_kit.api.errors import API_CLIENTS
+from lab_kit.api.server import group_members
 from lab_kit.cli_support import run_cli
 from lab_kit.harness.api_condition import CONDITIONS, delete_topic, own_broker, run_condition
 from lab_kit.harness.hey_load import HEY_USER, INSTALL_HINT, hey_path, run_hey
 from lab_kit.harness.http_load import driver_ceiling, make_bodies, run_load
 from lab_kit.harness.readback import audit, keyed_post_ids_in
+from lab_kit.harness.service_process import broker_pids, pids_cpu_s
+from lab_kit.machine import cpu_count
 from lab_kit.output_paths import check_output_path
 from lab_kit.topics import ensure_topics
 
@@ -181,6 +185,42 @@ CROSS_CHECK_POINTS = ((5000, 1), (10000, 2))
 CROSS_KEYS = ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "errors")
 
 
+#: where a cross-check's CPU goes: the API server's processes (uvicorn's workers included),
+#: the broker's JVM, the driver (the lab's runs in this process; hey is a child of it)
+CPU_PARTS = ("server", "broker", "driver")
+
+
+def cpu_now(server: ApiServer, broker: Any) -> dict[str, float | None]:
+    """CPU seconds so far of each of :data:`CPU_PARTS`. The driver's is this process's and
+    its finished children's (``os.times``): the lab driver runs here, hey as a child."""
+    t = os.times()
+    return {"server": pids_cpu_s([p.pid for p in group_members(server.proc.pid)]),
+            "broker": pids_cpu_s(broker_pids(broker)),
+            "driver": t.user + t.system + t.children_user + t.children_system}
+
+
+def cpu_per_request(before: dict[str, float | None], after: dict[str, float | None],
+                    requests: int, wall_s: float) -> dict[str, Any]:
+    """µs of CPU per answered request and cores kept busy, per part and in all, between two
+    :func:`cpu_now` readings ``wall_s`` apart; ``None`` for a part that was not measured
+    (an external broker, a server that lost a process)."""
+    out: dict[str, Any] = {}
+    total = 0.0
+    for part in CPU_PARTS:
+        a, b = before.get(part), after.get(part)
+        if a is None or b is None or b < a or requests <= 0 or wall_s <= 0:
+            out[f"{part}_us_per_request"] = out[f"{part}_cores"] = None
+            continue
+        total += b - a
+        out[f"{part}_us_per_request"] = round((b - a) / requests * 1e6, 1)
+        out[f"{part}_cores"] = round((b - a) / wall_s, 2)
+    measured = requests > 0 and wall_s > 0
+    out["total_us_per_request"] = round(total / requests * 1e6, 1) if measured else None
+    out["total_cores"] = round(total / wall_s, 2) if measured else None
+    out["cores_here"] = cpu_count()
+    return out
+
+
 def hey_workers(rate: float) -> int:
     """hey's connections for ``rate``: 20 requests/s each, 4 to 256 (the lab driver's pool)."""
     return min(256, max(4, int(rate // 20)))
@@ -206,6 +246,7 @@ def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: b
                 ids = list(run_load(server.url, warm, rate, 2.0).accepted_ids)
                 out: dict[str, Any] = {}
                 for driver in (("hey", "lab") if hey_first else ("lab", "hey")):
+                    before, t0 = cpu_now(server, broker), time.perf_counter()
                     if driver == "hey":
                         out["hey"] = run_hey(server.url, rate, seconds,
                                              workers=hey_workers(rate))
@@ -213,6 +254,9 @@ def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: b
                         load = run_load(server.url, bodies, rate, seconds)
                         out["lab"] = {"driver": "lab", **load.summary()}
                         ids += load.accepted_ids
+                    out[driver]["cpu"] = cpu_per_request(
+                        before, cpu_now(server, broker), out[driver]["accepted"],
+                        time.perf_counter() - t0)
                 server.wait_drained(timeout_s=120)
             finally:
                 server.stop()
@@ -258,6 +302,8 @@ def cross_check(points: tuple[tuple[float, int], ...] = CROSS_CHECK_POINTS,
                         f"{d} achieved {point[d]['achieved_rate']:,.0f}/s p50 "
                         f"{point[d]['p50_ms']} p99 {point[d]['p99_ms']} ms errors "
                         f"{point[d]['errors']}" for d in ("lab", "hey")), flush=True)
+                    for d in ("lab", "hey"):
+                        print(f"  {d}: {format_cpu(point[d]['cpu'])}", flush=True)
         return out
     finally:
         if own:
@@ -272,10 +318,30 @@ def _cross_point(rate: float, workers: int, client: str, rs: list[dict]) -> dict
                for k in CROSS_KEYS}
         med["p99_le_100ms"] = (med["p99_ms"] <= 100 and med["errors"] == 0
                                and med["achieved_rate"] >= 0.98 * rate)
+        med["cpu"] = _median_cpu([r[driver].get("cpu") or {} for r in rs])
         point[driver] = med
     point["lost_max"] = max(r["lab"]["lost"] for r in rs)
     point["hey_missing_max"] = max(r["hey"]["missing_from_topic"] for r in rs)
     return point
+
+
+def _median_cpu(cpus: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per field of :func:`cpu_per_request`, the median of the rounds that measured it."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for c in cpus for k in c):
+        vals = [c[key] for c in cpus if c.get(key) is not None]
+        out[key] = statistics.median(vals) if vals else None
+    return out
+
+
+def format_cpu(cpu: dict[str, Any]) -> str:
+    """One line: µs per request and cores, per part of :data:`CPU_PARTS` and in all."""
+    def one(part: str) -> str:
+        us, cores = cpu.get(f"{part}_us_per_request"), cpu.get(f"{part}_cores")
+        return f"{part} " + ("not measured" if us is None else f"{us:,.0f} µs/req "
+                             f"({cores:.2f} cores)")
+    return "CPU: " + ", ".join(one(p) for p in (*CPU_PARTS, "total")) + \
+        f" of {cpu.get('cores_here')} here"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from lab_kit.harness.sampler import GroupLag
 from lab_kit.harness.service_process import (
     ServiceProcess,
+    broker_pids,
     pids_cpu_s,
     process_cpu_s,
     thread_cpu_s,
@@ -140,17 +141,11 @@ class Pipeline:
         self._probes.append(probe)
         return probe
 
-    def broker_pids(self) -> list[int]:
-        try:
-            return [n.pid for n in self.broker.nodes() if n.pid]
-        except Exception:  # noqa: BLE001 - e.g. an external broker: not measured
-            return []
-
     def cpu_snapshot(self) -> dict[str, float | None]:
         return {"producer": process_cpu_s(psutil.Process()),
                 "moderation": self.service.cpu_seconds() if self.service else None,
                 "backend": pids_cpu_s([self.backend.pid] if self.backend.pid else []),
-                "broker": pids_cpu_s(self.broker_pids()),
+                "broker": pids_cpu_s(broker_pids(self.broker)),
                 "load_threads": thread_cpu_s()}
 
     def _check_service(self) -> None:

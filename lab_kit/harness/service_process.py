@@ -48,6 +48,15 @@ def pids_cpu_s(pids: list[int]) -> float | None:
     return sum(vals) if vals else None
 
 
+def broker_pids(broker: Any) -> list[int]:
+    """The broker's node processes on this machine (none for an external broker or a
+    container's: their CPU is not measured)."""
+    try:
+        return [n.pid for n in broker.nodes() if n.pid]
+    except Exception:  # noqa: BLE001 - e.g. an external broker: not measured
+        return []
+
+
 def thread_cpu_s() -> dict[str, float]:
     """CPU seconds of this process's threads, grouped: ``caller`` (the main thread: the load's
     ``submit()`` calls), ``client`` (the thread that runs the client's callbacks:

@@ -34,6 +34,23 @@ def test_both_drivers_load_the_same_server_and_every_accepted_post_is_on_the_top
     assert point["lost_max"] == 0 and point["hey_missing_max"] == 0
 
 
+def test_each_driver_s_run_reports_where_its_cpu_went(kafka_broker):
+    """The server, the broker and the driver each burn CPU answering the load: a part that
+    reads zero, or a sum that is not the total, would mean a process was missed."""
+    res = cross_check(points=((300, 2),), seconds=3, rounds=1, broker=kafka_broker,
+                      progress=False, clients=("confluent",))
+    (point,) = res["points"]
+    (rnd,) = point["rounds"]
+    for driver in ("lab", "hey"):
+        cpu = rnd[driver]["cpu"]
+        for part in ("server", "driver"):  # two uvicorn workers and a master: all counted
+            assert cpu[f"{part}_us_per_request"] > 0 and cpu[f"{part}_cores"] > 0, (driver, cpu)
+        parts = [cpu[f"{p}_us_per_request"] for p in ("server", "broker", "driver")]
+        assert cpu["total_us_per_request"] == pytest.approx(
+            sum(p for p in parts if p is not None), abs=0.5)
+        assert point[driver]["cpu"]["server_us_per_request"] == cpu["server_us_per_request"]
+
+
 def test_an_unknown_client_is_refused_before_any_server_starts():
     with pytest.raises(ValueError, match="clients"):
         cross_check(points=((200, 1),), clients=("aiokafka",), progress=False)
