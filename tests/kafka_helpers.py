@@ -70,3 +70,14 @@ def produce_values(cfg: dict, topic: str, values: list[bytes]) -> None:
             producer.send(topic, v).get(timeout=30)
     finally:
         producer.close(timeout=5)
+
+
+def wait_for(fn, timeout_s: float = 15.0, interval_s: float = 0.1):
+    """Call ``fn`` until it returns something truthy or ``timeout_s`` passes; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval_s)
+    return fn()

@@ -12,7 +12,8 @@ from each request's intended send time, no coordinated omission) is
 ``--cross-check`` runs only :func:`cross_check`: the async API at 5,000 requests/s on one
 worker and 10,000 on two (the issue's targets: p99 <= 100 ms), driven by the lab's driver and
 by Debian's ``hey`` (:mod:`lab_kit.harness.hey_load`) on the same server, side by side, with
-the API's producer on each Kafka client (``--client`` picks one), the rounds interleaved.
+the API's producer on each Kafka client (``--client`` picks one), the rounds interleaved, and
+where each run's CPU went (:func:`cpu_per_request`: the server, the broker, the driver).
 
 ``python -m lab_kit.bench.api [--rate R] [--seconds S] [--rounds N] [--json PATH] [--quick]
 [--cross-check [--client kafka-python|confluent]]``

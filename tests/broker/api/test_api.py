@@ -12,6 +12,7 @@ import pytest
 from lab_kit import topics as lab_topics
 from lab_kit.api import MAX_BODY_BYTES, ApiServer
 from lab_kit.harness.readback import end_offsets, post_ids_in
+from tests.kafka_helpers import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -42,23 +43,13 @@ def client(api):
         yield c
 
 
-def _wait_for(fn, timeout_s=15.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    return fn()
-
-
 def test_post_is_accepted_at_once_then_acked_and_on_the_topic(client, api_topic, client_config):
     r = client.post("/posts", json={"user_id": "user-1", "text": "hello from the API"})
     assert r.status_code == 202
     body = r.json()
     assert body["status"] == "accepted" and body["delivery"] in ("pending", "acked")
     pid = body["post_id"]
-    status = _wait_for(lambda: (s := client.get(f"/posts/{pid}").json())["delivery"] == "acked"
+    status = wait_for(lambda: (s := client.get(f"/posts/{pid}").json())["delivery"] == "acked"
                        and s)
     assert status["delivery"] == "acked" and status["offset"] is not None
     assert status["moderation"] is None
@@ -121,7 +112,7 @@ def test_metrics_counters_move(client, api):
     for i in range(20):
         assert client.post("/posts", json={"user_id": f"user-{i}", "text": "count me"}
                            ).status_code == 202
-    after = _wait_for(lambda: (c := api.counters())["lab_api_posts_acked_total"]
+    after = wait_for(lambda: (c := api.counters())["lab_api_posts_acked_total"]
                       >= before["lab_api_posts_acked_total"] + 20 and c)
     assert after["lab_api_posts_submitted_total"] == before["lab_api_posts_submitted_total"] + 20
     assert after["lab_api_posts_acked_total"] >= before["lab_api_posts_acked_total"] + 20
@@ -248,7 +239,7 @@ def test_wait_ack_has_an_end_and_the_post_stays_accepted(bootstrap, api_topic, t
         r = c.post("/posts?wait=ack", json={"user_id": "user-9", "text": "slow", "post_id": pid})
         assert r.status_code == 504
         assert r.json()["delivery"] == "pending" and "wait_ack_timeout_s" in r.json()["error"]
-        assert _wait_for(lambda: c.get(f"/posts/{pid}").json()["delivery"] == "acked")
+        assert wait_for(lambda: c.get(f"/posts/{pid}").json()["delivery"] == "acked")
     assert pid in post_ids_in(client_config, api_topic)
 
 

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from lab_kit.broker import local as local_mod
 from lab_kit.drills.producer_drills import leader_of
 from lab_kit.topics import POSTS, describe, ensure_topics
-from tests.kafka_helpers import read_all
+from tests.kafka_helpers import read_all, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -90,14 +90,14 @@ def test_the_api_calls_an_ack_durable_on_a_replicated_topic(cluster, tmp_path):
     bodies = []
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            deadline = time.monotonic() + 30  # the API learns the topic's replication in the
-            while time.monotonic() < deadline:  # background, soon after it starts
+            def post_one() -> bool:
                 r = c.post("/posts?wait=ack", json={"user_id": "user-rf3", "text": "copies"})
                 assert r.status_code == 201, r.text
                 bodies.append(r.json())
-                if bodies[-1]["durable"]:
-                    break
-                time.sleep(0.2)
+                return bodies[-1]["durable"]
+
+            # the API learns the topic's replication in the background, soon after it starts
+            wait_for(post_one, timeout_s=30, interval_s=0.2)
     finally:
         server.stop()
     assert all(b["acknowledged"] is True and b["delivery"] == "acked" for b in bodies)
