@@ -144,8 +144,8 @@ def looks_plain(post: Any) -> bool:
             MIN_CREATED_AT <= created <= time.time() + MAX_CREATED_AT_AHEAD_S):
         return False
     media, lang, reply_to = post.media_urls, post.lang, post.reply_to
-    if media and (type(media) is not tuple or len(media) > MAX_MEDIA_URLS
-                  or not all(_plain_str(m, MAX_URL_CHARS) for m in media)):
+    if type(media) is not tuple or (media and (  # None is no list: validation refuses it
+            len(media) > MAX_MEDIA_URLS or not all(_plain_str(m, MAX_URL_CHARS) for m in media))):
         return False
     return ((lang is None or (type(lang) is str and (lang in _PLAIN_LANGS or _plain_lang(lang))))
             and (reply_to is None or (type(reply_to) is str and len(reply_to) <= MAX_POST_ID_CHARS

@@ -3,9 +3,11 @@ the full rules (:func:`validate_post`) refuse: checked by a property-based fuzze
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lab_kit import json_codec
 from lab_kit.posts import Post, PostValidationError, Workload, validate_post
 from lab_kit.producer.encoding import encode, looks_plain
 
@@ -150,3 +152,22 @@ def test_decode_takes_what_encode_wrote_and_refuses_what_it_must():
             assert exc.field == field
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_a_null_media_list_is_refused_on_both_paths_naming_the_field():
+    """``"media_urls": null`` is no list: the full decoder refuses it, and so must the
+    stage's fast path (it once took it, a Post with ``media_urls=None``, as hypothesis
+    found); a Post built with ``media_urls=None`` is refused before it is encoded."""
+    from lab_kit.producer.encoding import decode
+
+    doc = {"user_id": "0", "text": "0", "post_id": "0", "created_at": 946684800.0,
+           "media_urls": None, "lang": None, "reply_to": None}
+    value = json_codec.dumps(doc)
+    for fn in (decode, lambda v: Post.from_json_bytes(v, check_size=False)):
+        with pytest.raises(PostValidationError) as info:
+            fn(value)
+        assert info.value.field == "media_urls"
+    post = Post(**{**doc, "media_urls": None})
+    with pytest.raises(PostValidationError) as info:
+        encode(post, 1_048_576)
+    assert info.value.field == "media_urls"
