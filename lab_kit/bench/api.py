@@ -191,12 +191,13 @@ CROSS_KEYS = ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "errors")
 CPU_PARTS = ("server", "broker", "driver")
 
 
-def cpu_now(server: ApiServer, broker: Any) -> dict[str, float | None]:
-    """CPU seconds so far of each of :data:`CPU_PARTS`. The driver's is this process's and
-    its finished children's (``os.times``): the lab driver runs here, hey as a child."""
+def cpu_now(server_pids: list[int], broker: Any) -> dict[str, float | None]:
+    """CPU seconds so far of each of :data:`CPU_PARTS`: the API's processes ``server_pids``
+    (listed once per server: a scan of every process would cost this process more than the
+    reading), the broker's, and the driver's: this process's and its finished children's
+    (``os.times``; the lab driver runs here, hey as a child)."""
     t = os.times()
-    return {"server": pids_cpu_s([p.pid for p in group_members(server.proc.pid)]),
-            "broker": pids_cpu_s(broker_pids(broker)),
+    return {"server": pids_cpu_s(server_pids), "broker": pids_cpu_s(broker_pids(broker)),
             "driver": t.user + t.system + t.children_user + t.children_system}
 
 
@@ -245,20 +246,30 @@ def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: b
                                client=client).start()
             try:
                 ids = list(run_load(server.url, warm, rate, 2.0).accepted_ids)
+                server.wait_drained(timeout_s=120)  # the warm-up's work stays out of the CPU
+                pids = [p.pid for p in group_members(server.proc.pid)]  # workers are up now
                 out: dict[str, Any] = {}
                 for driver in (("hey", "lab") if hey_first else ("lab", "hey")):
-                    before, t0 = cpu_now(server, broker), time.perf_counter()
+                    # each driver's window: its load, then the server drained (its posts
+                    # acked), so no driver pays for the other's leftovers
+                    after: list[tuple[dict, float]] = []
+
+                    def drained_reading(after=after) -> None:
+                        server.wait_drained(timeout_s=120)
+                        after.append((cpu_now(pids, broker), time.perf_counter()))
+
+                    before, t0 = cpu_now(pids, broker), time.perf_counter()
                     if driver == "hey":
                         out["hey"] = run_hey(server.url, rate, seconds,
-                                             workers=hey_workers(rate))
+                                             workers=hey_workers(rate), on_exit=drained_reading)
                     else:
                         load = run_load(server.url, bodies, rate, seconds)
+                        drained_reading()
                         out["lab"] = {"driver": "lab", **load.summary()}
                         ids += load.accepted_ids
-                    out[driver]["cpu"] = cpu_per_request(
-                        before, cpu_now(server, broker), out[driver]["accepted"],
-                        time.perf_counter() - t0)
-                server.wait_drained(timeout_s=120)
+                    (end_cpu, t1), = after
+                    out[driver]["cpu"] = cpu_per_request(before, end_cpu,
+                                                         out[driver]["accepted"], t1 - t0)
             finally:
                 server.stop()
         rep = audit(cfg, topic, ids, timeout_s=120)

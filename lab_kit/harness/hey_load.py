@@ -24,6 +24,7 @@ import io
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,12 @@ def parse_hey_csv(text: str, seconds: float, rate: float) -> dict[str, Any]:
 
 
 def run_hey(url: str, rate: float, seconds: float, *, workers: int = 256,
-            timeout_s: float = 30.0) -> dict[str, Any]:
+            timeout_s: float = 30.0,
+            on_exit: Callable[[], Any] | None = None) -> dict[str, Any]:
     """``hey`` POSTs :data:`HEY_USER`'s post to ``url`` + ``/posts`` at ``rate`` for
-    ``seconds`` with ``workers`` connections; its summary (see :func:`parse_hey_csv`)."""
+    ``seconds`` with ``workers`` connections; its summary (see :func:`parse_hey_csv`).
+    ``on_exit`` runs as soon as hey has exited, before its CSV is read (a CPU reading that
+    should see hey's work, not the parsing)."""
     exe = hey_path()
     if exe is None:
         raise RuntimeError(f"the cross-check needs hey: {INSTALL_HINT}")
@@ -81,6 +85,8 @@ def run_hey(url: str, rate: float, seconds: float, *, workers: int = 256,
                "-t", str(max(1, round(timeout_s))), "-o", "csv", url.rstrip("/") + "/posts"]
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=seconds + timeout_s + 60)
+    if on_exit is not None:
+        on_exit()
     if proc.returncode != 0:
         raise RuntimeError(f"hey exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     out = parse_hey_csv(proc.stdout, seconds, rate)

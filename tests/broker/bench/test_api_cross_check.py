@@ -35,19 +35,21 @@ def test_both_drivers_load_the_same_server_and_every_accepted_post_is_on_the_top
 
 
 def test_each_driver_s_run_reports_where_its_cpu_went(kafka_broker):
-    """The server, the broker and the driver each burn CPU answering the load: a part that
-    reads zero, or a sum that is not the total, would mean a process was missed."""
+    """Per driver, the CPU of the API's processes, the broker's and the driver's. The bounds
+    are far below what each part costs (HTTP in Python: hundreds of µs per request) and far
+    above what it would read if a part were missed: two workers counted as their idle master
+    alone, hey's CPU left out (the bench process only waits for it), the broker not read."""
     res = cross_check(points=((300, 2),), seconds=3, rounds=1, broker=kafka_broker,
                       progress=False, clients=("confluent",))
     (point,) = res["points"]
     (rnd,) = point["rounds"]
     for driver in ("lab", "hey"):
         cpu = rnd[driver]["cpu"]
-        for part in ("server", "driver"):  # two uvicorn workers and a master: all counted
-            assert cpu[f"{part}_us_per_request"] > 0 and cpu[f"{part}_cores"] > 0, (driver, cpu)
-        parts = [cpu[f"{p}_us_per_request"] for p in ("server", "broker", "driver")]
-        assert cpu["total_us_per_request"] == pytest.approx(
-            sum(p for p in parts if p is not None), abs=0.5)
+        assert cpu["server_us_per_request"] >= 30, (driver, cpu)
+        assert cpu["driver_us_per_request"] >= 20, (driver, cpu)
+        if kafka_broker.backend == "local":  # a JVM on this machine, by its pid
+            assert cpu["broker_us_per_request"] > 0, (driver, cpu)
+        assert 0 < cpu["total_cores"] <= cpu["cores_here"], (driver, cpu)
         assert point[driver]["cpu"]["server_us_per_request"] == cpu["server_us_per_request"]
 
 

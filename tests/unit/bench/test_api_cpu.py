@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 
-from lab_kit.bench.api import _median_cpu, cpu_per_request, format_cpu
+from lab_kit.bench.api import _median_cpu, cpu_now, cpu_per_request, format_cpu
+
+#: a child that waits for a line, burns ``sys.argv[1]`` s of CPU, says so, then waits for EOF
+BURN = ("import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
+        "while time.process_time() - t < float(sys.argv[1]):\n    pass\n"
+        "print('burnt', flush=True)\nsys.stdin.read()\n")
+
+
+def test_cpu_now_reads_the_servers_the_brokers_and_the_drivers_finished_children():
+    """Real processes: a stand-in server and broker burn 0.3 s each between two readings,
+    and a child the driver waited for burns 0.2 s: each part must see its own."""
+    server, node = (subprocess.Popen([sys.executable, "-c", BURN, "0.3"], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                    for _ in range(2))
+    broker = SimpleNamespace(nodes=lambda: [SimpleNamespace(pid=node.pid)])
+    try:
+        before = cpu_now([server.pid], broker)
+        for proc in (server, node):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        subprocess.run([sys.executable, "-c", BURN, "0.2"], input="go\n", text=True,
+                       capture_output=True, check=True, timeout=30)
+        for proc in (server, node):
+            assert proc.stdout.readline().strip() == "burnt"
+        after = cpu_now([server.pid], broker)
+    finally:
+        for proc in (server, node):
+            proc.stdin.close()
+            proc.wait(10)
+    assert after["server"] - before["server"] >= 0.25
+    assert after["broker"] - before["broker"] >= 0.25
+    assert after["driver"] - before["driver"] >= 0.15
+
+
+def test_a_broker_without_local_processes_is_not_measured():
+    cpu = cpu_now([], SimpleNamespace(nodes=lambda: []))
+    assert cpu["server"] is None and cpu["broker"] is None and cpu["driver"] > 0
 
 
 def test_each_part_costs_its_cpu_over_the_requests_and_over_the_wall_clock():
