@@ -206,21 +206,26 @@ def cpu_per_request(before: dict[str, float | None], after: dict[str, float | No
     """µs of CPU per answered request and cores kept busy, per part and in all, between two
     :func:`cpu_now` readings ``wall_s`` apart; ``None`` for a part that was not measured
     (an external broker, a server that lost a process)."""
+    measured = requests > 0 and wall_s > 0
     out: dict[str, Any] = {}
     total = 0.0
     for part in CPU_PARTS:
         a, b = before.get(part), after.get(part)
-        if a is None or b is None or b < a or requests <= 0 or wall_s <= 0:
-            out[f"{part}_us_per_request"] = out[f"{part}_cores"] = None
-            continue
-        total += b - a
-        out[f"{part}_us_per_request"] = round((b - a) / requests * 1e6, 1)
-        out[f"{part}_cores"] = round((b - a) / wall_s, 2)
-    measured = requests > 0 and wall_s > 0
+        used = b - a if measured and a is not None and b is not None and b >= a else None
+        total += used or 0.0
+        out[f"{part}_us_per_request"] = None if used is None else round(used / requests * 1e6, 1)
+        out[f"{part}_cores"] = None if used is None else round(used / wall_s, 2)
     out["total_us_per_request"] = round(total / requests * 1e6, 1) if measured else None
     out["total_cores"] = round(total / wall_s, 2) if measured else None
     out["cores_here"] = cpu_count()
     return out
+
+
+def drained_cpu(server: ApiServer, pids: list[int], broker: Any) -> tuple[dict, float]:
+    """A driver's window ends once the server has drained (its posts acked), so the next
+    driver does not pay for this one's leftovers: the :func:`cpu_now` reading and the time."""
+    server.wait_drained(timeout_s=120)
+    return cpu_now(pids, broker), time.perf_counter()
 
 
 def hey_workers(rate: float) -> int:
@@ -250,24 +255,18 @@ def _cross_round(broker, rate: float, seconds: float, workers: int, hey_first: b
                 pids = [p.pid for p in group_members(server.proc.pid)]  # workers are up now
                 out: dict[str, Any] = {}
                 for driver in (("hey", "lab") if hey_first else ("lab", "hey")):
-                    # each driver's window: its load, then the server drained (its posts
-                    # acked), so no driver pays for the other's leftovers
-                    after: list[tuple[dict, float]] = []
-
-                    def drained_reading(after=after) -> None:
-                        server.wait_drained(timeout_s=120)
-                        after.append((cpu_now(pids, broker), time.perf_counter()))
-
+                    ends: list[tuple[dict, float]] = []  # the window's end: drained_cpu()
                     before, t0 = cpu_now(pids, broker), time.perf_counter()
-                    if driver == "hey":
-                        out["hey"] = run_hey(server.url, rate, seconds,
-                                             workers=hey_workers(rate), on_exit=drained_reading)
+                    if driver == "hey":  # read as hey exits, before its CSV is parsed
+                        out["hey"] = run_hey(
+                            server.url, rate, seconds, workers=hey_workers(rate),
+                            on_exit=lambda e=ends: e.append(drained_cpu(server, pids, broker)))
                     else:
                         load = run_load(server.url, bodies, rate, seconds)
-                        drained_reading()
+                        ends.append(drained_cpu(server, pids, broker))
                         out["lab"] = {"driver": "lab", **load.summary()}
                         ids += load.accepted_ids
-                    (end_cpu, t1), = after
+                    (end_cpu, t1), = ends
                     out[driver]["cpu"] = cpu_per_request(before, end_cpu,
                                                          out[driver]["accepted"], t1 - t0)
             finally:

@@ -50,7 +50,7 @@ def test_post_is_accepted_at_once_then_acked_and_on_the_topic(client, api_topic,
     assert body["status"] == "accepted" and body["delivery"] in ("pending", "acked")
     pid = body["post_id"]
     status = wait_for(lambda: (s := client.get(f"/posts/{pid}").json())["delivery"] == "acked"
-                       and s)
+                      and s)
     assert status["delivery"] == "acked" and status["offset"] is not None
     assert status["moderation"] is None
     assert pid in post_ids_in(client_config, api_topic)
@@ -113,7 +113,7 @@ def test_metrics_counters_move(client, api):
         assert client.post("/posts", json={"user_id": f"user-{i}", "text": "count me"}
                            ).status_code == 202
     after = wait_for(lambda: (c := api.counters())["lab_api_posts_acked_total"]
-                      >= before["lab_api_posts_acked_total"] + 20 and c)
+                     >= before["lab_api_posts_acked_total"] + 20 and c)
     assert after["lab_api_posts_submitted_total"] == before["lab_api_posts_submitted_total"] + 20
     assert after["lab_api_posts_acked_total"] >= before["lab_api_posts_acked_total"] + 20
     assert after["lab_api_posts_in_flight"] == 0
