@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 API_DRILL = "api-broker-outage"
 OVERLOAD_DRILL = "moderation-overload"
+#: The overload window counts as offered in full at 95 % of the asked rate or more.
+OFFERED_ENOUGH = 0.95
 #: the audit counts a summary line shows, in this order
 AUDIT_KEYS = ("submitted", "acked", "spooled", "replayed", "delivered_unique", "duplicates",
               "lost", "dead_lettered", "out_of_order", "users_out_of_order")
@@ -327,6 +329,21 @@ class OverloadReport(_Json):
         return bool(self.lost == 0 and self.results_missing == 0
                     and self.rechecked == self.degraded and self.drained)
 
+    @property
+    def overload_factor(self) -> float:
+        """How many times the backend's capacity the overload window really offered (the
+        drill asks for 2; a machine whose load generator cannot keep up offers less)."""
+        return round(self.offered_rate_overload / self.capacity_per_s, 2)
+
+    def _shortfall_line(self) -> list[str]:
+        asked = next((p.rate for p in self.phases if p.phase == "overload"), None)
+        if asked is None or self.offered_rate_overload >= OFFERED_ENOUGH * asked:
+            return []
+        return [f"  offered {self.overload_factor:g}x the capacity, not the "
+                f"{asked / self.capacity_per_s:g}x asked ({asked:,.0f} posts/s): the load "
+                f"generator could not keep up on this machine, so this run did not show "
+                f"{asked / self.capacity_per_s:g}x"]
+
     def to_dict(self) -> dict[str, Any]:
         d = {"drill": self.drill}
         for f in fields(self):
@@ -339,6 +356,7 @@ class OverloadReport(_Json):
                 value = list(value)
             d[f.name] = value
         d["ok"] = self.ok
+        d["overload_factor"] = self.overload_factor
         return d
 
     @classmethod
@@ -356,6 +374,7 @@ class OverloadReport(_Json):
             f"offered in the overload window {w[0]:.1f}s..{w[1]:.1f}s",
             f"  submitted={self.submitted}, lost={self.lost}, results_missing="
             f"{self.results_missing}, duplicates={self.duplicates}",
+            *self._shortfall_line(),
             f"  e2e p99 of posts submitted in the overload: {self.e2e_p99_ms} ms",
             f"  degraded={self.degraded} {self.fallback_causes}, rechecked={self.rechecked}, "
             f"recheck drained {self.recheck_drained_s} s after the overload"])

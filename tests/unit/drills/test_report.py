@@ -153,6 +153,17 @@ def test_overload_report_round_trip_and_ok(tmp_path):
     assert not report.ok
 
 
+def test_overload_report_says_when_the_machine_offered_less_than_asked():
+    report = _overload()  # 598.2 posts/s offered of the 600 asked: 2x, in full
+    assert report.to_dict()["overload_factor"] == 1.99
+    assert "could not keep up" not in report.summary()
+    report.offered_rate_overload = 501.0  # under 95 % of the asked 600
+    assert report.to_dict()["overload_factor"] == 1.67
+    assert ("  offered 1.67x the capacity, not the 2x asked (600 posts/s): the load generator "
+            "could not keep up on this machine, so this run did not show 2x"
+            ) in report.summary().splitlines()
+
+
 def _api_run() -> dict:
     return {"variant": "async", "condition": "broker_killed", "workers": 1, "topic": "t",
             "target_rate": 200, "seconds": 8.0, "sent": 1600, "accepted": 1600,
