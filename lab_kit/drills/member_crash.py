@@ -106,7 +106,7 @@ class MemberCrashReport:
     member_killed_at_s: float | None
     leader_killed: int | None
     leader_killed_at_s: float | None
-    results_complete_after_s: float | None  # from the end of the load
+    results_complete_after_s: float | None  # from the producer's flush and spool drain
     survivor: dict[str, Any] = field(default_factory=dict)
     missing_ids: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
@@ -145,9 +145,10 @@ class MemberCrashReport:
             f"out of order {self.posts_out_of_order}",
             f"  results, read_committed: missing {self.results_missing}, duplicates "
             f"{self.results_duplicates}, out of order {self.results_out_of_order}; every "
-            f"post had its result {self.results_complete_after_s} s after the load ended",
-            f"  results, read_uncommitted: {self.uncommitted_extra} more records (written by "
-            f"transactions that were then aborted, or re-processed work)",
+            f"post had its result {self.results_complete_after_s} s after the producer had "
+            f"flushed (the load over, its spool drained)",
+            f"  results, read_uncommitted: {self.uncommitted_extra} more records (of "
+            f"transactions that were aborted or are still open)",
             f"  survivor: transactions {sv.get('transactions')}, aborted {sv.get('aborts')}, "
             f"rebalances {sv.get('rebalances')}, commit failures {sv.get('commit_failures')}",
         ])

@@ -301,18 +301,23 @@ recap = Quiz("08 recap", [
              "0..99 was committed. What may the stage commit now?",
              {"a": "300", "b": "200", "c": "nothing new: 100 stays"}, "c",
              "Only the end of the contiguous acked prefix: a restart resumes at 100 and "
-             "re-moderates 200..299 (duplicates, never loss)."),
+             "re-moderates 200..299 too (duplicates); by this rule nothing is skipped."),
     Question("Why does one kafka-python stage process stop scaling with more threads?",
              {"a": "Kafka limits threads per client", "b": "the GIL: one thread runs Python "
               "at a time, threads overlap waiting, not computing",
               "c": "the backend refuses more threads"}, "b",
-             "More member processes of the consumer group add CPU; more threads do not."),
+             "Threads help while they wait (on the backend, on Kafka); Python work runs one "
+             "thread at a time. More member processes of the consumer group can add CPU "
+             "where a core is free. The notebook does not measure the GIL itself: it is "
+             "how CPython works, and the likely limit; section 5 printed what a second "
+             "process added on your machine."),
     Question("The backend is slow but never refuses. Which defence answers posts that have "
              "waited too long?",
              {"a": "the circuit breaker", "b": "load shedding on the oldest post's age",
               "c": "the recheck worker"}, "b",
-             "The breaker counts failures, not waits; shedding looks at age. The recheck "
-             "worker repairs shed verdicts later, with spare capacity."),
+             "The breaker counts failures (timeouts, errors; not 429s), not waits; shedding "
+             "looks at age. The recheck worker repairs shed verdicts later, once the stage "
+             "is healthy again (right after an overload it competes with new posts)."),
 ])
 
 EXERCISES = [q1, q2, q3, q4]

@@ -4,10 +4,13 @@
   (data records, some written inside transactions, and the commit/abort markers Kafka writes
   when a transaction ends), return the post ids the reader delivers, in offset order. Offline,
   on seeded partitions; one case is a partition where a killed member's transaction is still
-  open, another gives the records out of order.
+  open (nothing at or after its first record is delivered, plain records included), another
+  gives the records out of order.
 * q2: ``spam_signals(results)`` counts each user's spam posts *once* from an at-least-once
   results topic, where a post may carry two results (counted by its first): the idempotent
-  reader, the other way to the effect "each post counted once".
+  reader, the other way to the effect "each post counted once". One case judges a post spam
+  first and approve second (and another post the other way round), so a "last result wins"
+  count differs from the first-result count.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ _VISIBLE_CASES: list[tuple[str, list[dict], list[str]]] = [
     ("an open transaction holds back what comes after it",
      [_data(0, "a", 7), _marker(1, 7, True), _data(2, "b", 9), _data(3, "c", 7),
       _marker(4, 7, True)], ["a"]),
+    ("a plain record after an open transaction waits too (the last stable offset)",
+     [_data(0, "a", 7), _marker(1, 7, True), _data(2, "b", 9), _data(3, "p"),
+      _data(4, "c", 7), _marker(5, 7, True)], ["a"]),
     ("a plain record between transactions",
      [_data(0, "a", 7), _marker(1, 7, True), _data(2, "p"), _data(3, "b", 7),
       _marker(4, 7, False)], ["a", "p"]),
@@ -101,6 +107,23 @@ def _wrong_q1_no_stable_offset(records):  # forgets that an open transaction hol
     return [r["post_id"] for r in records if r["offset"] in committed]
 
 
+def _wrong_q1_plain_past_stable(records):  # holds back only transactional records at the LSO
+    records = sorted(records, key=lambda r: r["offset"])
+    committed, waiting = set(), {}
+    for r in records:
+        if r["kind"] == "data" and not r["transactional"]:
+            committed.add(r["offset"])
+        elif r["kind"] == "data":
+            waiting.setdefault(r["producer_id"], []).append(r["offset"])
+        else:
+            ended = waiting.pop(r["producer_id"], [])
+            if r["kind"] == "commit":
+                committed.update(ended)
+    stable = min((offs[0] for offs in waiting.values()), default=float("inf"))
+    return [r["post_id"] for r in records if r["offset"] in committed
+            and (not r["transactional"] or r["offset"] < stable)]
+
+
 def _wrong_q1_input_order(records):  # trusts the list's order instead of the offsets
     return _solution_q1([dict(r, offset=i) for i, r in enumerate(records)])
 
@@ -114,7 +137,8 @@ q1 = Exercise(
               "says 'commit'; and the reader stops at the first record of a transaction that "
               "has no marker yet (the last stable offset), whatever comes after it",
     solution_obj=_solution_q1,
-    wrong=(_wrong_q1_uncommitted, _wrong_q1_no_stable_offset, _wrong_q1_input_order))
+    wrong=(_wrong_q1_uncommitted, _wrong_q1_no_stable_offset, _wrong_q1_plain_past_stable,
+           _wrong_q1_input_order))
 
 
 # --- q2: each post counted once, from an at-least-once topic ----------------------------------
@@ -138,6 +162,9 @@ _SPAM_CASES: list[tuple[str, list[dict], dict[str, int]]] = [
     ("a re-sent post judged differently the second time: its first result counts",
      [_result("p1", "di", "spam"), _result("p2", "di", "approve"), _result("p1", "di", "approve"),
       _result("p2", "di", "spam")], {"di": 1}),
+    ("first and second results disagree: spam then approve for one user, the reverse for another",
+     [_result("p1", "fay", "spam"), _result("p2", "gus", "approve"),
+      _result("p1", "fay", "approve"), _result("p2", "gus", "spam")], {"fay": 1}),
 ]
 
 
@@ -175,6 +202,15 @@ def _wrong_q2_per_user(results):  # "has this user spammed?", not how often
     return {r["user_id"]: 1 for r in results if r["label"] == "spam"}
 
 
+def _wrong_q2_last_wins(results):  # each post's last result overwrites its first
+    last = {r["post_id"]: r for r in results}
+    counts = {}
+    for r in last.values():
+        if r["label"] == "spam":
+            counts[r["user_id"]] = counts.get(r["user_id"], 0) + 1
+    return counts
+
+
 q2 = Exercise(
     name="10.q2 each spam post counted once",
     task="spam_signals(results) returns {user_id: number of distinct spam posts} from results "
@@ -182,7 +218,8 @@ q2 = Exercise(
     checker=_check_spam,
     hint_text="remember the post ids you have seen; a post seen again is a duplicate: its "
               "first result is its verdict, whatever the second one says",
-    solution_obj=_solution_q2, wrong=(_wrong_q2_every_record, _wrong_q2_per_user))
+    solution_obj=_solution_q2,
+    wrong=(_wrong_q2_every_record, _wrong_q2_per_user, _wrong_q2_last_wins))
 
 
 # --- recap -------------------------------------------------------------------------------------
@@ -191,11 +228,14 @@ recap = Quiz("10 recap", [
     Question("At-least-once moderation, one of two members killed -9; the posts topic holds "
              "each post once, yet some posts have two results in moderation.results. Why?",
              {"a": "Kafka copies records between replicas",
-              "b": "the killed member had produced results whose offsets it had not "
-                   "committed yet; the survivor moderates those posts again",
+              "b": "work not committed when ownership of the partitions moved: mostly the "
+                   "killed member's open chunks (results produced, offsets not committed "
+                   "yet), and anything whose commit failed at the rebalance; the new owner "
+                   "moderates those posts again",
               "c": "the producer of the posts retried"}, "b",
-             "Offsets are committed after the outputs are acked: a crash in between means the "
-             "work is done again."),
+             "Offsets are committed after the outputs are acked: work whose offsets were not "
+             "committed when its partition moved (a crash in between, or a commit that "
+             "failed at the rebalance) is done again by the partition's next owner."),
     Question("Exactly-once moderation, a member killed -9. Which reader finds each post's "
              "result once in moderation.results?",
              {"a": "any reader, whatever its settings",

@@ -1,22 +1,29 @@
 """Exercises of notebook 11 (where does my callback run?).
 
 * ``q1`` (live): ``serve_reports(producer, topic, posts)`` with a raw librdkafka producer whose
-  queue is small: handle ``BufferError`` by polling, then flush; every post delivered.
+  queue is small: handle ``BufferError`` by polling, then flush; every post delivered, and
+  reported, once. The student's function runs under a time limit (:func:`_serve_within`):
+  a loop that retries without ``poll()`` would otherwise never end.
 * ``q2`` (live): ``to_awaitable(post_future, loop)``: a ``PostFuture`` as an
-  ``asyncio.Future``, completed with ``call_soon_threadsafe`` from the sender thread.
+  ``asyncio.Future``, completed with ``call_soon_threadsafe`` from the sender thread, with
+  the post's ``Delivery`` or, for a post that failed, its exception (:func:`_failing_post_case`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import threading
 import time
 from typing import Any
 
+from kafka.errors import KafkaTimeoutError
+
 from lab_kit.exercises.core import CaseFailed, Exercise, Question, Quiz
 from lab_kit.harness.readback import post_ids_in
-from lab_kit.posts import Workload
-from lab_kit.producer import AsyncPostProducer
+from lab_kit.posts import Post, Workload
+from lab_kit.producer import AsyncPostProducer, DeliveryFailed, PostFuture
 from lab_kit.producer.client_models import LOOP_THREAD, raw_config, run_in_loop_thread
 from lab_kit.topics import ensure_topics
 
@@ -24,6 +31,97 @@ from lab_kit.topics import ensure_topics
 
 QUEUE_MAX = 20  # the check's producer: queue.buffering.max.messages (a setting)
 N_POSTS = 200
+TIME_LIMIT_S = 20.0  # the student's function is stopped after this (a limit of the check)
+GRACE_S = 10.0  # ... and given up on this much later if it calls the producer no more
+
+
+class _TimeUp(BaseException):
+    """Raised into the student's code by the check's producer once the time limit passed (a
+    BaseException: ``except BufferError`` or ``except Exception`` in a loop does not eat it)."""
+
+
+@functools.cache
+def _timed_producer_class() -> type:
+    # imported on use: the offline exercises of the lab need no confluent-kafka
+    from confluent_kafka import Producer
+
+    class TimedProducer(Producer):
+        """A raw ``confluent_kafka.Producer`` (a subclass: the student's code gets a real one)
+        whose ``produce()``, ``poll()`` and ``flush()`` raise :class:`_TimeUp` once
+        ``deadline`` (``time.monotonic()``) has passed. It counts the BufferErrors it
+        raised and the calls that serve reports, to say why a loop never ended."""
+
+        deadline = math.inf
+        buffer_errors = 0
+        serves = 0  # poll() and flush() calls: each serves delivery reports
+
+        def _in_time(self) -> None:
+            if time.monotonic() > self.deadline:
+                raise _TimeUp
+
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            self._in_time()
+            try:
+                return super().produce(*args, **kwargs)
+            except BufferError:
+                self.buffer_errors += 1
+                raise
+
+        def poll(self, *args: Any, **kwargs: Any) -> int:
+            self._in_time()
+            self.serves += 1
+            return super().poll(*args, **kwargs)
+
+        def flush(self, *args: Any, **kwargs: Any) -> int:
+            self._in_time()
+            self.serves += 1
+            return super().flush(*args, **kwargs)
+
+        def clean_up(self, timeout: float) -> int:
+            """The check's own ``flush()``, past any deadline."""
+            return super().flush(timeout)
+
+    return TimedProducer
+
+
+def _serve_within(serve_reports: Any, producer: Any, topic: str, posts: list, limit_s: float,
+                  case: str) -> None:
+    """Run ``serve_reports(producer, topic, posts)`` on a thread of its own, with ``producer``
+    (a :func:`_timed_producer_class`) stopping it after ``limit_s``. Raises
+    :class:`CaseFailed` for a loop that never ended or a ``BufferError`` that escaped, and
+    re-raises anything else the function raised (``NotImplementedError``: no answer yet)."""
+    out: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            serve_reports(producer, topic, posts)
+        except BaseException as exc:  # noqa: BLE001 - judged on the checker's thread
+            out["error"] = exc
+
+    producer.deadline = time.monotonic() + limit_s
+    worker = threading.Thread(target=run, name="lab-check-serve-reports", daemon=True)
+    worker.start()
+    worker.join(limit_s + GRACE_S)
+    if worker.is_alive():
+        raise CaseFailed(case, f"your function had not returned after {limit_s + GRACE_S:g} s "
+                               "(a limit of the check) and no longer calls produce(), poll() "
+                               "or flush(): look for a loop that never ends")
+    error = out.get("error")
+    if isinstance(error, _TimeUp):
+        if producer.buffer_errors and not producer.serves:
+            raise CaseFailed(case, "your loop never served reports: BufferError forever "
+                                   f"({producer.buffer_errors} times in {limit_s:g} s, a limit "
+                                   "of the check) and not one poll(); call poll() in the except "
+                                   "so that reports are served and the queue makes room")
+        raise CaseFailed(case, f"your function was still running after {limit_s:g} s (a limit "
+                               f"of the check; BufferError {producer.buffer_errors} times, "
+                               f"poll()/flush() {producer.serves} times): every post should "
+                               "take one produce(), or a few when the queue is full")
+    if isinstance(error, BufferError):
+        raise CaseFailed(case, f"BufferError escaped your function ({error}): the queue is "
+                               "full of reports nobody served")
+    if error is not None:
+        raise error
 
 
 class _Reports:
@@ -42,24 +140,18 @@ class _Reports:
 
 
 def _check_serve_reports(serve_reports: Any, *, lab: Any) -> int:
-    # imported on use: the offline exercises of the lab need no confluent-kafka
-    from confluent_kafka import Producer
-
     topic = f"lab.ex.reports.{time.time_ns() % 10**9}"
     ensure_topics(lab.client_config, names=(topic,), partitions={topic: 3})
     reports = _Reports()
-    producer = Producer(raw_config(lab.bootstrap_servers, lab.extra, **{
+    producer = _timed_producer_class()(raw_config(lab.bootstrap_servers, lab.extra, **{
         "queue.buffering.max.messages": QUEUE_MAX, "on_delivery": reports}))
     posts = Workload(seed=111).posts(N_POSTS)
     case = f"{N_POSTS} posts, a local queue of {QUEUE_MAX}"
     try:
-        serve_reports(producer, topic, posts)
-    except BufferError as exc:
-        raise CaseFailed(case, f"BufferError escaped your function ({exc}): the queue is "
-                               "full of reports nobody served") from None
+        _serve_within(serve_reports, producer, topic, posts, TIME_LIMIT_S, case)
     finally:
         left = len(producer)
-        producer.flush(30)  # the check's own clean-up: nothing stays behind
+        producer.clean_up(30)  # the check's own flush: nothing stays behind
     if left:
         raise CaseFailed(case, f"{left} records were still in the producer when your function "
                                "returned: flush() before you return")
@@ -71,6 +163,10 @@ def _check_serve_reports(serve_reports: Any, *, lab: Any) -> int:
         raise CaseFailed(case, f"{len(missing)} of {N_POSTS} posts never landed in the topic "
                                "(read back): a post that met BufferError must be produced "
                                "again, not dropped")
+    if reports.ok != N_POSTS:  # the check's on_delivery (in the config) counted them
+        raise CaseFailed(case, f"{reports.ok} delivery reports for {N_POSTS} posts: produce "
+                               "each post once, again only after a BufferError (and leave "
+                               "on_delivery out of produce(): the check's callback counts)")
     return 1
 
 
@@ -101,6 +197,29 @@ def _wrong_q1_drops(producer, topic, posts):
     producer.flush(30)
 
 
+def _wrong_q1_retries_without_poll(producer, topic, posts):
+    for post in posts:
+        while True:
+            try:
+                producer.produce(topic, post.to_json_bytes(), post.key_bytes())
+                break
+            except BufferError:
+                pass  # nothing serves a report, so nothing ever makes room: forever
+    producer.flush(30)
+
+
+def _wrong_q1_sends_twice(producer, topic, posts):
+    for post in posts:
+        while True:
+            try:
+                producer.produce(topic, post.to_json_bytes(), post.key_bytes())
+                producer.produce(topic, post.to_json_bytes(), post.key_bytes())  # "to be safe"
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(30)
+
+
 def _wrong_q1_no_flush(producer, topic, posts):
     for post in posts:
         while True:
@@ -121,7 +240,8 @@ q1 = Exercise(
               "serves reports (and frees their places), then try the same post again; end "
               "with producer.flush(30)",
     solution_obj=_solution_q1,
-    wrong=(_wrong_q1_never_polls, _wrong_q1_drops, _wrong_q1_no_flush), needs_broker=True)
+    wrong=(_wrong_q1_never_polls, _wrong_q1_drops, _wrong_q1_no_flush,
+           _wrong_q1_retries_without_poll, _wrong_q1_sends_twice), needs_broker=True)
 
 
 # --- q2: a PostFuture as an asyncio.Future ---------------------------------------------------
@@ -151,6 +271,61 @@ async def _await_all(to_awaitable: Any, producer: AsyncPostProducer, posts: list
             "thread": threading.current_thread().name}
 
 
+async def _await_failed(to_awaitable: Any) -> dict:
+    """One post that fails: its ``PostFuture`` settles with ``DeliveryFailed`` on a thread of
+    its own (as the client's callback thread would settle it), after ``to_awaitable``
+    returned; the loop is in debug mode, and errors raised in its callbacks are kept."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop_errors: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(
+        f"{type(ctx.get('exception')).__name__} in a callback on the loop"
+        if ctx.get("exception") else ctx.get("message", "")))
+    post = Post(user_id="user-00112", text="a post that fails")
+    pf = PostFuture(post, time.perf_counter())
+    error = DeliveryFailed(post.post_id, KafkaTimeoutError("the check's own failure"))
+    failer = threading.Timer(0.05, pf.set_exception, [error])  # soon after the call below
+    failer.name = "lab-check-failer"
+    failer.start()
+    try:
+        fut = to_awaitable(pf, loop)
+    finally:
+        failer.join()  # pf is failed by now (a blocking answer saw it raise)
+    if not isinstance(fut, asyncio.Future):
+        return {"not_future": repr(fut)}
+    done, _ = await asyncio.wait([fut], timeout=WAKE_TIMEOUT_S)
+    if not done:
+        return {"timeout": True, "loop_errors": loop_errors}
+    if fut.cancelled():
+        return {"cancelled": True}
+    exc = fut.exception()
+    return {"exception": exc, "result": None if exc else fut.result(), "expected": error}
+
+
+def _failing_post_case(to_awaitable: Any) -> None:
+    """The case of a post that fails: the awaited future must raise the post's own exception.
+    Needs no broker (a ``PostFuture`` failed by the check); raises :class:`CaseFailed`."""
+    case = "a post that fails (DeliveryFailed)"
+    out = run_in_loop_thread(lambda: _await_failed(to_awaitable), 30)
+    if "not_future" in out:
+        raise CaseFailed(case, f"to_awaitable returned {out['not_future']}, not an "
+                               "asyncio.Future (loop.create_future())")
+    if "timeout" in out:
+        seen = f" ({out['loop_errors'][0]})" if out["loop_errors"] else ""
+        raise CaseFailed(case, f"the await never came back{seen}: for a failed post "
+                               "pf.result(0) raises; check pf.exception(0) and settle the "
+                               "future with fut.set_exception(...)")
+    if "cancelled" in out:
+        raise CaseFailed(case, "the future was cancelled: set the post's exception on it")
+    if out["exception"] is None:
+        raise CaseFailed(case, f"the await gave {out['result']!r} for a post that failed: it "
+                               "must raise the post's exception (fut.set_exception)")
+    if out["exception"] is not out["expected"]:
+        raise CaseFailed(case, f"the await raised {type(out['exception']).__name__}: "
+                               f"{out['exception']}, not the post's own DeliveryFailed "
+                               "(pf.exception(0))")
+
+
 def _check_to_awaitable(to_awaitable: Any, *, lab: Any) -> int:
     posts = Workload(seed=112).posts(N_AWAITED)
     # linger_ms: the acks come after to_awaitable returned, unless it waited for them
@@ -177,7 +352,8 @@ def _check_to_awaitable(to_awaitable: Any, *, lab: Any) -> int:
                                "(outcome 'acked')")
     if getattr(out["again"], "outcome", None) != "acked":
         raise CaseFailed("a PostFuture that is done already", f"got {out['again']!r}")
-    return 2
+    _failing_post_case(to_awaitable)
+    return 3
 
 
 def _solution_q2(post_future, loop):
@@ -202,6 +378,14 @@ def _wrong_q2_sets_from_sender(post_future, loop):
     return fut
 
 
+def _wrong_q2_result_only(post_future, loop):
+    fut = loop.create_future()
+    # a failed post: pf.result(0) raises on the loop, and fut never completes
+    post_future.add_done_callback(
+        lambda pf: loop.call_soon_threadsafe(lambda: fut.set_result(pf.result(0))))
+    return fut
+
+
 def _wrong_q2_blocks(post_future, loop):
     fut = loop.create_future()
     fut.set_result(post_future.result(10))  # waits for the ack on the loop's thread
@@ -211,13 +395,15 @@ def _wrong_q2_blocks(post_future, loop):
 q2 = Exercise(
     name="11.q2 a PostFuture as an asyncio.Future",
     task="to_awaitable(post_future, loop) returns an asyncio.Future of loop that completes "
-         "with the post's Delivery (or its exception), set on the loop's thread",
+         "with the post's Delivery, or fails with the post's exception, set on the loop's "
+         "thread",
     checker=_check_to_awaitable,
     hint_text="fut = loop.create_future(); post_future.add_done_callback(lambda pf: "
               "loop.call_soon_threadsafe(settle, pf)); settle sets fut's result from "
               "pf.result(0) (or its exception), on the loop",
     solution_obj=_solution_q2,
-    wrong=(_wrong_q2_sets_from_sender, _wrong_q2_blocks), needs_broker=True)
+    wrong=(_wrong_q2_sets_from_sender, _wrong_q2_blocks, _wrong_q2_result_only),
+    needs_broker=True)
 
 
 recap = Quiz("11 recap", [

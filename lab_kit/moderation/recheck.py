@@ -5,8 +5,10 @@ with the backend, one batch call at a time, and only while its service is health
 closed, not shedding, no overload answer in the last 2 s; see
 :meth:`lab_kit.moderation.service.ModerationService.healthy`) and no member of the group has
 degraded a post lately (``moderation.recheck``'s end offsets, as its fetches see them, still
-for ``GROUP_QUIET_S``): it catches up after an overload without taking capacity from new
-posts, its own member's or a peer's.
+for ``GROUP_QUIET_S``). The gates look at the recent past: right after an overload its first
+batch calls still compete with new posts for the backend's capacity, and a new post refused
+then (429) closes the gate again for ``OVERLOAD_QUIET_S`` (notebook 08's overload figure
+shows both).
 """
 
 from __future__ import annotations

@@ -217,7 +217,8 @@ class ModerationService(Stage):
     def healthy(self) -> bool:
         """Caught up (not shedding, polling, the oldest waiting post younger than
         ``RECHECK_MAX_LIVE_AGE_S``), no overload answer lately, and the breaker closed: the
-        recheck worker may use the backend without taking capacity from new posts. "Not
+        recheck worker may use the backend, as new posts do (the gate reads the recent past,
+        so a recheck call can still meet an overload a new post then meets too). "Not
         shedding" alone is not enough: right after shedding stops the service is still
         behind, and rechecking the shed posts then slows it into shedding again.
 

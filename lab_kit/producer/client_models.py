@@ -81,7 +81,7 @@ def fresh_copies(posts: Iterable[Post]) -> list[Post]:
     return [dataclasses.replace(p, post_id=uuid.uuid4().hex) for p in posts]
 
 
-class _Stamps:
+class Stamps:
     """A delivery handler that notes, per post, when its callback ran and on which thread."""
 
     def __init__(self) -> None:
@@ -93,6 +93,25 @@ class _Stamps:
     def on_failure(self, post: Post, error: BaseException) -> None:
         self.at[post.post_id] = (time.perf_counter(), f"failed: {type(error).__name__}")
 
+    def thread_of(self, post: Post) -> str | None:
+        """The thread that ran ``post``'s callback (None: no callback yet)."""
+        return self.at.get(post.post_id, (None, None))[1]
+
+
+async def loop_thread() -> str:
+    """The thread the running event loop runs its callbacks on: read inside a callback the
+    loop itself runs (``call_soon``), not assumed from where the caller happens to be."""
+    loop = asyncio.get_running_loop()
+    seen = loop.create_future()
+    loop.call_soon(lambda: seen.set_result(threading.current_thread().name))
+    return await seen
+
+
+def _warm_up_post() -> Post:
+    """The one post every model sends (and waits for) before its timed posts: the first
+    send pays for connections and the producer id, the timed ones should not."""
+    return Post(user_id="user-00000", text="warm-up")
+
 
 def _producer(bootstrap: str, topic: str, client: str, extra: dict | None,
               handlers: Iterable[Any] = ()) -> AsyncPostProducer:
@@ -103,9 +122,11 @@ def _producer(bootstrap: str, topic: str, client: str, extra: dict | None,
 # --- a. the three models, one timeline --------------------------------------------------------
 def _threaded_timeline(bootstrap: str, topic: str, posts: list[Post], client: str,
                        extra: dict | None) -> list[dict]:
-    stamps = _Stamps()
+    stamps = Stamps()
     submitted: list[float] = []
     with _producer(bootstrap, topic, client, extra, [stamps]) as producer:
+        producer.submit(_warm_up_post()).result(WAIT_S)  # delivered before the timed posts
+        producer.flush(WAIT_S)
         for post in posts:
             submitted.append(time.perf_counter())
             producer.submit(post)
@@ -122,7 +143,7 @@ def _threaded_timeline(bootstrap: str, topic: str, posts: list[Post], client: st
 
 def _asyncio_timeline(bootstrap: str, topic: str, posts: list[Post], extra: dict | None,
                       batch: int) -> list[dict]:
-    stamps = _Stamps()
+    stamps = Stamps()
     producer = _producer(bootstrap, topic, "kafka-python", extra, [stamps])
     submitted: list[float] = [0.0] * len(posts)
     resumed: list[tuple[float, str]] = [(0.0, "")] * len(posts)
@@ -133,6 +154,8 @@ def _asyncio_timeline(bootstrap: str, topic: str, posts: list[Post], extra: dict
         resumed[i] = (time.perf_counter(), threading.current_thread().name)
 
     async def all_posts() -> None:
+        await producer.asubmit(_warm_up_post())  # delivered before the timed posts
+        await asyncio.get_running_loop().run_in_executor(None, producer.flush, WAIT_S)
         for start in range(0, len(posts), batch):
             chunk = range(start, min(start + batch, len(posts)))
             await asyncio.wait_for(asyncio.gather(*(one(i, posts[i]) for i in chunk)), WAIT_S)
@@ -154,7 +177,9 @@ def _asyncio_timeline(bootstrap: str, topic: str, posts: list[Post], extra: dict
 def callback_timeline(bootstrap: str, topic: str, posts: list[Post], extra: dict | None = None,
                       batch: int = 100) -> pd.DataFrame:
     """The same posts through the three models (asyncio: ``asubmit`` on the kafka-python
-    producer, ``batch`` posts gathered at a time, on a loop thread of its own).
+    producer, ``batch`` posts gathered at a time, on a loop thread of its own). Each model
+    first delivers one warm-up post (connections, producer id), so that the timeline
+    compares the models and not their cold starts.
 
     One row per post and model: ``submitted_at_s`` and ``callback_at_s`` (seconds since the
     model's first submit), ``callback_thread``; for asyncio also ``resumed_at_s`` and
@@ -167,12 +192,18 @@ def callback_timeline(bootstrap: str, topic: str, posts: list[Post], extra: dict
 
 # --- b. a raw librdkafka producer that never polls ---------------------------------------------
 def missing_poll(bootstrap: str, topic: str, n: int, queue_max: int = 100,
-                 extra: dict | None = None, wait_s: float = 1.0) -> pd.DataFrame:
+                 extra: dict | None = None, wait_s: float = 1.0,
+                 read_back: ReadBack | None = None) -> pd.DataFrame:
     """A raw ``confluent_kafka.Producer`` with ``queue.buffering.max.messages=queue_max``
-    produces ``n`` posts with ``on_delivery`` and never polls. One row per phase: produce
-    calls made, accepted, ``BufferError`` raised (and the index of the first one), callbacks
-    fired (and on which threads), and what waits for ``poll()`` (``len(producer)``: the
-    unserved reports, plus a few events of librdkafka's own)."""
+    produces ``n`` posts with ``on_delivery`` and never polls; ``wait_s`` later it tries one
+    more ``produce()``; then ``flush()``. One row per phase: produce calls made in that
+    phase, accepted, ``BufferError`` raised, ``first_buffer_error_at`` (the index, among
+    *this phase's* produce calls, of the first one that raised), callbacks fired so far (and
+    on which threads), and ``len_producer``: everything waiting in the producer (records not
+    yet acked, reports not yet served, and callbacks of librdkafka's own waiting for
+    ``poll()``: an error, a statistic, a log line). With ``read_back``, ``on_topic`` is how
+    many of the accepted posts were read back from the topic during the pause (before any
+    ``poll()`` or ``flush()``) and after ``flush()``."""
     ck = confluent_kafka()
     fired: list[str] = []
 
@@ -189,27 +220,35 @@ def missing_poll(bootstrap: str, topic: str, n: int, queue_max: int = 100,
                      "callbacks": len(fired), "callback_threads": ",".join(sorted(set(fired))),
                      "len_producer": len(producer)})
 
-    accepted, errors, first = 0, 0, None
+    def on_topic() -> int | None:  # how many accepted posts the broker has (read back)
+        return None if read_back is None else len(set(read_back(topic)) & set(kept))
+
+    accepted, errors, first, kept = 0, 0, None, []
     for i, post in enumerate(Post(user_id=f"user-{i % 10:05d}", text=f"post {i}")
                              for i in range(n)):
         try:
             producer.produce(topic, post.to_json_bytes(), post.key_bytes(),
                              on_delivery=on_delivery)
             accepted += 1
+            kept.append(post.post_id)
         except BufferError:  # "Local: Queue full": no poll() ever made room
             errors += 1
             first = i if first is None else first
     row("produce n, never poll()", n, accepted, errors, first)
     time.sleep(wait_s)  # the broker acks meanwhile; nobody serves the reports
-    try:
+    during_pause = on_topic()  # read by a consumer of its own: no poll() of this producer
+    try:  # a record without a post_id: the read-back skips it
         producer.produce(topic, b"{}", b"user-00000", on_delivery=on_delivery)
         row(f"{wait_s:g} s later: one more produce()", 1, 1, 0, None)
     except BufferError:
-        row(f"{wait_s:g} s later: one more produce()", 1, 0, 1, 0)
+        row(f"{wait_s:g} s later: one more produce()", 1, 0, 1, 0)  # call 0 of this phase
+    rows[-1]["on_topic"] = during_pause
     producer.flush(WAIT_S)  # serves every report, on this (the calling) thread
     row("flush()", 0, 0, 0, None)
+    rows[-1]["on_topic"] = on_topic()
     out = pd.DataFrame(rows)
     out["first_buffer_error_at"] = out["first_buffer_error_at"].astype("Int64")
+    out["on_topic"] = out["on_topic"].astype("Int64")
     return out
 
 
@@ -276,9 +315,21 @@ def _numbered(prefix: str, n: int) -> list[Post]:
                  post_id=f"{prefix}-{uuid.uuid4().hex}") for i in range(n)]
 
 
+class _Counter:
+    """A delivery callback that only counts the reports it is given (success or error)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, *_outcome: Any) -> None:
+        self.n += 1
+
+
 def _confluent_drop(bootstrap: str, topic: str, posts: list[Post], flush: bool,
-                    linger_ms: int, extra: dict | None) -> int:
-    producer = confluent_kafka().Producer(raw_config(bootstrap, extra, **{"linger.ms": linger_ms}))
+                    linger_ms: int, extra: dict | None) -> tuple[int, int]:
+    reports = _Counter()  # on_delivery for every record: would anyone be told?
+    producer = confluent_kafka().Producer(raw_config(bootstrap, extra, **{
+        "linger.ms": linger_ms, "on_delivery": reports}))
     for post in posts:
         producer.produce(topic, post.to_json_bytes(), post.key_bytes())
     held = len(producer)
@@ -286,17 +337,19 @@ def _confluent_drop(bootstrap: str, topic: str, posts: list[Post], flush: bool,
         producer.flush(WAIT_S)
     del producer  # the last reference: librdkafka's destroy runs now
     gc.collect()
-    return held
+    return held, reports.n
 
 
 def _kafka_python_close(bootstrap: str, topic: str, posts: list[Post], linger_ms: int,
-                        extra: dict | None) -> int:
+                        extra: dict | None) -> tuple[int, int]:
+    reports = _Counter()  # a callback and errback on every future
     client = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, **(extra or {}))
     client.partitions_for(topic)  # metadata first: send() must not wait for it here
-    futures = [client.send(topic, post.to_json_bytes(), key=post.key_bytes()) for post in posts]
+    futures = [client.send(topic, post.to_json_bytes(), key=post.key_bytes()).add_both(reports)
+               for post in posts]
     held = sum(not f.is_done for f in futures)
     client.close()  # flushes first (a timeout that passes raises KafkaTimeoutError)
-    return held
+    return held, reports.n
 
 
 def close_without_flush(bootstrap: str, topic: str, n: int, read_back: ReadBack,
@@ -305,7 +358,9 @@ def close_without_flush(bootstrap: str, topic: str, n: int, read_back: ReadBack,
     confluent dropped without / after ``flush()``; kafka-python ``close()`` (it flushes: in
     3.0 every ``close`` does, and raises ``KafkaTimeoutError`` if its timeout passes first).
     ``held_before_end``: records still in the client just before it ended (so each variant
-    ended with posts to lose); ``delivered`` / ``lost`` come from reading ``topic`` back."""
+    ended with posts to lose); ``reports``: delivery reports the program was given (a
+    counting ``on_delivery`` / future callback on every record), by the time the producer
+    was gone; ``delivered`` / ``lost`` come from reading ``topic`` back."""
     variants = {
         "confluent: del, no flush()": lambda ps: _confluent_drop(
             bootstrap, topic, ps, False, linger_ms, extra),
@@ -314,18 +369,18 @@ def close_without_flush(bootstrap: str, topic: str, n: int, read_back: ReadBack,
         "kafka-python: close()": lambda ps: _kafka_python_close(
             bootstrap, topic, ps, linger_ms, extra),
     }
-    sent: dict[str, tuple[list[Post], int, float]] = {}
+    sent: dict[str, tuple[list[Post], int, int, float]] = {}
     for i, (name, run) in enumerate(variants.items()):
         posts = _numbered(f"v{i}", n)
         t0 = time.perf_counter()
-        held = run(posts)
-        sent[name] = (posts, held, time.perf_counter() - t0)
+        held, reports = run(posts)
+        sent[name] = (posts, held, reports, time.perf_counter() - t0)
     landed = set(read_back(topic))
     rows = []
-    for name, (posts, held, took) in sent.items():
+    for name, (posts, held, reports, took) in sent.items():
         delivered = sum(p.post_id in landed for p in posts)
         rows.append({"variant": name, "accepted": len(posts), "held_before_end": held,
-                     "end_took_s": took, "delivered": delivered,
+                     "end_took_s": took, "reports": reports, "delivered": delivered,
                      "lost": len(posts) - delivered})
     return pd.DataFrame(rows)
 
@@ -334,7 +389,7 @@ def close_without_flush(bootstrap: str, topic: str, n: int, read_back: ReadBack,
 def _threaded_cost(bootstrap: str, topic: str, posts: list[Post], client: str,
                    extra: dict | None) -> dict:
     with _producer(bootstrap, topic, client, extra) as producer:
-        producer.submit(Post(user_id="user-00000", text="warm-up")).result(WAIT_S)
+        producer.submit(_warm_up_post()).result(WAIT_S)
         cpu = CpuMeter().start()
         t0 = time.perf_counter()
         for post in posts:
@@ -350,7 +405,7 @@ def _asyncio_cost(bootstrap: str, topic: str, posts: list[Post], extra: dict | N
     producer = _producer(bootstrap, topic, "kafka-python", extra)
 
     async def measure() -> dict:
-        await producer.asubmit(Post(user_id="user-00000", text="warm-up"))
+        await producer.asubmit(_warm_up_post())
         cpu = CpuMeter().start()  # on the loop's thread: the caller, here
         t0 = time.perf_counter()
         for start in range(0, len(posts), batch):

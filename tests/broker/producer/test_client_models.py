@@ -30,12 +30,16 @@ def test_each_model_runs_its_callbacks_on_its_own_thread(bootstrap, topic):
     assert (df.callback_at_s >= df.submitted_at_s).all()
 
 
-def test_a_producer_that_never_polls_fills_its_queue_then_flush_serves_all(bootstrap, topic):
-    df = cm.missing_poll(bootstrap, topic, n=150, queue_max=50, wait_s=0.5).set_index("phase")
+def test_a_producer_that_never_polls_fills_its_queue_then_flush_serves_all(bootstrap, topic,
+                                                                           read_back):
+    df = cm.missing_poll(bootstrap, topic, n=150, queue_max=50, wait_s=0.5,
+                         read_back=read_back).set_index("phase")
     first, later, flushed = df.iloc[0], df.iloc[1], df.iloc[2]
     assert (first.accepted, first.buffer_errors, first.first_buffer_error_at) == (50, 100, 50)
     assert first.callbacks == 0 and later.callbacks == 0 and later.buffer_errors == 1
-    assert flushed.callbacks == 50 and flushed.len_producer == 0
+    assert later.on_topic == 50  # the broker had every accepted post, yet the queue was full
+    assert later.len_producer >= 50
+    assert flushed.callbacks == 50 and flushed.len_producer == 0 and flushed.on_topic == 50
     assert flushed.callback_threads == "MainThread"  # flush() served them on its caller
 
 
@@ -43,7 +47,7 @@ def test_a_send_to_a_missing_topic_blocks_kafka_python_and_not_librdkafka(bootst
     df = cm.send_with_no_metadata(bootstrap, max_block_ms=1000).set_index("client")
     kp, ck = df.loc["kafka-python"], df.loc["confluent"]
     assert kp.call_raised.startswith("KafkaTimeoutError")
-    assert kp.call_blocked_s >= 0.9  # about max_block_ms: the client's own bound, no speed target
+    assert 0.9 <= kp.call_blocked_s <= 1.5  # about max_block_ms: the client's own bound
     assert ck.call_raised == "nothing" and ck.call_blocked_s < kp.call_blocked_s
     assert ck.report in ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_MSG_TIMED_OUT")
 
@@ -52,8 +56,11 @@ def test_a_dropped_librdkafka_producer_loses_what_it_held(bootstrap, topic, read
     df = cm.close_without_flush(bootstrap, topic, 100, read_back).set_index("variant")
     assert df.loc["confluent: del, no flush()", "held_before_end"] == 100
     assert df.loc["confluent: del, no flush()", "lost"] == 100
+    assert df.loc["confluent: del, no flush()", "reports"] == 0  # nobody was told
     assert df.loc["confluent: flush(), then del", "lost"] == 0
+    assert df.loc["confluent: flush(), then del", "reports"] == 100
     assert df.loc["kafka-python: close()", "lost"] == 0
+    assert df.loc["kafka-python: close()", "reports"] == 100
 
 
 def test_cost_per_model_counts_every_post_delivered(bootstrap, topic, read_back):
