@@ -131,6 +131,10 @@ _CASES = [
     ((True, False, False, 0), "lost", "accepted, not in a spool, never read back"),
     ((True, False, True, 1), "delivered",
      "on the topic already (the spool's copy may add a duplicate later)"),
+    ((True, True, False, 3), "duplicate", "read back three times: more than once"),
+    ((True, True, True, 0), "left in spool",
+     "acknowledged, not on the topic, but still in the spool (spooled at close(), its ack "
+     "came later): a replay can still deliver it, so it is not lost"),
 ]
 
 
@@ -172,6 +176,28 @@ def _wrong_q2_spool_is_lost(accepted, acknowledged, in_spool_at_end, times_read_
     return "delivered" if times_read_back == 1 else "lost"
 
 
+def _wrong_q2_twice_only(accepted, acknowledged, in_spool_at_end, times_read_back):
+    if not accepted:
+        return "not accepted"
+    if times_read_back == 2:  # twice, but not three times
+        return "duplicate"
+    if times_read_back == 1:
+        return "delivered"
+    return "left in spool" if in_spool_at_end else "lost"
+
+
+def _wrong_q2_acked_unread_is_lost(accepted, acknowledged, in_spool_at_end, times_read_back):
+    if not accepted:
+        return "not accepted"
+    if times_read_back >= 2:
+        return "duplicate"
+    if times_read_back == 1:
+        return "delivered"
+    if acknowledged:
+        return "lost"  # acked, never read back: lost, even with a copy still in the spool
+    return "left in spool" if in_spool_at_end else "lost"
+
+
 q2 = Exercise(
     name="00.q2 what happened to this post?",
     task="outcome(accepted, acknowledged, in_spool_at_end, times_read_back) returns one of "
@@ -180,7 +206,9 @@ q2 = Exercise(
     hint_text="decide from what was read back from the topic, not from the ack: read back "
               "once = delivered, more = duplicate; never read back = left in spool if it is "
               "still there, else lost; a post that was never accepted is neither",
-    solution_obj=_solution_q2, wrong=(_wrong_q2_trusts_acks, _wrong_q2_spool_is_lost))
+    solution_obj=_solution_q2,
+    wrong=(_wrong_q2_trusts_acks, _wrong_q2_spool_is_lost, _wrong_q2_twice_only,
+           _wrong_q2_acked_unread_is_lost))
 
 
 recap = Quiz("00 recap", [

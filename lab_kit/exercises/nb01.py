@@ -41,6 +41,9 @@ def _check_percentile(percentile: Any) -> int:
         given = list(values)
         want = nearest_rank(values, p)
         got = percentile(given, p)
+        if given != values:
+            raise CaseFailed(name, "your function reordered the list it was given: the caller "
+                                   "still needs it as it was; sort a copy (sorted(latencies))")
         if got is None or not np.isclose(float(got), want, rtol=0, atol=1e-12):
             near = sorted(values)
             detail = f"you said {got!r}, expected {want!r}"
@@ -68,6 +71,13 @@ def _wrong_q1_interpolates(latencies, p):
     return float(np.percentile(latencies, p))  # numpy's default: linear interpolation
 
 
+def _wrong_q1_sorts_in_place(latencies, p):
+    import math
+
+    latencies.sort()  # the right value, but the caller's list is reordered
+    return latencies[max(1, math.ceil(p / 100 * len(latencies))) - 1]
+
+
 q1 = Exercise(
     name="01.q1 a percentile from raw latencies",
     task="percentile(latencies, p) returns the nearest-rank p-th percentile: the smallest "
@@ -75,7 +85,8 @@ q1 = Exercise(
     checker=_check_percentile,
     hint_text="sort a copy; with n values the answer is the k-th smallest, k = ceil(p/100 * "
               "n) (at least 1); Python lists count from 0",
-    solution_obj=_solution_q1, wrong=(_wrong_q1_off_by_one, _wrong_q1_interpolates))
+    solution_obj=_solution_q1,
+    wrong=(_wrong_q1_off_by_one, _wrong_q1_interpolates, _wrong_q1_sorts_in_place))
 
 
 # --- q2: an asynchronous send loop, on the real broker ----------------------------------------

@@ -3,7 +3,8 @@
 * ``q1`` (live): a delivery callback, run by kafka-python's sender thread on the real broker.
 * ``q2`` (offline): retry or dead-letter, from the error's class.
 * ``q3`` (live): an errback that routes a post the broker refuses to a dead-letter topic,
-  and keeps a post that only timed out for a later retry.
+  and keeps a post that only timed out for a later retry; a third case hands it another
+  refusal for good (an authorization error) itself, so the rule must be ``exc.retriable``.
 """
 
 from __future__ import annotations
@@ -261,6 +262,51 @@ def _timed_out_case(make_errback: Any, lab: Any, dlq: _WatchedProducer, dlq_topi
     return post
 
 
+def _other_refusal_case(make_errback: Any, dlq: Any, dlq_topic: str,
+                        retry_later: list) -> Post:
+    """Case 3: another refusal for good, handed to the errback as the client would hand it
+    (``TopicAuthorizationFailedError``: not retriable, not about size). An errback that
+    dead-letters only ``MessageSizeTooLargeError`` would keep this post for a retry that can
+    never succeed: the rule is ``exc.retriable``, not one error class."""
+    post = Post(user_id="user-00044", text="A post this client has no right to write")
+    sends_before, retries_before = dlq.sends, len(retry_later)
+    raised: list = []
+    wrapped, _done = _run_errback(make_errback(post, dlq, dlq_topic, retry_later), raised)
+    wrapped(kerr.TopicAuthorizationFailedError())
+    case = "another refusal for good (TopicAuthorizationFailedError, not retriable)"
+    if raised:
+        raise CaseFailed(case, f"your errback raised {raised[0]!r}")
+    if len(retry_later) != retries_before:
+        raise CaseFailed(case, "asking again changes nothing, yet it went to retry_later: "
+                               "branch on exc.retriable, not on the error's class")
+    if dlq.sends != sends_before + 1:
+        raise CaseFailed(case, f"your errback sent {dlq.sends - sends_before} records to the "
+                               "DLQ, expected 1")
+    return post
+
+
+def _check_dead_letter(records: list, post: Post, error_type: str) -> None:
+    case = "reading the dead-letter topic back"
+    bodies = []
+    for record in records:
+        try:
+            bodies.append(json.loads(record.value))
+        except (TypeError, ValueError):
+            raise CaseFailed(case, f"a dead letter is not JSON: {record.value[:60]!r}") \
+                from None
+    mine = [b for b in bodies if isinstance(b, dict) and b.get("post_id") == post.post_id]
+    if len(mine) != 1:
+        raise CaseFailed(case, f"found {len(mine)} dead letters with post_id {post.post_id!r}, "
+                               f"expected 1: {bodies!r}"[:300])
+    body = mine[0]
+    if body.get("error_type") != error_type:
+        raise CaseFailed(case, f"the dead letter must say why: error_type {error_type!r}, got "
+                               f"{body.get('error_type')!r}")
+    if len(json.dumps(body)) > 1024:
+        raise CaseFailed(case, "the dead letter holds the whole post: a record refused for its "
+                               "size would be refused again; keep the id and the reason")
+
+
 def _check_errback(make_errback: Any, *, lab: Any) -> int:
     """``make_errback(post, dlq, dlq_topic, retry_later)`` returns ``on_error(exc)``."""
     from kafka import KafkaProducer  # the check sends through the very client the lesson uses
@@ -272,27 +318,17 @@ def _check_errback(make_errback: Any, *, lab: Any) -> int:
     try:
         refused = _refused_case(make_errback, lab, dlq, dlq_topic, retry_later)
         _timed_out_case(make_errback, lab, dlq, dlq_topic, retry_later)
+        forbidden = _other_refusal_case(make_errback, dlq, dlq_topic, retry_later)
         real.flush(timeout=10)
     finally:
         real.close(timeout=5)
     records = read_topic(lab.client_config, dlq_topic, timeout_s=20)
-    case = "reading the dead-letter topic back"
-    if len(records) != 1:
-        raise CaseFailed(case, f"found {len(records)} records, expected 1")
-    try:
-        body = json.loads(records[0].value)
-    except (TypeError, ValueError):
-        raise CaseFailed(case, f"the dead letter is not JSON: {records[0].value[:60]!r}") \
-            from None
-    if not isinstance(body, dict) or body.get("post_id") != refused.post_id:
-        raise CaseFailed(case, f"the dead letter has no post_id {refused.post_id!r}: {body!r}")
-    if body.get("error_type") != "MessageSizeTooLargeError":
-        raise CaseFailed(case, "the dead letter must say why: error_type "
-                               f"'MessageSizeTooLargeError', got {body.get('error_type')!r}")
-    if len(json.dumps(body)) > 1024:
-        raise CaseFailed(case, "the dead letter holds the whole post: a record refused for its "
-                               "size would be refused again; keep the id and the reason")
-    return 3
+    if len(records) != 2:
+        raise CaseFailed("reading the dead-letter topic back",
+                         f"found {len(records)} records, expected 2")
+    _check_dead_letter(records, refused, "MessageSizeTooLargeError")
+    _check_dead_letter(records, forbidden, "TopicAuthorizationFailedError")
+    return 4
 
 
 def _solution_q3(post, dlq, dlq_topic, retry_later):
@@ -337,6 +373,16 @@ def _wrong_q3_whole_post(post, dlq, dlq_topic, retry_later):
     return on_error
 
 
+def _wrong_q3_size_only(post, dlq, dlq_topic, retry_later):
+    def on_error(exc):  # dead-letters the one refusal the lesson showed, retries the rest
+        if isinstance(exc, kerr.MessageSizeTooLargeError):
+            dlq.send(dlq_topic, key=post.key_bytes(), value=json.dumps(
+                {"post_id": post.post_id, "error_type": type(exc).__name__}).encode())
+        else:
+            retry_later.append(post)
+    return on_error
+
+
 q3 = Exercise(
     name="02.q3 an errback that dead-letters",
     task="make_errback(post, dlq, dlq_topic, retry_later) returns on_error(exc): a refusal for "
@@ -347,7 +393,8 @@ q3 = Exercise(
               "'error_type': type(exc).__name__}).encode(), sent with dlq.send(dlq_topic, ...) "
               "and no .get(): the errback runs on the sender thread",
     solution_obj=_solution_q3,
-    wrong=(_wrong_q3_everything, _wrong_q3_waits, _wrong_q3_whole_post), needs_broker=True)
+    wrong=(_wrong_q3_everything, _wrong_q3_waits, _wrong_q3_whole_post, _wrong_q3_size_only),
+    needs_broker=True)
 
 
 recap = Quiz("02 recap", [

@@ -14,6 +14,7 @@ import random
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lab_kit.exercises.core import CaseFailed, Exercise, Question, Quiz
@@ -41,6 +42,8 @@ def _q1_cases() -> list[tuple[str, list[float], float]]:
         ("1..100 shuffled, p50", one_to_100, 50),
         ("1..100 shuffled, p99", one_to_100, 99),
         ("1..100 shuffled, p100 (the max)", one_to_100, 100),
+        ("1..100 shuffled, p0 (the min: the rank is at least 1)", one_to_100, 0),
+        ("[50, 10, 40, 20, 30], p25", [50.0, 10.0, 40.0, 20.0, 30.0], 25),
         ("[1, 2, 3, 4], p50", [1.0, 2.0, 3.0, 4.0], 50),
         ("ten values 100, 90 ... 10, p90", tens, 90),
         ("ten values 100, 90 ... 10, p99", tens, 99),
@@ -85,6 +88,17 @@ def _wrong_q1_off_by_one(values, p):
     return ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)]
 
 
+def _wrong_q1_no_floor(values, p):
+    ordered = sorted(values)  # rank 0 at p0: index -1 is the max, not the min
+    return ordered[math.ceil(p * len(ordered) / 100) - 1]
+
+
+def _wrong_q1_closest_observation(values, p):
+    # a value of the list, but the closest rank, not the nearest rank at or above p %:
+    # [10, 20, 30, 40, 50] at p25 gives 10 (only 20 % at or below it), not 20
+    return float(np.percentile(values, p, method="closest_observation"))
+
+
 def _wrong_q1_sorts_in_place(values, p):
     values.sort()
     return values[max(1, math.ceil(p * len(values) / 100)) - 1]
@@ -98,15 +112,17 @@ q1 = Exercise(
     hint_text="sort a copy; the rank is ceil(p * n / 100), counted from 1; return that value "
               "(nearest rank picks a value of the list, it never interpolates)",
     solution_obj=_solution_q1,
-    wrong=(_wrong_q1_interpolates, _wrong_q1_off_by_one, _wrong_q1_sorts_in_place))
+    wrong=(_wrong_q1_interpolates, _wrong_q1_off_by_one, _wrong_q1_sorts_in_place,
+           _wrong_q1_no_floor, _wrong_q1_closest_observation))
 
 
 # --- q2: an alert rule over a per-second metrics frame -------------------------------------
 
-def _frame(rows: list[tuple[int, int, float]]) -> pd.DataFrame:
-    """(submitted, acked, ack_p99_ms) per second, indexed by t_s like the dashboard's frame."""
+def _frame(rows: list[tuple[int, int, float]], start: int = 0) -> pd.DataFrame:
+    """(submitted, acked, ack_p99_ms) per second, indexed by t_s like the dashboard's frame
+    (from ``start``: a frame that does not begin at 0 tells t_s from row numbers)."""
     return pd.DataFrame(rows, columns=["submitted", "acked", "ack_p99_ms"],
-                        index=pd.Index([float(i) for i in range(len(rows))], name="t_s"))
+                        index=pd.Index([float(start + i) for i in range(len(rows))], name="t_s"))
 
 
 _NAN = float("nan")
@@ -131,6 +147,8 @@ def _q2_cases() -> list[tuple[str, pd.DataFrame, dict, list[float]]]:
          _frame([_SLOW, _SLOW, _IDLE, _SLOW]), {}, []),
         ("for_windows=1", _frame([_OK, _SLOW, _OK]), {"for_windows": 1}, [1.0]),
         ("target_ms=10", _frame([_OK] * 3), {"target_ms": 10.0}, [2.0]),
+        ("a frame from t_s=60 (return t_s, not row numbers)",
+         _frame([_OK, _SLOW, _SLOW, _SLOW, _DOWN], start=60), {}, [63.0, 64.0]),
     ]
 
 
@@ -187,6 +205,12 @@ def _wrong_q2_every_spike(frame, target_ms=100.0, for_windows=3):
     return list(frame.index[(frame["ack_p99_ms"] > target_ms) | silent])
 
 
+def _wrong_q2_row_numbers(frame, target_ms=100.0, for_windows=3):
+    """Right rule, but returns row positions: they equal t_s only in a frame starting at 0."""
+    return [i for i, t_s in enumerate(frame.index)
+            if t_s in _solution_q2(frame, target_ms, for_windows)]
+
+
 q2 = Exercise(
     name="04.q2 an alert rule",
     task="alerts(frame, target_ms=100.0, for_windows=3) returns the t_s of every second where "
@@ -197,7 +221,8 @@ q2 = Exercise(
               "a second that is not slow; NaN > x is False); a second with submitted > 0 and "
               "acked == 0 fires on its own: its p99 is NaN, so a latency rule stays silent",
     solution_obj=_solution_q2,
-    wrong=(_wrong_q2_latency_only, _wrong_q2_every_spike, _wrong_q2_skips_idle))
+    wrong=(_wrong_q2_latency_only, _wrong_q2_every_spike, _wrong_q2_skips_idle,
+           _wrong_q2_row_numbers))
 
 
 # --- q3: Little's law -------------------------------------------------------------------------

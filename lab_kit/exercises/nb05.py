@@ -111,6 +111,8 @@ def _q1_cases() -> list[tuple[str, list[str], list[dict], list[str]]]:
          _landed("a2", "a1", "b1", "c1", "b3", "b2", "a3", "c2"), []),
         ("another run's posts on the same topic", every,
          _landed("zz1", *every[:4], "zz2", *every[4:]), []),
+        ("another run's post on the topic twice (its copies are not this run's duplicates)",
+         every, _landed("zz1", *every[:4], "zz1", *every[4:]), []),
         ("c2 and b3 still in the spool at the end", every, _landed(*every[:6]), ["c2", "b3"]),
         ("b3 in the spool and on the topic (replayed, its row not yet deleted)", every,
          _landed(*every), ["b3"]),
@@ -173,6 +175,12 @@ def _wrong_q1_spool_is_lost(submitted_ids, records, in_spool=()):
     return {**right, "lost": right["lost"] + right["in_spool"], "in_spool": 0}
 
 
+def _wrong_q1_counts_every_copy(submitted_ids, records, in_spool=()):
+    right = _solution_q1(submitted_ids, records, in_spool)
+    ids = [r["post_id"] for r in records]  # other runs' copies counted too
+    return {**right, "duplicates": len(ids) - len(set(ids))}
+
+
 q1 = Exercise(
     name="05.q1 the checker: lost, duplicates, out of order",
     task="audit(submitted_ids, records, in_spool=()) returns {'lost', 'duplicates', "
@@ -185,7 +193,8 @@ q1 = Exercise(
               "offset, skip second copies, and flag a user when a post comes after a later "
               "post of the same user (compare submission positions)",
     solution_obj=_solution_q1,
-    wrong=(_wrong_q1_order_on_every_copy, _wrong_q1_spool_is_lost))
+    wrong=(_wrong_q1_order_on_every_copy, _wrong_q1_spool_is_lost,
+           _wrong_q1_counts_every_copy))
 
 
 # --- q2: where does a new post go? ------------------------------------------------------------

@@ -149,6 +149,9 @@ _PICK_CASES: list[tuple[str, pd.DataFrame, float, Any]] = [
      100, 0),
     ("nothing meets the target",
      _frame([("all", "5", 7_000.0, 6.0, 160.0), ("1", "5", 9_000.0, 4.0, 20.0)]), 100, None),
+    ("a filtered sweep: its index labels are 4, 7, 9, not row numbers",
+     _frame([("all", "5", 7_000.0, 6.0, 60.0), ("0", "20", 15_000.0, 10.0, 30.0),
+             ("all", "20", 10_000.0, 14.0, 90.0)]).set_axis([4, 7, 9]), 100, 9),
 ]
 
 
@@ -180,6 +183,13 @@ def _wrong_q2_median(sweep, p99_target_ms):
     return None if ok.empty else ok["msgs_per_s"].idxmax()
 
 
+def _wrong_q2_position(sweep, p99_target_ms):
+    ok = ((sweep["acks"] == "all") & (sweep["ack_p99_ms"] <= p99_target_ms)).to_numpy()
+    if not ok.any():
+        return None
+    return int(sweep["msgs_per_s"].where(ok, -math.inf).to_numpy().argmax())  # a position
+
+
 q2 = Exercise(
     name="06.q2 pick a setting from the sweep",
     task="pick(sweep, p99_target_ms) returns the index label of the row with the highest "
@@ -187,7 +197,8 @@ q2 = Exercise(
     checker=_check_pick,
     hint_text="filter first (acks == 'all' and ack_p99_ms <= target: NaN compares False), "
               "then idxmax() on msgs_per_s; an empty selection means None",
-    solution_obj=_solution_q2, wrong=(_wrong_q2_any_acks, _wrong_q2_median))
+    solution_obj=_solution_q2,
+    wrong=(_wrong_q2_any_acks, _wrong_q2_median, _wrong_q2_position))
 
 
 # --- q3: the q1 answer, run on the broker ---------------------------------------------------

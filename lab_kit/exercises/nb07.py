@@ -24,13 +24,16 @@ from lab_kit.exercises.core import CaseFailed, Exercise, Question, Quiz
 
 
 def _frame(acked: list[int], submitted: list[int] | None = None,
-           interval_s: float = 1.0) -> pd.DataFrame:
-    """A frame shaped like ``timeseries_frame()``: counts per bucket, indexed by ``t_s``."""
+           interval_s: float = 1.0, spooled: list[int] | None = None,
+           replayed: list[int] | None = None) -> pd.DataFrame:
+    """A frame shaped like ``timeseries_frame()``: counts per bucket, indexed by ``t_s``.
+    Unless given, every post of a bucket without acks is ``spooled``, and nothing replayed."""
     submitted = submitted if submitted is not None else [100] * len(acked)
     n = len(acked)
-    spooled = [s if a == 0 else 0 for a, s in zip(acked, submitted, strict=True)]
+    if spooled is None:
+        spooled = [s if a == 0 else 0 for a, s in zip(acked, submitted, strict=True)]
     df = pd.DataFrame({"submitted": submitted, "acked": acked, "failed": [0] * n,
-                       "spooled": spooled, "replayed": [0] * n},
+                       "spooled": spooled, "replayed": replayed or [0] * n},
                       index=pd.Index([i * interval_s for i in range(n)], name="t_s", dtype=float))
     df["throughput_per_s"] = df["acked"] / interval_s
     df.attrs["interval_s"] = interval_s
@@ -46,7 +49,13 @@ _OUTAGE_CASES: list[tuple[str, pd.DataFrame, list[tuple[float, float]]]] = [
      _frame([100, 0, 0, 100, 100, 0, 0, 0, 0, 300]), [(1.0, 3.0), (5.0, 9.0)]),
     ("still down at the end of the frame", _frame([100, 100, 0, 0]), [(2.0, 4.0)]),
     ("half-second buckets", _frame([50, 0, 0, 0, 50], interval_s=0.5), [(0.5, 2.0)]),
+    ("half-second buckets, still down at the end", _frame([50, 50, 0, 0], interval_s=0.5),
+     [(1.0, 2.0)]),
     ("one bad second", _frame([100, 0, 100]), [(1.0, 2.0)]),
+    # after the fault new posts queue behind the replay: submitted, not spooled, not acked yet
+    ("posts queued behind the spool's replay",
+     _frame([100, 0, 0, 0, 0, 300], spooled=[0, 100, 100, 0, 0, 0],
+            replayed=[0, 0, 0, 150, 50, 0]), [(1.0, 5.0)]),
 ]
 
 
@@ -118,6 +127,18 @@ def _wrong_q1_first(frame):
     return _solution_q1(frame)[:1]
 
 
+def _wrong_q1_spooled(frame):  # marks "spooled > 0": misses the posts queued behind the replay
+    fake = frame.assign(submitted=frame["spooled"], acked=0)
+    fake.attrs = frame.attrs
+    return _solution_q1(fake)
+
+
+def _wrong_q1_one_second(frame):  # a window still open at the end closes 1 s later, always
+    fake = frame.copy()
+    fake.attrs = {**frame.attrs, "interval_s": 1.0}
+    return _solution_q1(fake)
+
+
 q1 = Exercise(
     name="07.q1 the outage windows",
     task="outage_windows(frame) returns [(start_s, end_s), ...]: the runs of buckets in which "
@@ -126,7 +147,8 @@ q1 = Exercise(
     hint_text="mark each bucket (submitted > 0 and acked == 0), then walk the index: a window "
               "opens at the first marked bucket and closes at the start of the next unmarked "
               "one (or at the last bucket + frame.attrs['interval_s'])",
-    solution_obj=_solution_q1, wrong=(_wrong_q1_idle, _wrong_q1_end, _wrong_q1_first))
+    solution_obj=_solution_q1, wrong=(_wrong_q1_idle, _wrong_q1_end, _wrong_q1_first,
+                                   _wrong_q1_spooled, _wrong_q1_one_second))
 
 
 # --- q2: is the post API degraded? (its /metrics text) --------------------------------------
@@ -135,11 +157,14 @@ WITHIN_TARGET = 0.99  # share of /posts requests answered within 100 ms: the cou
 
 
 def sample_metrics_text(healthy: int = 1, spool: int = 0, fast: int = 0, slow: int = 0,
-            slow_healthz: int = 0) -> str:
-    """``GET /metrics`` text as the post API renders it, from its own registry."""
+            slow_healthz: int = 0, replayed: int = 0) -> str:
+    """``GET /metrics`` text as the post API renders it, from its own registry. ``spool``
+    posts wait in the spool now; ``replayed`` more went through it earlier and are back on
+    Kafka (counted in ``lab_api_posts_spooled_total``, which never goes down)."""
     m = ApiMetrics()
     m.broker_healthy.set(healthy)
     m.spool_depth.set(spool)
+    m.replayed.set(replayed)
     for seconds, n, route in ((0.003, fast, "/posts"), (0.3, slow, "/posts"),
                               (0.4, slow_healthz, "/healthz")):
         for _ in range(n):
@@ -147,8 +172,8 @@ def sample_metrics_text(healthy: int = 1, spool: int = 0, fast: int = 0, slow: i
         if n:
             m.requests.labels(route, "202" if route == "/posts" else "200").inc(n)
     m.submitted.inc(fast + slow)
-    m.acked.inc(fast + slow - spool)
-    m.spooled.inc(spool)
+    m.acked.inc(max(0, fast + slow - spool))
+    m.spooled.inc(spool + replayed)
     return generate_latest(m.registry).decode()
 
 
@@ -159,6 +184,9 @@ _DEGRADED_CASES = [
     ("broker back, 40 posts still in the spool", {"spool": 40, "fast": 500}, True),
     ("2 % of /posts answered after 100 ms", {"fast": 980, "slow": 20}, True),
     ("0.5 % after 100 ms: inside the target", {"fast": 995, "slow": 5}, False),
+    ("exactly 99 % within 100 ms: not fewer than the target", {"fast": 990, "slow": 10}, False),
+    ("the spool drained: 300 posts spooled earlier, all replayed",
+     {"fast": 1000, "replayed": 300}, False),
     ("slow /healthz answers are not users' posts", {"fast": 1000, "slow_healthz": 200}, False),
 ]
 
@@ -196,6 +224,38 @@ def _wrong_q2_broker_only(metrics_text):
     return "lab_api_broker_healthy 0.0" in metrics_text
 
 
+def _signals(metrics_text: str) -> dict[str, float]:
+    """What the wrong answers below read: the gauges, the spooled counter, /posts' latency."""
+    out = dict.fromkeys(("healthy", "depth", "spooled_total", "within", "total"), 0.0)
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            posts = s.labels.get("route") == "/posts"
+            if s.name == "lab_api_broker_healthy":
+                out["healthy"] = s.value
+            elif s.name == "lab_api_spool_depth":
+                out["depth"] = s.value
+            elif s.name == "lab_api_posts_spooled_total":
+                out["spooled_total"] = s.value
+            elif s.name == "lab_api_request_duration_seconds_bucket" and posts \
+                    and float(s.labels["le"]) == 0.1:
+                out["within"] = s.value
+            elif s.name == "lab_api_request_duration_seconds_count" and posts:
+                out["total"] = s.value
+    return out
+
+
+def _wrong_q2_spooled_counter(metrics_text):  # a counter never goes down: read the depth
+    m = _signals(metrics_text)
+    return m["healthy"] < 1 or m["spooled_total"] > 0 or \
+        (m["total"] > 0 and m["within"] / m["total"] < 0.99)
+
+
+def _wrong_q2_at_most(metrics_text):  # "99 % or fewer" instead of "fewer than 99 %"
+    m = _signals(metrics_text)
+    return m["healthy"] < 1 or m["depth"] > 0 or \
+        (m["total"] > 0 and m["within"] / m["total"] <= 0.99)
+
+
 def _wrong_q2_all_routes(metrics_text):
 
     healthy = spool = within = total = 0.0
@@ -221,7 +281,8 @@ q2 = Exercise(
     hint_text="prometheus_client.parser.text_string_to_metric_families(text) gives samples "
               "with .name, .labels, .value; the share within 100 ms is the bucket "
               "le='0.1' over _count, for route='/posts' only",
-    solution_obj=_solution_q2, wrong=(_wrong_q2_broker_only, _wrong_q2_all_routes))
+    solution_obj=_solution_q2, wrong=(_wrong_q2_broker_only, _wrong_q2_all_routes,
+                                   _wrong_q2_spooled_counter, _wrong_q2_at_most))
 
 
 recap = Quiz("07 recap", [

@@ -3,8 +3,9 @@
 Both are checked offline. q1 runs the student's ``async def handle(body, submit)`` on an event
 loop of its own (in a thread: a notebook's cell already runs inside one), with ``submit``
 returning the producer's real :class:`~lab_kit.producer.future.PostFuture`, completed later by
-a "sender" thread, as kafka-python's sender thread does. q2 is a retry decision for the
-API's client.
+a "sender" thread, as kafka-python's sender thread does; it also records any call into the
+loop from that thread (a future completed without ``call_soon_threadsafe``). q2 is a retry
+decision for the API's client.
 """
 
 from __future__ import annotations
@@ -83,7 +84,23 @@ async def _heartbeat(gaps: list[float], stop: asyncio.Event) -> None:
         last = now
 
 
+def _watch_foreign_threads(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Record every ``loop.call_soon`` made from a thread other than the loop's: that is what
+    ``fut.set_result`` does when a sender thread completes an asyncio future directly (not
+    thread-safe; ``call_soon_threadsafe`` takes another path and is not recorded)."""
+    loop_thread, foreign, call_soon = threading.get_ident(), [], loop.call_soon
+
+    def watched(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        if threading.get_ident() != loop_thread:
+            foreign.append(threading.current_thread().name)
+        return call_soon(callback, *args, context=context)
+
+    loop.call_soon = watched  # type: ignore[method-assign]
+    return foreign
+
+
 async def _exercise(handle: Any, fake: _FakeProducer) -> dict[str, Any]:
+    foreign = _watch_foreign_threads(asyncio.get_running_loop())
     bad = [await handle({"text": "no author"}, fake.submit),
            await handle({"user_id": "user-00001", "text": "x" * 6000}, fake.submit)]
     submitted_by_bad = len(fake.submitted)
@@ -100,7 +117,8 @@ async def _exercise(handle: Any, fake: _FakeProducer) -> dict[str, Any]:
     failed = await asyncio.wait_for(
         handle({"user_id": "user-00099", "text": FAIL_TEXT}, fake.submit), timeout=10)
     return {"bad": bad, "submitted_by_bad": submitted_by_bad, "good": good,
-            "elapsed": elapsed, "max_gap": max(gaps, default=0.0), "failed": failed}
+            "elapsed": elapsed, "max_gap": max(gaps, default=0.0), "failed": failed,
+            "foreign": list(foreign)}
 
 
 def _run_in_own_loop(coro_fn: Any) -> Any:
@@ -127,9 +145,10 @@ def _check_handler(handle: Any) -> int:
         fake.close()
     for got, field in zip(r["bad"], ("user_id", "text"), strict=True):
         status, body = _pair(got, f"a post with a bad {field}")
-        if status != 422 or body.get("field") != field:
+        if status != 422 or body.get("field") != field or "error" not in body:
             raise CaseFailed(f"a post with a bad {field}",
-                             f"you answered {got!r}, expected (422, {{'field': '{field}', ...}})")
+                             f"you answered {got!r}, expected (422, {{'field': '{field}', "
+                             f"'error': ...}})")
     if r["submitted_by_bad"]:
         raise CaseFailed("bad posts", "an invalid post reached submit(): validate first")
     if fake.max_in_flight < N_AT_ONCE * 2 // 3:
@@ -147,6 +166,12 @@ def _check_handler(handle: Any) -> int:
             raise CaseFailed(f"post {i} (acked)", f"you answered {got!r}, expected (201, "
                                                   f"{{'post_id', 'partition', 'offset'}}) from "
                                                   f"the Delivery")
+    if r["foreign"]:
+        raise CaseFailed("which thread completes the asyncio future",
+                         f"the event loop was called from the thread {r['foreign'][0]!r}, not "
+                         f"its own: an asyncio future's set_result/set_exception must run on "
+                         f"the loop's thread; from the producer's callback, hand it over with "
+                         f"loop.call_soon_threadsafe (section 3)")
     status, body = _pair(r["failed"], "a post whose delivery failed")
     if status != 502 or "error" not in body:
         raise CaseFailed("a post whose delivery failed",
@@ -187,7 +212,7 @@ async def _wrong_q1_blocks(body, submit):
     try:
         post = validate_post(body)
     except PostValidationError as exc:
-        return 422, {"field": exc.field}
+        return 422, {"error": str(exc), "field": exc.field}
     try:
         d = submit(post).result(timeout=5)  # THE MISTAKE: blocks the event loop
     except Exception as exc:  # noqa: BLE001
@@ -206,6 +231,37 @@ async def _wrong_q1_no_validation(body, submit):
     return 201, {"post_id": d.post_id, "partition": d.partition, "offset": d.offset}
 
 
+async def _wrong_q1_sets_from_sender(body, submit):
+    from lab_kit.posts import PostValidationError, validate_post  # as a student would write it
+
+    try:
+        post = validate_post(body)
+    except PostValidationError as exc:
+        return 422, {"error": str(exc), "field": exc.field}
+    fut = asyncio.get_running_loop().create_future()
+
+    def settle(done):  # THE MISTAKE: runs on the sender thread, not the loop's
+        exc = done.exception(0)
+        fut.set_exception(exc) if exc else fut.set_result(done.result(0))
+
+    submit(post).add_done_callback(settle)
+    try:
+        d = await fut
+    except Exception as exc:  # noqa: BLE001
+        return 502, {"error": str(exc)}
+    return 201, {"post_id": d.post_id, "partition": d.partition, "offset": d.offset}
+
+
+async def _wrong_q1_422_without_error(body, submit):
+    from lab_kit.posts import PostValidationError, validate_post  # as a student would write it
+
+    try:
+        validate_post(body)
+    except PostValidationError as exc:
+        return 422, {"field": exc.field}  # the task asks for the error too
+    return await _solution_q1(body, submit)
+
+
 q1 = Exercise(
     name="09.q1 an asyncio handler that awaits the ack",
     task="async def handle(body, submit): 422 for an invalid post; else submit it and await "
@@ -214,7 +270,9 @@ q1 = Exercise(
     hint_text="validate_post(body) raises PostValidationError (.field); submit() returns a "
               "PostFuture: bridge it to an asyncio future with add_done_callback + "
               "loop.call_soon_threadsafe (section 3), never .result() inside async def",
-    solution_obj=_solution_q1, wrong=(_wrong_q1_blocks, _wrong_q1_no_validation))
+    solution_obj=_solution_q1, wrong=(_wrong_q1_blocks, _wrong_q1_no_validation,
+                                      _wrong_q1_sets_from_sender,
+                                      _wrong_q1_422_without_error))
 
 
 # --- q2: the client's retry decision -----------------------------------------------------------
@@ -237,10 +295,12 @@ _RETRY_CASES = [
     ((503, 7, None), ("retry", 5.0)),  # 0.1 * 2**6 = 6.4 s, capped
     ((503, 2, 2.5), ("retry", 2.5)),  # the server said when
     ((429, 1, 1.0), ("retry", 1.0)),
+    ((408, 1, None), ("retry", 0.1)),  # the body did not arrive in time: send it again
     ((0, 2, None), ("retry", 0.2)),  # no answer (connection refused, timeout)
     ((502, 4, None), ("retry", 0.8)),
     ((503, 8, None), ("give up", 0.0)),  # out of attempts
     ((0, 9, None), ("give up", 0.0)),
+    ((503, 8, 2.0), ("give up", 0.0)),  # out of attempts, whatever Retry-After says
 ]
 
 
@@ -294,6 +354,31 @@ def _wrong_q2_409_gives_up(status, attempt, retry_after=None):
     return "retry", min(5.0, 0.1 * 2 ** (attempt - 1))
 
 
+def _wrong_q2_408_gives_up(status, attempt, retry_after=None):
+    """408 taken for a wrong post: it is a timeout, the same post may pass next time."""
+    if 200 <= status < 300 or (status == 409 and attempt > 1):
+        return "done", 0.0
+    if 400 <= status < 500 and status != 429 or attempt >= 8:
+        return "give up", 0.0
+    if retry_after is not None:
+        return "retry", float(retry_after)
+    return "retry", min(5.0, 0.1 * 2 ** (attempt - 1))
+
+
+def _wrong_q2_retry_after_first(status, attempt, retry_after=None):
+    """Retry-After read before the attempt limit: a server that always sends it is retried
+    for ever."""
+    if 200 <= status < 300 or (status == 409 and attempt > 1):
+        return "done", 0.0
+    if 400 <= status < 500 and status not in (408, 429):
+        return "give up", 0.0
+    if retry_after is not None:
+        return "retry", float(retry_after)
+    if attempt >= 8:
+        return "give up", 0.0
+    return "retry", min(5.0, 0.1 * 2 ** (attempt - 1))
+
+
 q2 = Exercise(
     name="09.q2 retry, wait, or give up",
     task="next_step(status, attempt, retry_after) returns ('done' | 'retry' | 'give up', "
@@ -304,7 +389,7 @@ q2 = Exercise(
               "else 0.1 * 2**(attempt-1) s, at most 5 s",
     solution_obj=_solution_q2,
     wrong=(_wrong_q2_retries_everything, _wrong_q2_ignores_retry_after,
-           _wrong_q2_409_gives_up))
+           _wrong_q2_409_gives_up, _wrong_q2_408_gives_up, _wrong_q2_retry_after_first))
 
 
 recap = Quiz("09 recap", [
